@@ -1,0 +1,7 @@
+"""SVHN (tfds svhn_cropped), Table 2; see softvq_jax/configs/images32.py."""
+
+from softvq_jax.configs import images32
+
+
+def get_config(args=None):
+  return images32.get_config("svhn_cropped", args)

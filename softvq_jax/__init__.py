@@ -1,0 +1,1 @@
+"""softvq_jax: quantization-regularized autoencoders (Wu & Flierl, AAAI 2020)."""

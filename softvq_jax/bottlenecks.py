@@ -1,0 +1,242 @@
+"""Bottlenecks of Wu & Flierl (AAAI 2020) as pure JAX functions.
+
+Every function here is jit-, vmap- and grad-safe and takes latents of any
+leading shape ``(..., d)``; a codebook has shape ``(K, d)``. Equation numbers
+refer to "Vector Quantization-Based Regularization for Autoencoders".
+
+The Flax modules that wrap these functions live in ``softvq_jax.layers``.
+
+Reductions: every loss term here is a squared norm or a KL *per latent
+vector* (summed over ``d``) averaged over all leading axes, so that it adds to
+a reconstruction term that is summed over pixels and averaged over examples.
+"""
+
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Distances feed exponentials; keep them in full float32 on every backend.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+# Variants of the Gaussian normaliser in the soft assignment: the paper's
+# eq. (5) has sigma_k^(-d); the authors' MNIST notebook multiplies by sigma_k^(+1).
+NORMALIZERS = ("paper", "notebook")
+
+
+def squared_distances(z: Array, codebook: Array) -> Array:
+  """||z - mu_k||^2 for every codeword from one matmul.
+
+  Args:
+    z: latents, shape ``(..., d)``.
+    codebook: codewords mu_k, shape ``(K, d)``.
+
+  Returns:
+    Non-negative squared distances, shape ``(..., K)``. Memory is O(N K);
+    no ``(..., K, d)`` intermediate is built.
+  """
+  cross = jnp.matmul(z, codebook.T, precision=_PRECISION)
+  z_sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
+  c_sq = jnp.sum(jnp.square(codebook), axis=-1)
+  return jnp.maximum(z_sq - 2.0 * cross + c_sq, 0.0)
+
+
+def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
+  """Nearest-codeword quantization, eq. (1).
+
+  Args:
+    z: latents z_e, shape ``(..., d)``.
+    codebook: shape ``(K, d)``.
+
+  Returns:
+    ``(z_q, indices)``: the nearest codewords, shape ``(..., d)``, and their
+    int32 indices, shape ``(...)``. No gradient flows to ``z`` (see
+    ``straight_through``); the codebook receives gradient through the gather.
+  """
+  indices = jnp.argmin(squared_distances(z, codebook), axis=-1)
+  return jnp.take(codebook, indices, axis=0), indices.astype(jnp.int32)
+
+
+def soft_assignment_logits(z: Array, codebook: Array, log_var: Array,
+                           normalizer: str = "paper") -> Array:
+  """Unnormalised log posterior of each codeword, eqs. (5) and (7).
+
+  With a uniform prior p(mu_k) = 1/K (eq. 7) and the isotropic Gaussian
+  likelihood N(z; mu_k, sigma_k^2 I) of eq. (5), up to a constant in k:
+
+    log p(mu_k | z) = -||z - mu_k||^2 / (2 sigma_k^2) - (d/2) log sigma_k^2.
+
+  ``normalizer="notebook"`` replaces the last term by ``+(1/2) log sigma_k^2``,
+  the weighting of the authors' MNIST notebook.
+
+  Args:
+    z: (noisy) latents z'_e, shape ``(..., d)``.
+    codebook: shape ``(K, d)``.
+    log_var: log sigma_k^2, shape ``(..., K)`` (broadcastable).
+    normalizer: one of ``NORMALIZERS``.
+
+  Returns:
+    Logits, shape ``(..., K)``; ``jax.nn.softmax`` of them is p(mu_k | z).
+  """
+  if normalizer == "paper":
+    norm_weight = 0.5 * z.shape[-1]
+  elif normalizer == "notebook":
+    norm_weight = -0.5
+  else:
+    raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+  dist = squared_distances(z, codebook)
+  return -0.5 * dist * jnp.exp(-log_var) - norm_weight * log_var
+
+
+def posterior_mean(probs: Array, codebook: Array) -> Array:
+  """Bayesian estimate z_hat = sum_k p(mu_k | z) mu_k, eq. (6).
+
+  Args:
+    probs: posterior weights, shape ``(..., K)``.
+    codebook: shape ``(K, d)``.
+
+  Returns:
+    Convex combination of the codewords, shape ``(..., d)``.
+  """
+  return jnp.matmul(probs, codebook, precision=_PRECISION)
+
+
+def soft_quantize(z: Array, codebook: Array, log_var: Array) -> Tuple[Array, Array]:
+  """Soft quantization by the Bayesian estimator, eqs. (5)-(7).
+
+  Args:
+    z: latents z'_e, shape ``(..., d)``.
+    codebook: shape ``(K, d)``.
+    log_var: log sigma_k^2 per component, shape ``(..., K)``.
+
+  Returns:
+    ``(z_hat, probs)``: the posterior mean, shape ``(..., d)``, and the
+    posterior p(mu_k | z), shape ``(..., K)``. Computed as a softmax of
+    ``soft_assignment_logits``; memory O(N K).
+  """
+  probs = jax.nn.softmax(soft_assignment_logits(z, codebook, log_var), axis=-1)
+  return posterior_mean(probs, codebook), probs
+
+
+def straight_through(z: Array, z_q: Array) -> Array:
+  """z + sg(z_q - z): forward value z_q, gradient copied to z (eq. 27 text)."""
+  return z + jax.lax.stop_gradient(z_q - z)
+
+
+def _mean_sq_norm(x: Array) -> Array:
+  return jnp.mean(jnp.sum(jnp.square(x), axis=-1))
+
+
+def codebook_loss(z: Array, z_q: Array) -> Array:
+  """||sg(z') - z_hat||^2 of eq. (27): trains the codebook only.
+
+  Args:
+    z: encoder latents z'_e, shape ``(..., d)``; gradient is stopped.
+    z_q: quantized latents (hard or soft), shape ``(..., d)``.
+
+  Returns:
+    Scalar: squared norm over ``d``, averaged over leading axes.
+  """
+  return _mean_sq_norm(jax.lax.stop_gradient(z) - z_q)
+
+
+def commitment_loss(z: Array, z_q: Array, beta: float) -> Array:
+  """beta ||z' - sg(z_hat)||^2 of eq. (27): trains the encoder only.
+
+  Args:
+    z: encoder latents z'_e, shape ``(..., d)``.
+    z_q: quantized latents, shape ``(..., d)``; gradient is stopped.
+    beta: commitment weight.
+
+  Returns:
+    Scalar: squared norm over ``d``, averaged over leading axes, times beta.
+  """
+  return beta * _mean_sq_norm(z - jax.lax.stop_gradient(z_q))
+
+
+def reparameterize(rng: Array, mean: Array, log_var: Array) -> Array:
+  """VAE sample mean + exp(log_var / 2) * eps, eps ~ N(0, I); shape of mean."""
+  eps = jax.random.normal(rng, mean.shape, mean.dtype)
+  return mean + jnp.exp(0.5 * log_var) * eps
+
+
+def gaussian_kl(mean: Array, log_var: Array) -> Array:
+  """KL(N(mean, diag(exp(log_var))) || N(0, I)) per latent vector.
+
+  Args:
+    mean, log_var: shape ``(..., d)``.
+
+  Returns:
+    KL in nats, summed over ``d``, shape ``(...)``.
+  """
+  return 0.5 * jnp.sum(jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var,
+                       axis=-1)
+
+
+def info_dropout_noise(rng: Array, z: Array, alpha: Array) -> Array:
+  """Multiplicative log-normal noise z * exp(alpha * eps) (Achille & Soatto).
+
+  Args:
+    rng: PRNG key.
+    z: activations, shape ``(..., d)``.
+    alpha: noise scale, broadcastable to ``z``.
+  """
+  eps = jax.random.normal(rng, z.shape, z.dtype)
+  return z * jnp.exp(alpha * eps)
+
+
+def info_dropout_penalty(alpha: Array, max_alpha: float) -> Array:
+  """The authors' information-dropout cost -log(alpha / max_alpha + 0.001).
+
+  This is the KL to a log-uniform prior up to a constant, with the small
+  offset of the authors' code. Returns it summed over ``d``, shape ``(...)``.
+  """
+  return -jnp.sum(jnp.log(alpha / max_alpha + 1e-3), axis=-1)
+
+
+def codebook_perplexity(assignments: Array) -> Array:
+  """exp(entropy) of the average codeword assignment.
+
+  Args:
+    assignments: soft posteriors or one-hot vectors, shape ``(..., K)``.
+
+  Returns:
+    Scalar in [1, K]: the effective number of codewords in use.
+  """
+  avg = jnp.mean(assignments.reshape(-1, assignments.shape[-1]), axis=0)
+  return jnp.exp(-jnp.sum(avg * jnp.log(jnp.maximum(avg, 1e-10))))
+
+
+def codebook_usage(indices: Array, num_codewords: int) -> Array:
+  """Fraction of the ``num_codewords`` codewords hit by ``indices`` (any shape)."""
+  counts = jnp.zeros((num_codewords,)).at[indices.reshape(-1)].add(1.0)
+  return jnp.mean(counts > 0)
+
+
+def ema_codebook_update(cluster_size: Array, embed_sum: Array, z: Array,
+                        indices: Array, decay: float,
+                        eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+  """Exponential-moving-average codebook update (VQ-VAE paper, appendix A.1).
+
+  Args:
+    cluster_size: EMA of codeword counts, shape ``(K,)``.
+    embed_sum: EMA of the sums of assigned latents, shape ``(K, d)``.
+    z: latents, shape ``(..., d)``; treated as constants.
+    indices: their codeword indices, shape ``(...)``.
+    decay: EMA decay in (0, 1).
+    eps: Laplace smoothing of the counts.
+
+  Returns:
+    ``(cluster_size, embed_sum, codebook)`` after one update.
+  """
+  num_codewords = cluster_size.shape[0]
+  z = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1])
+  onehot = jax.nn.one_hot(indices.reshape(-1), num_codewords, dtype=z.dtype)
+  cluster_size = decay * cluster_size + (1 - decay) * jnp.sum(onehot, axis=0)
+  embed_sum = decay * embed_sum + (1 - decay) * jnp.matmul(
+      onehot.T, z, precision=_PRECISION)
+  total = jnp.sum(cluster_size)
+  smoothed = (cluster_size + eps) / (total + num_codewords * eps) * total
+  return cluster_size, embed_sum, embed_sum / smoothed[:, None]

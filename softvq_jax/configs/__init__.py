@@ -1,0 +1,1 @@
+"""Shared configuration defaults; the per-dataset files live in ``configs/``."""

@@ -1,0 +1,129 @@
+"""Shared defaults of every experiment, and the paper's named presets.
+
+Per-dataset files in ``configs/`` call ``get_base_config`` and then
+``apply_args``, which reads the ``--config=FILE:ARGS`` string: comma-separated
+preset names (a row of the paper's tables) and ``quick`` (a smoke-test run).
+
+Presets, one per row of Tables 1 and 2 (dataset-specific values come from
+the per-dataset ``PaperValues``):
+  ae            baseline autoencoder (bottleneck none)
+  vae           VAE, beta = 1
+  beta_vae      beta-VAE, beta = 20 (MNIST) or 100 (SVHN, CIFAR-10)
+  info_dropout  information dropout with the authors' penalty weight
+  vq_vae        VQ-VAE, K = 128 (MNIST) or 512 (SVHN, CIFAR-10)
+  soft_vq_vae   soft VQ-VAE, K = 128 (MNIST) or 32 with the early stop at
+                10000 steps (SVHN, CIFAR-10)
+"""
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperValues:
+  """The values of the paper's rows that differ between datasets."""
+  beta_vae_beta: float  # beta of the beta-VAE row.
+  vq_codewords: int  # K of the VQ-VAE row.
+  soft_vq_codewords: int  # K of the soft VQ-VAE row.
+  steps: int  # Training steps of every row but soft VQ-VAE.
+  soft_vq_steps: int  # Training steps of the soft VQ-VAE row (early stop).
+  info_dropout_beta: float  # Information-dropout penalty weight.
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all datasets; every key is declared here."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds init, data order, noise, K-means and the probe.
+
+  config.model = model = ml_collections.ConfigDict()
+  model.bottleneck = "soft_vq"  # none | vae | info_dropout | vq | soft_vq.
+  model.network = "mlp"  # mlp (MNIST, digits) | cnn (SVHN, CIFAR-10).
+  model.mlp_hidden = (500, 500, 2000)  # Encoder trunk sizes; decoder mirrors.
+  model.cnn_channels = (64, 128, 256, 512)  # Conv channels; decoder mirrors.
+  model.latent_dim = 64  # d, the size of z_e.
+  model.num_codewords = 128  # K, codebook size (vq, soft_vq).
+  model.noise_std = 0.0  # Std of the white noise on z_e in training (soft_vq).
+  model.normalizer = "paper"  # soft_vq weights: paper (sigma^-d) | notebook (sigma^+1).
+  model.beta = 1.0  # KL weight (vae) or penalty weight (info_dropout).
+  model.max_alpha = 0.7  # Upper bound of information dropout's noise scale.
+  model.commitment = 0.25  # beta of eq. (27), the commitment weight (vq, soft_vq).
+  model.vq_weight = 1.0  # Scale of eq. (27)'s VQ terms (vq, soft_vq).
+  model.ema_decay = config_dict.placeholder(float)  # vq: EMA codebook decay; None = off.
+  model.recon = "nmse"  # Reconstruction term: nmse | bernoulli.
+  model.output_activation = "sigmoid"  # Decoder output: sigmoid | identity.
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = "mnist"  # mnist | svhn_cropped | cifar10 | digits.
+  data.source = "tfds"  # tfds | files | sklearn.
+  data.dir = config_dict.placeholder(str)  # tfds data_dir, or the folder of files.
+  data.verify_md5 = True  # files: check the known md5 sums of the official files.
+  data.pixel_range = "unit"  # unit ([0, 1]) | centered ([-0.5, 0.5]).
+  data.validation_size = 0  # >0: hold out this many train images, evaluate on them.
+
+  config.train = train = ml_collections.ConfigDict()
+  train.num_steps = 40000  # Optimizer updates.
+  train.batch_size = 32  # Global batch, split across devices.
+  train.learning_rate = 3e-4  # Adam learning rate.
+  train.lr_schedule = "constant"  # constant | cosine (decay to 0 over num_steps).
+  train.log_every = 500  # Steps between metrics lines (and per dispatch).
+  train.checkpoint_every = 5000  # Steps between orbax checkpoints.
+  train.max_checkpoints = 2  # Checkpoints kept on disk.
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.kmeans_inits = 100  # K-means initialisations; the best inertia is kept.
+  ev.num_clusters = 0  # K-means clusters; 0 = the number of classes.
+  ev.probe_steps = 30000  # Adam steps of the linear probe.
+  ev.probe_batch_size = 128  # Linear-probe batch size.
+  ev.probe_learning_rate = 0.01  # Linear-probe Adam learning rate.
+  ev.batch_size = 1000  # Batch size when encoding the splits.
+  ev.figures = True  # Write t-SNE, reconstruction, usage and curve PNGs.
+  ev.tsne_points = 2000  # Test latents shown in the t-SNE figure.
+  return config
+
+
+def apply_preset(config: ml_collections.ConfigDict, name: str,
+                 values: PaperValues) -> None:
+  """Sets ``config`` to the paper's row ``name`` (see the module docstring)."""
+  model = config.model
+  config.train.num_steps = values.steps
+  if name == "ae":
+    model.bottleneck = "none"
+  elif name == "vae":
+    model.bottleneck, model.beta = "vae", 1.0
+  elif name == "beta_vae":
+    model.bottleneck, model.beta = "vae", values.beta_vae_beta
+  elif name == "info_dropout":
+    model.bottleneck, model.beta = "info_dropout", values.info_dropout_beta
+  elif name == "vq_vae":
+    model.bottleneck, model.num_codewords = "vq", values.vq_codewords
+  elif name == "soft_vq_vae":
+    model.bottleneck, model.num_codewords = "soft_vq", values.soft_vq_codewords
+    config.train.num_steps = values.soft_vq_steps
+  else:
+    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
+
+
+PRESETS = ("ae", "vae", "beta_vae", "info_dropout", "vq_vae", "soft_vq_vae")
+
+
+def make_quick(config: ml_collections.ConfigDict) -> None:
+  """Shrinks a config to a smoke test that runs in seconds."""
+  config.train.num_steps = 20
+  config.train.log_every = 10
+  config.train.checkpoint_every = 10
+  config.eval.kmeans_inits = 2
+  config.eval.probe_steps = 50
+  config.eval.tsne_points = 100
+
+
+def apply_args(config: ml_collections.ConfigDict, args: str | None,
+               values: PaperValues) -> ml_collections.ConfigDict:
+  """Applies the comma-separated presets and ``quick`` of ``FILE:ARGS``."""
+  for arg in filter(None, (args or "").split(",")):
+    if arg == "quick":
+      make_quick(config)
+    else:
+      apply_preset(config, arg, values)
+  return config

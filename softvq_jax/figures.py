@@ -1,0 +1,107 @@
+"""PNG figures of a finished run, written into its workdir.
+
+* ``tsne.png``: t-SNE of evaluation latents coloured by label (paper, Fig. 4);
+* ``reconstructions.png``: evaluation images (top) and reconstructions;
+* ``codebook_usage.png``: how often each codeword is the nearest / most
+  probable one on the evaluation split (quantizers only);
+* ``training_curves.png``: loss terms and codebook perplexity from
+  ``metrics.jsonl``.
+"""
+
+import json
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import ml_collections
+import numpy as np
+import sklearn.manifold
+
+from softvq_jax import models
+from softvq_jax import workdir as workdir_lib
+
+NUM_RECONSTRUCTIONS = 10
+
+
+def tsne(path: str, latents: np.ndarray, labels: np.ndarray, num_points: int,
+         seed: int, title: str = "") -> None:
+  """t-SNE scatter of the first ``num_points`` latents ``(N, d)``."""
+  latents, labels = latents[:num_points], labels[:num_points]
+  xy = sklearn.manifold.TSNE(2, init="pca", random_state=seed,
+                             perplexity=min(30.0, (len(latents) - 1) / 3)).fit_transform(latents)
+  fig, ax = plt.subplots(figsize=(6, 6))
+  scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3)
+  ax.legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8)
+  ax.set_xticks([]), ax.set_yticks([])
+  ax.set_title(title)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+
+
+def _show(ax, image: np.ndarray) -> None:
+  image = np.clip(image - image.min() if image.min() < 0 else image, 0, 1)
+  ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)
+  ax.axis("off")
+
+
+def reconstructions(path: str, images: np.ndarray, recons: np.ndarray) -> None:
+  """Two rows: ``images`` and their ``recons``, both ``(n, H, W, C)``."""
+  n = len(images)
+  fig, axes = plt.subplots(2, n, figsize=(n, 2.2))
+  for i in range(n):
+    _show(axes[0, i], images[i])
+    _show(axes[1, i], recons[i])
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+
+def codebook_usage(path: str, indices: np.ndarray, num_codewords: int) -> None:
+  """Bar chart of codeword counts, sorted by frequency."""
+  counts = np.sort(np.bincount(indices.reshape(-1), minlength=num_codewords))[::-1]
+  fig, ax = plt.subplots(figsize=(6, 3))
+  ax.bar(np.arange(num_codewords), counts, width=1.0)
+  ax.set_xlabel("codeword (sorted by use)")
+  ax.set_ylabel("assigned latents")
+  ax.set_title(f"{int((counts > 0).sum())} of {num_codewords} codewords used")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+
+
+def training_curves(path: str, records: Sequence[dict]) -> None:
+  """One panel per logged metric against the step."""
+  keys = [k for k in ("loss", "recon", "bottleneck_loss", "kl", "penalty",
+                      "codebook_loss", "commitment_loss", "perplexity", "usage")
+          if k in records[0]]
+  fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.6), squeeze=False)
+  steps = [r["step"] for r in records]
+  for ax, key in zip(axes[0], keys):
+    ax.plot(steps, [r[key] for r in records])
+    ax.set_title(key)
+    ax.set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_all(workdir: str, model: models.Autoencoder, variables, data,
+              eval_latents: np.ndarray, config: ml_collections.ConfigDict) -> None:
+  """All figures of a run (see the module docstring)."""
+  title = f"{config.model.bottleneck} on {config.data.name} ({data.eval_split})"
+  tsne(os.path.join(workdir, "tsne.png"), eval_latents, data.eval_labels,
+       config.eval.tsne_points, config.seed, title)
+  images = data.eval_images[:NUM_RECONSTRUCTIONS]
+  outputs, aux = model.apply(variables, images, train=False)
+  reconstructions(os.path.join(workdir, "reconstructions.png"), images,
+                  np.asarray(models.reconstruct(outputs, config.model.output_activation)))
+  if "indices" in aux:
+    _, aux = model.apply(variables, data.eval_images, train=False)
+    codebook_usage(os.path.join(workdir, "codebook_usage.png"),
+                   np.asarray(aux["indices"]), config.model.num_codewords)
+  path = os.path.join(workdir, workdir_lib.METRICS_FILE)
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  if records:
+    training_curves(os.path.join(workdir, "training_curves.png"), records)

@@ -1,0 +1,230 @@
+"""Datasets as in-memory arrays: tfds data sources, official files, sklearn.
+
+The paper's datasets are small (at most 73257 images of 32x32x3), so they are
+loaded whole, scaled to float32 and kept on the accelerator; batches are
+gathered on device inside the jitted train step (see ``train.py``), so the
+input pipeline is never the bottleneck.
+
+Sources (``config.data.source``):
+  tfds     ``tfds.data_source`` (array_record, no TensorFlow): mnist,
+           svhn_cropped, cifar10; ``data.dir`` is the tfds data_dir.
+  files    the official distribution files in ``data.dir``, for machines
+           without internet: MNIST idx .gz, the CIFAR-10 binary version
+           (``*_batch*.bin``), SVHN ``{train,test}_32x32.mat`` via scipy.
+           Nothing is unpickled. MNIST and SVHN files are md5-checked
+           against the official sums (``data.verify_md5``); every file is
+           checked for its header, shape and label range.
+  sklearn  scikit-learn's 8x8 digits (1797 images shipped with the package),
+           split 1437 / 360 by a fixed permutation.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import os
+from typing import Dict, Tuple
+
+import ml_collections
+import numpy as np
+import scipy.io
+import sklearn.datasets
+import tensorflow_datasets as tfds
+
+from softvq_jax.errors import InputError
+
+DATASETS = ("mnist", "svhn_cropped", "cifar10", "digits")
+SOURCES = ("tfds", "files", "sklearn")
+PIXEL_RANGES = ("unit", "centered")
+NUM_CLASSES = 10
+DIGITS_TEST_SIZE = 360
+SPLIT_SEED = 0  # Fixed: the digits split and validation hold-out never move.
+
+MNIST_FILES = {  # Official file name -> md5.
+    "train_images": ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+}
+SVHN_FILES = {
+    "train": ("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
+    "test": ("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
+}
+CIFAR_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+CIFAR_RECORD = 1 + 32 * 32 * 3
+CIFAR_PER_FILE = 10000
+
+Raw = Tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W, C), labels (N,).
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """Scaled float32 images ``(N, H, W, C)`` and int32 labels ``(N,)``.
+
+  ``eval_*`` is the test split, or the validation hold-out carved from the
+  training set when ``data.validation_size > 0`` (then ``eval_split`` says so
+  and the test split is not loaded into the run at all).
+  """
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  eval_images: np.ndarray
+  eval_labels: np.ndarray
+  eval_split: str
+  num_classes: int = NUM_CLASSES
+
+  @property
+  def image_shape(self) -> Tuple[int, int, int]:
+    return tuple(self.train_images.shape[1:])
+
+  @property
+  def pixel_variance(self) -> float:
+    """Variance of the training pixels: the normaliser of the nmse loss."""
+    return float(np.var(self.train_images))
+
+
+def _md5(path: str) -> str:
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _existing(directory: str, name: str, md5: str | None, verify: bool) -> str:
+  path = os.path.join(directory, name)
+  if not os.path.isfile(path):
+    raise InputError(f"data file missing: {path}")
+  if verify and md5 is not None and _md5(path) != md5:
+    raise InputError(f"data file corrupt: {path} does not have the official md5 {md5}"
+                     " (set data.verify_md5=False for non-official files)")
+  return path
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads a gzipped IDX file of unsigned bytes (MNIST's format)."""
+  try:
+    with gzip.open(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise InputError(f"data file unreadable: {path} ({e})") from None
+  if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+    raise InputError(f"data file corrupt: {path} is not an unsigned-byte IDX file")
+  ndim = data[3]
+  header = 4 + 4 * ndim
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  if len(data) != header + int(np.prod(shape)):
+    raise InputError(f"data file truncated: {path} holds {len(data) - header} "
+                     f"bytes, its header says {shape}")
+  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, what: str) -> Raw:
+  if images.shape[0] != labels.shape[0]:
+    raise InputError(f"data files disagree: {what} has {images.shape[0]} images "
+                     f"and {labels.shape[0]} labels")
+  if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    raise InputError(f"data file corrupt: {what} labels outside 0..{NUM_CLASSES - 1}")
+  return images, labels.astype(np.int32)
+
+
+def _mnist_files(directory: str, verify: bool) -> Dict[str, Raw]:
+  arrays = {key: read_idx(_existing(directory, name, md5, verify))
+            for key, (name, md5) in MNIST_FILES.items()}
+  return {split: _check_pair(arrays[f"{split}_images"][..., None],
+                             arrays[f"{split}_labels"], f"mnist {split}")
+          for split in ("train", "test")}
+
+
+def _cifar_files(directory: str, verify: bool) -> Dict[str, Raw]:
+  nested = os.path.join(directory, "cifar-10-batches-bin")
+  directory = nested if os.path.isdir(nested) else directory
+  out = {}
+  for split, names in CIFAR_FILES.items():
+    records = []
+    for name in names:
+      path = _existing(directory, name, None, verify)
+      size = os.path.getsize(path)
+      expected = CIFAR_PER_FILE * CIFAR_RECORD
+      if size % CIFAR_RECORD or (verify and size != expected):
+        raise InputError(f"data file truncated or corrupt: {path} has {size} bytes, "
+                         f"expected {expected}")
+      records.append(np.fromfile(path, np.uint8).reshape(-1, CIFAR_RECORD))
+    rec = np.concatenate(records)
+    images = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    out[split] = _check_pair(images, rec[:, 0], f"cifar10 {split}")
+  return out
+
+
+def _svhn_files(directory: str, verify: bool) -> Dict[str, Raw]:
+  out = {}
+  for split, (name, md5) in SVHN_FILES.items():
+    path = _existing(directory, name, md5, verify)
+    try:
+      mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+      images = np.asarray(mat["X"], np.uint8).transpose(3, 0, 1, 2)
+      labels = np.asarray(mat["y"]).reshape(-1) % 10  # SVHN labels digit 0 as 10.
+    except (ValueError, KeyError, TypeError, OSError) as e:
+      raise InputError(f"data file corrupt: {path} ({e})") from None
+    if images.shape[1:] != (32, 32, 3):
+      raise InputError(f"data file corrupt: {path} images have shape {images.shape[1:]}")
+    out[split] = _check_pair(images, labels, f"svhn {split}")
+  return out
+
+
+def _tfds(name: str, data_dir: str | None) -> Dict[str, Raw]:
+  out = {}
+  for split in ("train", "test"):
+    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    examples = [source[i] for i in range(len(source))]
+    images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+    labels = np.asarray([e["label"] for e in examples])
+    out[split] = _check_pair(images, labels, f"{name} {split}")
+  return out
+
+
+def _digits() -> Tuple[Dict[str, Raw], float]:
+  digits = sklearn.datasets.load_digits()
+  images = digits.images.astype(np.float32)[..., None]
+  order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
+  test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
+  labels = digits.target.astype(np.int32)
+  return {"train": (images[train], labels[train]),
+          "test": (images[test], labels[test])}, 16.0
+
+
+def load_raw(data_config: ml_collections.ConfigDict) -> Tuple[Dict[str, Raw], float]:
+  """``({'train': (images, labels), 'test': ...}, max_pixel_value)``."""
+  c = data_config
+  if c.source == "sklearn":
+    return _digits()
+  if c.source == "tfds":
+    return _tfds(c.name, c.dir), 255.0
+  loaders = {"mnist": _mnist_files, "cifar10": _cifar_files,
+             "svhn_cropped": _svhn_files}
+  return loaders[c.name](c.dir, c.verify_md5), 255.0
+
+
+def scale(images: np.ndarray, max_value: float, pixel_range: str) -> np.ndarray:
+  """Pixels to float32 in [0, 1] (``unit``) or [-0.5, 0.5] (``centered``)."""
+  x = images.astype(np.float32) / np.float32(max_value)
+  return x - np.float32(0.5) if pixel_range == "centered" else x
+
+
+def load(data_config: ml_collections.ConfigDict) -> Splits:
+  """Loads, scales and splits the dataset of ``data_config``."""
+  raw, max_value = load_raw(data_config)
+  train_x, train_y = raw["train"]
+  eval_x, eval_y = raw["test"]
+  eval_split = "test"
+  if data_config.validation_size > 0:
+    if data_config.validation_size >= len(train_x):
+      raise InputError(f"config.data.validation_size={data_config.validation_size} must be "
+                       f"smaller than the {len(train_x)} training images")
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(train_x))
+    held, kept = order[:data_config.validation_size], order[data_config.validation_size:]
+    train_x, train_y, eval_x, eval_y = train_x[kept], train_y[kept], train_x[held], train_y[held]
+    eval_split = "validation"
+  return Splits(scale(train_x, max_value, data_config.pixel_range), train_y,
+                scale(eval_x, max_value, data_config.pixel_range), eval_y, eval_split)

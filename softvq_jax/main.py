@@ -1,0 +1,43 @@
+"""Trains and evaluates one autoencoder.
+
+  python -m softvq_jax.main --config=configs/digits.py --workdir=/tmp/digits
+  python -m softvq_jax.main --config=configs/mnist.py:vq_vae \
+      --config.data.source=files --config.data.dir=../shared/datasets/mnist \
+      --workdir=/tmp/mnist_vq
+
+Bad input (an invalid key, missing data, a workdir of another config) ends in
+a one-line error and exit status 2 before anything is written.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from softvq_jax import train
+from softvq_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, optionally FILE:PRESETS.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError("Too many command-line arguments.")
+  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,72 @@
+"""Checks of a config against its valid ranges, before any work starts.
+
+``validate_config`` raises ``InputError`` with a one-line message that names
+the key, its value and the valid range or choices.
+"""
+
+import os
+
+import ml_collections
+
+from softvq_jax import bottlenecks
+from softvq_jax import input_pipeline
+from softvq_jax import models
+from softvq_jax.errors import InputError
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _choice(config, key: str, choices) -> None:
+  value = config[key]
+  if value not in choices:
+    raise InputError(f"config.{key}={value!r} is not valid; choose one of "
+                     f"{', '.join(choices)}")
+
+
+def _positive(config, key: str, allow_zero: bool = False) -> None:
+  value = config[key]
+  if value is None or not (value >= 0 if allow_zero else value > 0):
+    bound = ">= 0" if allow_zero else "> 0"
+    raise InputError(f"config.{key}={value!r} is not valid; it must be {bound}")
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ``InputError`` for the first invalid key of ``config``."""
+  c = config  # ConfigDict answers dotted keys: c["model.latent_dim"].
+  _choice(c, "model.bottleneck", models.BOTTLENECKS)
+  _choice(c, "model.network", models.NETWORKS)
+  _choice(c, "model.recon", models.RECONSTRUCTIONS)
+  _choice(c, "model.output_activation", models.OUTPUT_ACTIVATIONS)
+  _choice(c, "model.normalizer", bottlenecks.NORMALIZERS)
+  _choice(c, "data.name", input_pipeline.DATASETS)
+  _choice(c, "data.source", input_pipeline.SOURCES)
+  _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
+  _choice(c, "train.lr_schedule", LR_SCHEDULES)
+  for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",
+              "train.batch_size", "train.learning_rate", "train.log_every",
+              "train.checkpoint_every", "train.max_checkpoints",
+              "eval.kmeans_inits", "eval.probe_steps", "eval.probe_batch_size",
+              "eval.probe_learning_rate", "eval.batch_size"):
+    _positive(c, key)
+  for key in ("model.noise_std", "model.beta", "model.commitment",
+              "model.vq_weight", "model.max_alpha", "data.validation_size",
+              "eval.num_clusters", "eval.tsne_points"):
+    _positive(c, key, allow_zero=True)
+  if config.train.batch_size % num_devices:
+    raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "
+                     f"it must be a multiple of the device count {num_devices}")
+  decay = config.model.ema_decay
+  if decay is not None and not 0 < decay < 1:
+    raise InputError(f"config.model.ema_decay={decay!r} is not valid; "
+                     "it must be in (0, 1), or None for no EMA")
+  if config.model.recon == "bernoulli" and config.data.pixel_range != "unit":
+    raise InputError("config.model.recon='bernoulli' needs config.data.pixel_range='unit'")
+  if (config.data.name == "digits") != (config.data.source == "sklearn"):
+    raise InputError(f"config.data.source={config.data.source!r} cannot load "
+                     f"config.data.name={config.data.name!r}; digits comes from "
+                     "sklearn and sklearn has only digits")
+  if config.data.source == "files" and not config.data.dir:
+    raise InputError("config.data.dir is missing; data.source='files' needs the "
+                     "folder of the official files")
+  if config.data.dir and not os.path.isdir(config.data.dir):
+    raise InputError(f"config.data.dir={config.data.dir!r} is not a directory")

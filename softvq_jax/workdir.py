@@ -1,0 +1,120 @@
+"""What a run keeps in its workdir, written so that nothing is ever half-written.
+
+* ``config.json``: the resolved config. A workdir that holds another config
+  is refused with the keys that differ; one that holds ``eval.json`` for the
+  same config is a finished run and is not retrained.
+* ``metrics.jsonl`` and ``tensorboard/``: one record per logged step. On
+  resume, records past the restored checkpoint are dropped, so the log of a
+  resumed run reads like an uninterrupted one.
+* JSON results are written to a temporary file and renamed into place.
+"""
+
+import json
+import os
+import tempfile
+from typing import Any, Dict, Optional
+
+from absl import logging
+import ml_collections
+import tensorboardX
+
+from softvq_jax.errors import InputError
+
+CONFIG_FILE = "config.json"
+EVAL_FILE = "eval.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The config as plain JSON types."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` to ``path`` atomically (temporary file, then rename)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Optional[Any]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+    return out
+  return [] if old == new else [f"{prefix[:-1]}: {old!r} in the workdir, {new!r} now"]
+
+
+def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str, Any]]:
+  """Checks ``workdir`` against ``config`` before anything is written.
+
+  Returns:
+    The stored eval results if the workdir holds a finished run of this
+    config, else None.
+
+  Raises:
+    InputError: the workdir holds a run of another config.
+  """
+  stored = read_json(os.path.join(workdir, CONFIG_FILE))
+  if stored is None:
+    return None
+  differences = _diff(stored, config_dict(config))
+  if differences:
+    raise InputError(f"workdir {workdir} holds a run of another config ("
+                     + "; ".join(differences) + "); use a new --workdir")
+  return read_json(os.path.join(workdir, EVAL_FILE))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
+
+
+class MetricsLog:
+  """metrics.jsonl, TensorBoard scalars and a console progress line."""
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    self.path = os.path.join(workdir, METRICS_FILE)
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+    fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+    self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                             purge_step=start_step + 1 if start_step else None)
+
+  def write(self, step: int, metrics: Dict[str, float], steps_per_sec: float,
+            eta: float) -> None:
+    """Appends one record and prints the progress line."""
+    if not self.enabled:
+      return
+    record = {"step": step, **metrics, "steps_per_sec": steps_per_sec}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+    for key, value in record.items():
+      if key != "step":
+        self.writer.add_scalar(key, value, step)
+    self.writer.flush()
+    logging.info("step %d  loss %.4f  %.1f steps/s  ETA %dm%02ds", step,
+                 metrics["loss"], steps_per_sec, eta // 60, eta % 60)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.writer.close()
