@@ -1,0 +1,99 @@
+"""End-to-end training: every bottleneck, resume, workdir rules, NaN guard."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from softvq_jax import train
+from softvq_jax.errors import InputError
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("bottleneck,ema", [
+    ("none", None), ("vae", None), ("info_dropout", None), ("vq", None),
+    ("vq", 0.99), ("soft_vq", None)])
+def test_end_to_end(tiny_config, tmp_path, bottleneck, ema):
+  tiny_config.model.bottleneck = bottleneck
+  tiny_config.model.ema_decay = ema
+  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert 0 < results["clustering_acc"] <= 100 and 0 < results["probe_acc"] <= 100
+  assert 0 <= results["nmi"] <= 1
+  assert json.load(open(tmp_path / "eval.json")) == results
+  records = read_jsonl(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in records] == [10, 20]
+  expected = {"step", "loss", "recon", "bottleneck_loss", "steps_per_sec"}
+  if bottleneck in ("vq", "soft_vq"):
+    expected |= {"perplexity", "usage", "codebook_loss", "commitment_loss"}
+  assert expected <= set(records[0])
+  assert all(np.isfinite(r["loss"]) for r in records)
+  latents = np.load(tmp_path / "latents.npz")
+  assert latents["latents"].shape == (360, tiny_config.model.latent_dim)
+  assert latents["labels"].shape == (360,)
+  assert json.load(open(tmp_path / "config.json"))["model"]["bottleneck"] == bottleneck
+  assert os.listdir(tmp_path / "tensorboard")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+
+
+def test_figures_are_written(tiny_config, tmp_path):
+  tiny_config.eval.figures = True
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  for name in ("tsne", "reconstructions", "codebook_usage", "training_curves"):
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
+  full, resumed = tmp_path / "full", tmp_path / "resumed"
+  expected = train.train_and_evaluate(tiny_config, str(full))
+  train.train_and_evaluate(tiny_config, str(resumed))
+  # Simulate a run killed after its step-10 checkpoint.
+  shutil.rmtree(resumed / "checkpoints" / "20")
+  os.remove(resumed / "eval.json")
+  assert train.train_and_evaluate(tiny_config, str(resumed)) == expected
+  assert (resumed / "eval.json").read_bytes() == (full / "eval.json").read_bytes()
+  full_log, resumed_log = read_jsonl(full / "metrics.jsonl"), read_jsonl(resumed / "metrics.jsonl")
+  assert [r["step"] for r in resumed_log] == [10, 20]
+  assert [r["loss"] for r in resumed_log] == [r["loss"] for r in full_log]
+
+
+def test_finished_run_is_not_retrained(tiny_config, tmp_path, monkeypatch):
+  expected = train.train_and_evaluate(tiny_config, str(tmp_path))
+  monkeypatch.setattr(train.input_pipeline, "load", lambda _: pytest.fail("retrained"))
+  assert train.train_and_evaluate(tiny_config, str(tmp_path)) == expected
+
+
+def test_other_config_is_refused_and_nothing_changes(tiny_config, tmp_path):
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  tiny_config.model.num_codewords = 7
+  with pytest.raises(InputError, match=r"model.num_codewords: 32 in the workdir, 7 now"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_path,
+                                                           monkeypatch):
+  load = train.input_pipeline.load
+
+  def load_with_a_nan_image(data_config):
+    data = load(data_config)
+    data.train_images[21] = np.nan  # First drawn at step 25 for seed 0.
+    return data
+
+  monkeypatch.setattr(train.input_pipeline, "load", load_with_a_nan_image)
+  tiny_config.train.num_steps = 1000
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite loss or gradient at step (\d+)") as error:
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  bad_step = int(str(error.value).split("at step ")[1].split(";")[0])
+  last_good = bad_step // 10 * 10
+  assert last_good >= 10
+  assert f"last good checkpoint is at step {last_good}" in str(error.value)
+  assert max(int(s) for s in os.listdir(tmp_path / "checkpoints")) == last_good
+  assert not (tmp_path / "eval.json").exists()
