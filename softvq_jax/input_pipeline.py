@@ -72,16 +72,12 @@ class Splits:
   eval_images: np.ndarray
   eval_labels: np.ndarray
   eval_split: str
+  pixel_variance: float  # Of the training pixels: the nmse normaliser.
   num_classes: int = NUM_CLASSES
 
   @property
   def image_shape(self) -> Tuple[int, int, int]:
     return tuple(self.train_images.shape[1:])
-
-  @property
-  def pixel_variance(self) -> float:
-    """Variance of the training pixels: the normaliser of the nmse loss."""
-    return float(np.var(self.train_images))
 
 
 def _md5(path: str) -> str:
@@ -165,7 +161,7 @@ def _svhn_files(directory: str, verify: bool) -> Dict[str, Raw]:
       mat = scipy.io.loadmat(path, variable_names=("X", "y"))
       images = np.asarray(mat["X"], np.uint8).transpose(3, 0, 1, 2)
       labels = np.asarray(mat["y"]).reshape(-1) % 10  # SVHN labels digit 0 as 10.
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except (scipy.io.matlab.MatReadError, ValueError, KeyError, TypeError, OSError) as e:
       raise InputError(f"data file corrupt: {path} ({e})") from None
     if images.shape[1:] != (32, 32, 3):
       raise InputError(f"data file corrupt: {path} images have shape {images.shape[1:]}")
@@ -226,5 +222,6 @@ def load(data_config: ml_collections.ConfigDict) -> Splits:
     held, kept = order[:data_config.validation_size], order[data_config.validation_size:]
     train_x, train_y, eval_x, eval_y = train_x[kept], train_y[kept], train_x[held], train_y[held]
     eval_split = "validation"
-  return Splits(scale(train_x, max_value, data_config.pixel_range), train_y,
-                scale(eval_x, max_value, data_config.pixel_range), eval_y, eval_split)
+  train_x = scale(train_x, max_value, data_config.pixel_range)
+  return Splits(train_x, train_y, scale(eval_x, max_value, data_config.pixel_range),
+                eval_y, eval_split, pixel_variance=float(np.var(train_x)))

@@ -9,6 +9,7 @@ Bad input (an invalid key, missing data, a workdir of another config) ends in
 a one-line error and exit status 2 before anything is written.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -27,9 +28,15 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_orbax(record) -> bool:
+  """Keeps orbax's per-save INFO chatter out of the progress log."""
+  return "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

@@ -1,0 +1,144 @@
+"""Configs, presets, overrides, validation and the launcher's error path."""
+
+import os
+import subprocess
+import sys
+
+import json
+
+import pytest
+
+from configs import cifar10, digits, mnist, svhn
+from softvq_jax import validation
+from softvq_jax.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED_KEYS = (
+    "model.bottleneck", "model.latent_dim", "model.num_codewords", "model.noise_std",
+    "model.beta", "model.commitment", "data.name", "data.source", "data.dir",
+    "train.num_steps", "train.batch_size", "train.learning_rate",
+    "train.checkpoint_every", "eval.kmeans_inits", "seed")
+
+
+@pytest.mark.parametrize("module", [mnist, svhn, cifar10, digits])
+def test_configs_have_required_keys_and_validate(module):
+  config = module.get_config()
+  for key in REQUIRED_KEYS:
+    assert key.split(".")[-1] in (config[key.rsplit(".", 1)[0]] if "." in key else config)
+  validation.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("module,preset,expected", [
+    (mnist, "ae", {"model.bottleneck": "none", "train.num_steps": 40000}),
+    (mnist, "beta_vae", {"model.bottleneck": "vae", "model.beta": 20.0}),
+    (mnist, "vq_vae", {"model.bottleneck": "vq", "model.num_codewords": 128}),
+    (mnist, "soft_vq_vae", {"model.bottleneck": "soft_vq", "model.num_codewords": 128,
+                            "train.num_steps": 40000}),
+    (svhn, "beta_vae", {"model.bottleneck": "vae", "model.beta": 100.0}),
+    (cifar10, "vq_vae", {"model.bottleneck": "vq", "model.num_codewords": 512,
+                         "train.num_steps": 40000}),
+    (cifar10, "soft_vq_vae", {"model.num_codewords": 32, "train.num_steps": 10000}),
+    (svhn, "info_dropout", {"model.bottleneck": "info_dropout", "model.beta": 0.5 / 256}),
+    (mnist, "vae,quick", {"model.bottleneck": "vae", "train.num_steps": 20}),
+])
+def test_presets(module, preset, expected):
+  config = module.get_config(preset)
+  assert {key: config[key] for key in expected} == expected
+
+
+def test_paper_protocols():
+  config = mnist.get_config()
+  assert (config.model.latent_dim, config.model.num_codewords, config.train.batch_size,
+          config.train.num_steps, config.train.learning_rate) == (64, 128, 32, 40000, 3e-4)
+  config = cifar10.get_config()
+  assert (config.model.network, config.model.latent_dim, config.model.num_codewords,
+          config.train.num_steps) == ("cnn", 256, 32, 10000)
+
+
+def test_unknown_preset():
+  with pytest.raises(ValueError, match="unknown preset 'nope'"):
+    mnist.get_config("nope")
+
+
+def test_command_line_overrides_reach_config_json(tmp_path):
+  result = run_main("--config=configs/digits.py:vq_vae,quick", "--config.model.num_codewords=8",
+                    "--config.model.mlp_hidden=(16,)", "--config.eval.figures=False",
+                    f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert (config["model"]["bottleneck"], config["model"]["num_codewords"],
+          config["model"]["mlp_hidden"], config["train"]["num_steps"]) == ("vq", 8, [16], 20)
+  assert (tmp_path / "eval.json").exists()
+
+
+def test_locked_config_rejects_unknown_keys(tmp_path):
+  result = run_main("--config=configs/digits.py", "--config.model.codewords=8",
+                    f"--workdir={tmp_path}")
+  assert result.returncode != 0 and "codewords" in result.stderr
+  assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("model.num_codewords", 0, "config.model.num_codewords=0 .* > 0"),
+    ("model.latent_dim", -3, "config.model.latent_dim=-3 .* > 0"),
+    ("train.batch_size", 0, "config.train.batch_size=0 .* > 0"),
+    ("train.batch_size", 30, "multiple of the device count 4"),
+    ("model.noise_std", -0.1, "config.model.noise_std=-0.1 .* >= 0"),
+    ("model.bottleneck", "gumbel", "choose one of none, vae, info_dropout, vq, soft_vq"),
+    ("data.name", "imagenet", "choose one of mnist, svhn_cropped, cifar10, digits"),
+    ("data.source", "http", "choose one of tfds, files, sklearn"),
+    ("data.dir", "/no/such/dir", "config.data.dir='/no/such/dir' is not a directory"),
+    ("model.ema_decay", 1.5, "in \\(0, 1\\)"),
+])
+def test_validation_errors(key, value, message):
+  config = digits.get_config()
+  section, field = key.split(".")
+  config[section][field] = value
+  with pytest.raises(InputError, match=message):
+    validation.validate_config(config, num_devices=4 if value == 30 else 1)
+
+
+def test_files_source_needs_dir():
+  config = mnist.get_config()
+  config.data.source = "files"
+  with pytest.raises(InputError, match="config.data.dir is missing"):
+    validation.validate_config(config, num_devices=1)
+
+
+def run_main(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "softvq_jax.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.model.num_codewords=0", "error: config.model.num_codewords=0"),
+    ("--config.data.source=files", "error: config.data.source='files' cannot load"),
+])
+def test_main_bad_input_exits_2_with_one_line(tmp_path, override, expected):
+  workdir = tmp_path / "run"
+  result = run_main("--config=configs/digits.py", override, f"--workdir={workdir}")
+  assert result.returncode == 2
+  lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and lines[0].startswith(expected)
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
+
+
+def test_one_and_four_devices_agree(tmp_path):
+  """The global batch split over 4 devices trains the same model."""
+  results = {}
+  for devices in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    workdir = tmp_path / str(devices)
+    result = run_main("--config=configs/digits.py:quick", "--config.eval.figures=False",
+                      "--config.model.mlp_hidden=(64, 64)", f"--workdir={workdir}", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(workdir / "metrics.jsonl") as f:
+      results[devices] = [line for line in f]
+    timing = (workdir / "timing.json").read_text()
+    assert f'"devices": {devices}' in timing
+  one = [json.loads(l) for l in results[1]]
+  four = [json.loads(l) for l in results[4]]
+  for a, b in zip(one, four):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
