@@ -35,3 +35,10 @@ def get_config(args=None):
   config.eval.probe_steps = 5000
   config.eval.tsne_points = 360
   return default.apply_args(config, args, PAPER)
+
+
+def get_sweep(name):
+  """``table1``: Table 1's rows (raw pixels and the six bottlenecks) on digits."""
+  if name != "table1":
+    raise ValueError(f"unknown sweep {name!r}; choose table1")
+  return default.table_sweep(("raw",) + default.PRESETS, PAPER)

@@ -5,3 +5,7 @@ from softvq_jax.configs import images32
 
 def get_config(args=None):
   return images32.get_config("svhn_cropped", args)
+
+
+PAPER_RESULTS = images32.PAPER_RESULTS
+get_sweep = images32.get_sweep

@@ -16,6 +16,7 @@ the per-dataset ``PaperValues``):
 """
 
 import dataclasses
+from typing import Any, Dict
 
 import ml_collections
 from ml_collections import config_dict
@@ -83,29 +84,41 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def apply_preset(config: ml_collections.ConfigDict, name: str,
-                 values: PaperValues) -> None:
-  """Sets ``config`` to the paper's row ``name`` (see the module docstring)."""
-  model = config.model
-  config.train.num_steps = values.steps
-  if name == "ae":
-    model.bottleneck = "none"
-  elif name == "vae":
-    model.bottleneck, model.beta = "vae", 1.0
-  elif name == "beta_vae":
-    model.bottleneck, model.beta = "vae", values.beta_vae_beta
-  elif name == "info_dropout":
-    model.bottleneck, model.beta = "info_dropout", values.info_dropout_beta
-  elif name == "vq_vae":
-    model.bottleneck, model.num_codewords = "vq", values.vq_codewords
-  elif name == "soft_vq_vae":
-    model.bottleneck, model.num_codewords = "soft_vq", values.soft_vq_codewords
-    config.train.num_steps = values.soft_vq_steps
-  else:
-    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
-
-
 PRESETS = ("ae", "vae", "beta_vae", "info_dropout", "vq_vae", "soft_vq_vae")
+
+
+def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
+  """The dotted-key overrides of the paper's row ``name`` (module docstring)."""
+  steps = {"train.num_steps": values.steps}
+  rows = {
+      "ae": {"model.bottleneck": "none"},
+      "vae": {"model.bottleneck": "vae", "model.beta": 1.0},
+      "beta_vae": {"model.bottleneck": "vae", "model.beta": values.beta_vae_beta},
+      "info_dropout": {"model.bottleneck": "info_dropout",
+                       "model.beta": values.info_dropout_beta},
+      "vq_vae": {"model.bottleneck": "vq", "model.num_codewords": values.vq_codewords},
+      "soft_vq_vae": {"model.bottleneck": "soft_vq",
+                      "model.num_codewords": values.soft_vq_codewords},
+  }
+  if name not in rows:
+    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
+  if name == "soft_vq_vae":
+    steps = {"train.num_steps": values.soft_vq_steps}
+  return {**rows[name], **steps}
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted keys (``"model.beta"``) of ``config``; unknown keys are errors."""
+  for key, value in overrides.items():
+    *parents, field = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if field not in node:
+      raise KeyError(f"config has no key {key!r}")
+    node[field] = value
+  return config
 
 
 def make_quick(config: ml_collections.ConfigDict) -> None:
@@ -125,5 +138,22 @@ def apply_args(config: ml_collections.ConfigDict, args: str | None,
     if arg == "quick":
       make_quick(config)
     else:
-      apply_preset(config, arg, values)
+      apply_overrides(config, preset_overrides(arg, values))
   return config
+
+
+def sweep_point(row: str, seed: int, values: PaperValues,
+                **overrides: Any) -> Dict[str, Any]:
+  """One run of a sweep: a paper row (a preset, or ``raw`` for pixels) and a seed.
+
+  ``overrides`` uses ``__`` for dots (``data__name="cifar10"``).
+  """
+  extra = {key.replace("__", "."): value for key, value in overrides.items()}
+  tag = "/".join([str(v) for k, v in sorted(extra.items())] + [row, f"seed_{seed}"])
+  preset = {} if row == "raw" else preset_overrides(row, values)
+  return {"name": tag, "row": row, "overrides": {**preset, **extra, "seed": seed}}
+
+
+def table_sweep(rows, values: PaperValues, seeds=(0, 1, 2)) -> list:
+  """Every row x seed, seed-major: an interrupted sweep has all rows of seed 0."""
+  return [sweep_point(row, seed, values) for seed in seeds for row in rows]

@@ -1,0 +1,198 @@
+"""Sweep launcher: runs a named sweep of a config file, then tabulates it.
+
+  python -m softvq_jax.sweep --config=configs/mnist.py --sweep=table1 \
+      --config.data.source=files --config.data.dir=../shared/datasets/mnist \
+      --workdir=/tmp/table1 --results=experiments/results/table1_mnist
+
+Sweeps are defined in the config file by ``get_sweep(name)``, a list of
+points ``{"name", "row", "overrides"}`` (see ``default.sweep_point``); the
+command-line ``--config.*`` overrides apply to every point. Each point runs
+in ``WORKDIR/<name>``. Finished runs are skipped and unfinished ones resume,
+so re-running the command continues an interrupted sweep. Every point's
+config is validated before the first run starts.
+
+The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
+
+Results: ``RESULTS.json`` (per-seed values per row), ``RESULTS.md`` (mean +-
+std over seeds next to the paper's numbers) and ``RESULTS.csv``.
+"""
+
+import copy
+import csv
+import importlib.util
+import io
+import os
+import sys
+import time
+from typing import Any, Dict, List
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from softvq_jax import evaluation
+from softvq_jax import input_pipeline
+from softvq_jax import train
+from softvq_jax import validation
+from softvq_jax import workdir as workdir_lib
+from softvq_jax.configs import default
+from softvq_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file of the sweep.",
+                                lock_config=True)
+flags.DEFINE_string("sweep", None, "Name of a sweep of the config file's get_sweep.")
+flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
+flags.DEFINE_string("results", None, "Path prefix of the tables; default WORKDIR/SWEEP.")
+flags.DEFINE_bool("aggregate_only", False, "Only tabulate the finished runs.")
+flags.mark_flags_as_required(["config", "sweep", "workdir"])
+
+METRICS = ("clustering_acc", "nmi", "probe_acc")
+
+
+def load_config_module(path: str):
+  """The config file as a module, for its ``get_sweep`` and ``PAPER_RESULTS``."""
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def point_config(base: ml_collections.ConfigDict, point: Dict[str, Any],
+                 quick: bool = False) -> ml_collections.ConfigDict:
+  """The config of one point: ``base`` with the point's overrides.
+
+  ``quick`` (from ``--config=FILE:quick``) shrinks every point to a smoke test
+  after the presets have set their step counts.
+  """
+  config = copy.deepcopy(base)
+  with config.unlocked():
+    default.apply_overrides(config, point["overrides"])
+    if quick:
+      default.make_quick(config)
+  return config
+
+
+def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """The "Raw Data" row: the evaluation suite on flattened pixels."""
+  finished = workdir_lib.check(config, workdir)
+  if finished is not None:
+    return finished
+  data = input_pipeline.load(config.data)
+  workdir_lib.write_config(config, workdir)
+  t0 = time.time()
+  results = evaluation.evaluate(data.train_images, data.train_labels, data.eval_images,
+                                data.eval_labels, config.eval, data.num_classes,
+                                config.seed)
+  results["eval_split"] = data.eval_split
+  workdir_lib.write_json(os.path.join(workdir, "timing.json"),
+                         {"train_seconds": 0.0, "eval_seconds": time.time() - t0})
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.EVAL_FILE), results)
+  return results
+
+
+def run(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir: str,
+        quick: bool = False) -> None:
+  """Runs every point of the sweep that is not finished yet."""
+  configs = [point_config(base, p, quick) for p in points]
+  for config in configs:
+    validation.validate_config(config, jax.device_count())
+  for i, (point, config) in enumerate(zip(points, configs)):
+    run_dir = os.path.join(workdir, point["name"])
+    logging.info("sweep point %d/%d: %s", i + 1, len(points), point["name"])
+    if point["row"] == "raw":
+      evaluate_pixels(config, run_dir)
+    else:
+      train.train_and_evaluate(config, run_dir)
+
+
+def _stats(values: List[float]) -> str:
+  if not values:
+    return "-"
+  scale = 1 if max(abs(v) for v in values) > 1.5 else 1e-4  # Percent vs NMI.
+  digits = 2 if scale == 1 else 4
+  return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def aggregate(points: List[Dict[str, Any]], workdir: str,
+              paper: Dict[str, Dict[str, tuple]]) -> Dict[str, Any]:
+  """Collects the finished runs into rows of per-seed values."""
+  rows: Dict[tuple, Dict[str, Any]] = {}
+  for point in points:
+    run_dir = os.path.join(workdir, point["name"])
+    results = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.EVAL_FILE))
+    if results is None:
+      continue
+    config = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.CONFIG_FILE))
+    timing = workdir_lib.read_json(os.path.join(run_dir, "timing.json")) or {}
+    key = (config["data"]["name"], point["row"])
+    row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "seeds": [],
+                                "train_seconds": [], **{m: [] for m in METRICS}})
+    row["seeds"].append(config["seed"])
+    row["train_seconds"].append(timing.get("train_seconds"))
+    for metric in METRICS:
+      row[metric].append(results[metric])
+    row["eval_split"] = results["eval_split"]
+    reference = paper.get(key[0], {}).get(key[1])
+    if reference is not None:
+      row["paper"] = dict(zip(METRICS, reference))
+  return {"rows": list(rows.values())}
+
+
+def markdown(table: Dict[str, Any]) -> str:
+  lines = ["| dataset | model | seeds | clustering ACC (%) | NMI | probe acc (%) "
+           "| paper ACC | paper NMI | paper probe |", "|---" * 9 + "|"]
+  for row in table["rows"]:
+    paper = row.get("paper", {})
+    fmt = lambda v: "-" if v is None else f"{v:g}"
+    lines.append(
+        f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | "
+        + " | ".join(_stats(row[m]) for m in METRICS) + " | "
+        + " | ".join(fmt(paper.get(m)) for m in METRICS) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(table: Dict[str, Any], prefix: str) -> None:
+  workdir_lib.write_json(prefix + ".json", table)
+  with open(prefix + ".md", "w") as f:
+    f.write(markdown(table))
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(["dataset", "model", "seed", *METRICS])
+  for row in table["rows"]:
+    for i, seed in enumerate(row["seeds"]):
+      writer.writerow([row["dataset"], row["model"], seed, *(row[m][i] for m in METRICS)])
+  with open(prefix + ".csv", "w") as f:
+    f.write(out.getvalue())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError("Too many command-line arguments.")
+  path, _, args = FLAGS["config"].config_filename.partition(":")
+  module = load_config_module(path)
+  try:
+    points = module.get_sweep(FLAGS.sweep)
+    if not FLAGS.aggregate_only:
+      run(FLAGS.config, points, FLAGS.workdir, quick="quick" in args.split(","))
+  except (InputError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  table = aggregate(points, FLAGS.workdir, getattr(module, "PAPER_RESULTS", {}))
+  table["protocol"] = {
+      "command": " ".join(sys.argv),
+      "config": workdir_lib.config_dict(FLAGS.config),
+      "sweep": FLAGS.sweep,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+  }
+  prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
+  write_tables(table, prefix)
+  print(markdown(table))
+
+
+if __name__ == "__main__":
+  app.run(main)
