@@ -97,3 +97,14 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_pat
   assert f"last good checkpoint is at step {last_good}" in str(error.value)
   assert max(int(s) for s in os.listdir(tmp_path / "checkpoints")) == last_good
   assert not (tmp_path / "eval.json").exists()
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path):
+  expected = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  run = tmp_path / "damaged"
+  train.train_and_evaluate(tiny_config, str(run))
+  os.remove(run / "eval.json")
+  for path in (run / "checkpoints" / "20").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  assert train.train_and_evaluate(tiny_config, str(run)) == expected

@@ -1,0 +1,72 @@
+"""Tests of the clustering metrics and the linear probe."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from softvq_jax import evaluation
+
+
+@pytest.mark.parametrize("y_true,y_pred,expected", [
+    ([0, 0, 1, 1], [1, 1, 0, 0], 100.0),  # Relabelled clusters are perfect.
+    ([0, 0, 1, 1], [0, 1, 0, 1], 50.0),
+    ([0, 0, 0, 1, 1, 2], [2, 2, 0, 1, 1, 1], 4 / 6 * 100),
+    ([0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 1], 4 / 6 * 100),  # Fewer clusters than classes.
+    ([0, 0, 1, 1], [0, 1, 2, 3], 50.0),  # More clusters than classes.
+    ([0, 1, 2, 3], [5, 5, 5, 5], 25.0),
+])
+def test_clustering_accuracy(y_true, y_pred, expected):
+  assert evaluation.clustering_accuracy(np.array(y_true), np.array(y_pred)) == \
+      pytest.approx(expected)
+
+
+@pytest.mark.parametrize("y_true,y_pred,expected", [
+    ([0, 0, 1, 1], [1, 1, 0, 0], 1.0),
+    ([0, 0, 1, 1], [0, 1, 0, 1], 0.0),
+    # H(y) = log 2, H(c) = 1.5 log 2, I = log 2 (c determines y): 2I / (H + H).
+    ([0, 0, 1, 1], [0, 0, 1, 2], 2 * np.log(2) / (np.log(2) + 1.5 * np.log(2))),
+])
+def test_nmi_arithmetic(y_true, y_pred, expected):
+  assert evaluation.nmi(np.array(y_true), np.array(y_pred)) == pytest.approx(expected)
+
+
+def blobs(seed, n=300, d=5, classes=3, spread=0.3):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, d)) * 4
+  labels = rng.integers(0, classes, n)
+  return (centres[labels] + spread * rng.normal(size=(n, d))).astype(np.float32), labels
+
+
+def eval_config(**kw):
+  config = ml_collections.ConfigDict(dict(kmeans_inits=5, num_clusters=0, probe_steps=300,
+                                          probe_batch_size=64, probe_learning_rate=0.01))
+  config.update(kw)
+  return config
+
+
+def test_separable_blobs_are_solved_and_deterministic():
+  train_x, train_y = blobs(0)
+  test_x, test_y = blobs(0, n=100)
+  a = evaluation.evaluate(train_x, train_y, test_x, test_y, eval_config(), 3, seed=1)
+  b = evaluation.evaluate(train_x, train_y, test_x, test_y, eval_config(), 3, seed=1)
+  assert a == b
+  assert a["clustering_acc"] == 100.0 and a["nmi"] == pytest.approx(1.0)
+  assert a["ari"] == pytest.approx(1.0) and a["probe_acc"] == 100.0
+
+
+def test_probe_on_random_labels_is_near_chance():
+  rng = np.random.default_rng(0)
+  train_x, test_x = rng.normal(size=(2000, 8)), rng.normal(size=(1000, 8))
+  acc = evaluation.linear_probe(train_x, rng.integers(0, 4, 2000), test_x,
+                                rng.integers(0, 4, 1000), num_classes=4, steps=500,
+                                batch_size=64, learning_rate=0.01, seed=0)
+  assert 20.0 < acc < 30.0
+
+
+def test_kmeans_keeps_best_inertia():
+  x, _ = blobs(2, classes=4, spread=1.5)
+  many = evaluation.kmeans(x, 4, num_inits=20, seed=0)
+  inertia = lambda ids: sum(((x[ids == c] - x[ids == c].mean(0)) ** 2).sum()
+                            for c in np.unique(ids))
+  single = [evaluation.kmeans(x, 4, num_inits=1, seed=s) for s in range(5)]
+  assert inertia(many) <= min(inertia(s) for s in single) + 1e-3

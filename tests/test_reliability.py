@@ -1,0 +1,35 @@
+"""A run killed with SIGKILL and restarted ends with the identical eval.json."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ("--config=configs/digits.py", "--config.model.mlp_hidden=(64, 64)",
+        "--config.train.num_steps=1500", "--config.train.log_every=100",
+        "--config.train.checkpoint_every=300", "--config.eval.figures=False",
+        "--config.eval.kmeans_inits=5", "--config.eval.probe_steps=500")
+
+
+def command(workdir):
+  return [sys.executable, "-m", "softvq_jax.main", *ARGS, f"--workdir={workdir}"]
+
+
+def test_sigkill_then_restart_gives_identical_eval(tmp_path):
+  reference, killed = tmp_path / "reference", tmp_path / "killed"
+  subprocess.run(command(reference), cwd=ROOT, check=True, capture_output=True, timeout=300)
+  process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (killed / "checkpoints" / "600").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (killed / "eval.json").exists(), "the run finished before it was killed"
+  subprocess.run(command(killed), cwd=ROOT, check=True, capture_output=True, timeout=300)
+  assert (killed / "eval.json").read_bytes() == (reference / "eval.json").read_bytes()
+  steps = lambda run: [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+  assert steps(killed) == steps(reference) == list(range(100, 1600, 100))

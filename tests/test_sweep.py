@@ -1,0 +1,89 @@
+"""Tests of the sweep launcher: runs, skipping, resumption and the tables."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10, digits, mnist
+from softvq_jax import sweep
+from softvq_jax.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_points(module, name, keep):
+  return [p for p in module.get_sweep(name) if keep(p)]
+
+
+def test_table_sweeps_cover_rows_and_seeds():
+  points = mnist.get_sweep("table1")
+  assert len(points) == 7 * 3
+  assert [p["row"] for p in points[:7]] == list(mnist.PAPER_RESULTS["mnist"])
+  assert {p["overrides"]["seed"] for p in points} == {0, 1, 2}
+  vq = next(p for p in points if p["row"] == "vq_vae")
+  assert vq["overrides"]["model.num_codewords"] == 128
+  table2 = cifar10.get_sweep("table2")
+  assert len(table2) == 2 * 6 * 3
+  assert {p["overrides"]["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
+  assert len({p["name"] for p in table2}) == len(table2)
+
+
+def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):
+  points = small_points(digits, "table1", lambda p: p["row"] in ("raw", "ae", "soft_vq_vae")
+                        and p["overrides"]["seed"] < 2)
+  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  table = sweep.aggregate(points, str(tmp_path), paper={})
+  assert [(r["model"], r["seeds"]) for r in table["rows"]] == [
+      ("raw", [0, 1]), ("ae", [0, 1]), ("soft_vq_vae", [0, 1])]
+  for row in table["rows"]:
+    for metric in sweep.METRICS:
+      assert len(row[metric]) == 2
+      expected = json.load(open(tmp_path / row["model"] / "seed_1" / "eval.json"))[metric]
+      assert row[metric][1] == expected
+  markdown = sweep.markdown(table)
+  assert markdown.count("\n") == 2 + 3 and "±" in markdown
+  # Finished runs are not trained again.
+  monkeypatch.setattr(sweep.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
+  monkeypatch.setattr(sweep.train.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
+  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  sweep.write_tables(table, str(tmp_path / "t"))
+  assert json.load(open(tmp_path / "t.json")) == table
+  assert (tmp_path / "t.csv").read_text().count("\n") == 1 + 6
+
+
+def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
+  points = small_points(digits, "table1", lambda p: p["overrides"]["seed"] == 0)
+  points[-1]["overrides"]["model.num_codewords"] = 0
+  with pytest.raises(InputError, match="num_codewords"):
+    sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  assert not os.listdir(tmp_path)
+
+
+def test_table2_sweep_on_mock_data(tmp_path):
+  config = cifar10.get_config()
+  config.model.cnn_channels = (4, 4, 4, 4)
+  config.model.latent_dim = 8
+  config.eval.figures = False
+  points = small_points(cifar10, "table2", lambda p: p["overrides"]["seed"] == 0 and
+                        p["row"] in ("ae", "soft_vq_vae"))
+  with tfds.testing.mock_data(num_examples=24):
+    sweep.run(config, points, str(tmp_path), quick=True)
+  table = sweep.aggregate(points, str(tmp_path), cifar10.PAPER_RESULTS)
+  assert {(r["dataset"], r["model"]) for r in table["rows"]} == {
+      (d, m) for d in ("svhn_cropped", "cifar10") for m in ("ae", "soft_vq_vae")}
+  soft = next(r for r in table["rows"] if r["dataset"] == "svhn_cropped"
+              and r["model"] == "soft_vq_vae")
+  assert soft["paper"]["clustering_acc"] == 17.68
+
+
+def test_sweep_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "softvq_jax.sweep", "--config=configs/digits.py:quick",
+       "--sweep=nope", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "error: unknown sweep 'nope'; choose table1" in result.stderr
