@@ -25,6 +25,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally FILE:PRESETS.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() first, for multi-host runs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,6 +39,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
+  if FLAGS.distributed:
+    jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:

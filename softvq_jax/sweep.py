@@ -9,7 +9,10 @@ points ``{"name", "row", "overrides"}`` (see ``default.sweep_point``); the
 command-line ``--config.*`` overrides apply to every point. Each point runs
 in ``WORKDIR/<name>``. Finished runs are skipped and unfinished ones resume,
 so re-running the command continues an interrupted sweep. Every point's
-config is validated before the first run starts.
+config is validated before the first run starts. ``--num_shards=N --shard=i``
+runs every N-th point from the i-th, so that N launchers (processes, or
+machines sharing the workdir) split one sweep; each writes the tables of all
+runs finished so far, and ``--aggregate_only`` rewrites them at the end.
 
 The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
 
@@ -49,6 +52,8 @@ flags.DEFINE_string("sweep", None, "Name of a sweep of the config file's get_swe
 flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
 flags.DEFINE_string("results", None, "Path prefix of the tables; default WORKDIR/SWEEP.")
 flags.DEFINE_bool("aggregate_only", False, "Only tabulate the finished runs.")
+flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers.")
+flags.DEFINE_integer("shard", 0, "This launcher runs points shard, shard + num_shards, ...")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 METRICS = ("clustering_acc", "nmi", "probe_acc")
@@ -178,7 +183,10 @@ def main(argv):
   try:
     points = module.get_sweep(FLAGS.sweep)
     if not FLAGS.aggregate_only:
-      run(FLAGS.config, points, FLAGS.workdir, quick="quick" in args.split(","))
+      if not 0 <= FLAGS.shard < FLAGS.num_shards:
+        raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
+      run(FLAGS.config, points[FLAGS.shard::FLAGS.num_shards], FLAGS.workdir,
+          quick="quick" in args.split(","))
   except (InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -184,8 +184,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = jax.device_put(init_state(init_rng, model, optimizer, data.image_shape), replicated)
-  images = jax.device_put(jnp.asarray(data.train_images), replicated)
+  state = jax.jit(functools.partial(init_state, model=model, optimizer=optimizer,
+                                    image_shape=data.image_shape),
+                  out_shardings=replicated)(init_rng)
+  # Every process holds the whole (small) split; this works across hosts too.
+  images = jax.make_array_from_callback(data.train_images.shape, replicated,
+                                        lambda index: data.train_images[index])
 
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
