@@ -6,10 +6,10 @@
       --workdir=/tmp/mnist_vq
 
 Bad input (an invalid key, missing data, a workdir of another config) ends in
-a one-line error and exit status 2 before anything is written.
+a one-line error and exit status 2 before anything is written; a non-finite
+loss ends in a one-line error naming the step and exit status 1.
 """
 
-import logging as std_logging
 import sys
 
 from absl import app
@@ -19,6 +19,7 @@ import jax
 from ml_collections import config_flags
 
 from softvq_jax import train
+from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -30,15 +31,10 @@ flags.DEFINE_bool("distributed", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record) -> bool:
-  """Keeps orbax's per-save INFO chatter out of the progress log."""
-  return "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
+  workdir_lib.quiet_orbax_logging()
   if FLAGS.distributed:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
@@ -48,6 +44,9 @@ def main(argv):
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,7 @@ def write_tables(table: Dict[str, Any], prefix: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
+  workdir_lib.quiet_orbax_logging()
   path, _, args = FLAGS["config"].config_filename.partition(":")
   module = load_config_module(path)
   try:

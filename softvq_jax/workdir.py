@@ -10,6 +10,7 @@
 """
 
 import json
+import logging as std_logging
 import os
 import tempfile
 from typing import Any, Dict, Optional
@@ -79,6 +80,15 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str,
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
+
+
+def _not_orbax_info(record: std_logging.LogRecord) -> bool:
+  return "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
+
+
+def quiet_orbax_logging() -> None:
+  """Keeps orbax's per-save INFO lines out of the console progress log."""
+  logging.get_absl_handler().python_handler.addFilter(_not_orbax_info)
 
 
 class MetricsLog:

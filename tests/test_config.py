@@ -110,13 +110,17 @@ def run_main(*args, env=None):
                         capture_output=True, text=True, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("--config.model.num_codewords=0", "error: config.model.num_codewords=0"),
-    ("--config.data.source=files", "error: config.data.source='files' cannot load"),
+@pytest.mark.parametrize("overrides,expected", [
+    (["--config.model.num_codewords=0"], "error: config.model.num_codewords=0"),
+    (["--config.data.source=files"], "error: config.data.source='files' cannot load"),
+    (["--config.data.name=mnist", "--config.data.source=files", "--config.data.dir={tmp}"],
+     "error: data file missing: {tmp}/train-images-idx3-ubyte.gz"),
 ])
-def test_main_bad_input_exits_2_with_one_line(tmp_path, override, expected):
+def test_main_bad_input_exits_2_with_one_line(tmp_path, overrides, expected):
   workdir = tmp_path / "run"
-  result = run_main("--config=configs/digits.py", override, f"--workdir={workdir}")
+  overrides = [o.format(tmp=tmp_path) for o in overrides]
+  expected = expected.format(tmp=tmp_path)
+  result = run_main("--config=configs/digits.py", *overrides, f"--workdir={workdir}")
   assert result.returncode == 2
   lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and lines[0].startswith(expected)
