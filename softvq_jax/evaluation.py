@@ -10,8 +10,8 @@ Scales: accuracies (``clustering_acc``, ``probe_acc``) are in percent
   2 I(y, y') / (H(y) + H(y')), and ARI.
 * Linear probe: the paper's classifier, one dense layer with a softmax,
   trained with Adam on the training split's latents (standardised with the
-  training statistics) and scored on the evaluation split. Seeded and
-  deterministic.
+  training statistics; features constant on the training split are only
+  centred) and scored on the evaluation split. Seeded and deterministic.
 """
 
 import functools
@@ -79,7 +79,8 @@ def _train_probe(rng, x, y, *, num_classes, steps, batch_size, learning_rate):
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
                  eval_y: np.ndarray, *, num_classes: int, steps: int,
-                 batch_size: int, learning_rate: float, seed: int) -> float:
+                 batch_size: int, learning_rate: float, seed: int,
+                 standardize: bool = True) -> float:
   """Test accuracy (percent) of a softmax-regression probe on the latents.
 
   Args:
@@ -88,9 +89,14 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
     num_classes: number of classes C.
     steps, batch_size, learning_rate: Adam training of the dense layer.
     seed: seeds the batch order.
+    standardize: scale features to zero mean and unit variance on the
+      training split first (features constant there are only centred).
   """
-  mean = train_x.mean(axis=0)
-  std = train_x.std(axis=0) + 1e-6
+  mean, std = np.zeros(train_x.shape[1]), np.ones(train_x.shape[1])
+  if standardize:
+    mean = train_x.mean(axis=0)
+    std = train_x.std(axis=0)
+    std = np.where(std > 1e-6, std, 1.0)  # Constant features (blank pixels) stay put.
   standardise = lambda x: jnp.asarray((x - mean) / std, jnp.float32)
   params = _train_probe(jax.random.key(seed), standardise(train_x),
                         jnp.asarray(train_y), num_classes=num_classes, steps=steps,

@@ -70,3 +70,14 @@ def test_kmeans_keeps_best_inertia():
                             for c in np.unique(ids))
   single = [evaluation.kmeans(x, 4, num_inits=1, seed=s) for s in range(5)]
   assert inertia(many) <= min(inertia(s) for s in single) + 1e-3
+
+
+def test_probe_ignores_features_constant_in_training():
+  train_x, train_y = blobs(3)
+  test_x, test_y = blobs(3, n=100)
+  blank = lambda x, v: np.concatenate([x, np.full((len(x), 1), v, np.float32)], axis=1)
+  kwargs = dict(num_classes=3, steps=300, batch_size=64, learning_rate=0.01, seed=0)
+  # A pixel that is always 0 in training but not at test time must not swamp the logits.
+  acc = evaluation.linear_probe(blank(train_x, 0.0), train_y, blank(test_x, 0.5), test_y,
+                                **kwargs)
+  assert acc == evaluation.linear_probe(train_x, train_y, test_x, test_y, **kwargs) == 100.0
