@@ -115,11 +115,8 @@ def run(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir: 
       train.train_and_evaluate(config, run_dir)
 
 
-def _stats(values: List[float]) -> str:
-  if not values:
-    return "-"
-  scale = 1 if max(abs(v) for v in values) > 1.5 else 1e-4  # Percent vs NMI.
-  digits = 2 if scale == 1 else 4
+def _stats(values: List[float], digits: int) -> str:
+  """Mean ± (population) std over seeds."""
   return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
@@ -156,7 +153,7 @@ def markdown(table: Dict[str, Any]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:g}"
     lines.append(
         f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | "
-        + " | ".join(_stats(row[m]) for m in METRICS) + " | "
+        + " | ".join(_stats(row[m], 4 if m == "nmi" else 2) for m in METRICS) + " | "
         + " | ".join(fmt(paper.get(m)) for m in METRICS) + " |")
   return "\n".join(lines) + "\n"
 

@@ -36,7 +36,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tensorboardX
 
 from softvq_jax import evaluation
 from softvq_jax import figures
