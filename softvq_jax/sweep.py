@@ -132,8 +132,9 @@ def aggregate(points: List[Dict[str, Any]], workdir: str,
     config = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.CONFIG_FILE))
     timing = workdir_lib.read_json(os.path.join(run_dir, "timing.json")) or {}
     key = (config["data"]["name"], point["row"])
-    row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "seeds": [],
-                                "train_seconds": [], **{m: [] for m in METRICS}})
+    overrides = {k: v for k, v in point["overrides"].items() if k != "seed"}
+    row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
+                                "seeds": [], "train_seconds": [], **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
     row["train_seconds"].append(timing.get("train_seconds"))
     for metric in METRICS:
