@@ -101,18 +101,28 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
 
 
 def run(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir: str,
-        quick: bool = False) -> None:
-  """Runs every point of the sweep that is not finished yet."""
+        quick: bool = False) -> List[str]:
+  """Runs every point of the sweep that is not finished yet.
+
+  A run whose loss turns non-finite does not stop the sweep: it is logged,
+  left out of the tables, and its name returned among the failures.
+  """
   configs = [point_config(base, p, quick) for p in points]
   for config in configs:
     validation.validate_config(config, jax.device_count())
+  failed = []
   for i, (point, config) in enumerate(zip(points, configs)):
     run_dir = os.path.join(workdir, point["name"])
     logging.info("sweep point %d/%d: %s", i + 1, len(points), point["name"])
     if point["row"] == "raw":
       evaluate_pixels(config, run_dir)
-    else:
+      continue
+    try:
       train.train_and_evaluate(config, run_dir)
+    except FloatingPointError as e:
+      logging.error("sweep point %s failed: %s", point["name"], e)
+      failed.append(point["name"])
+  return failed
 
 
 def _stats(values: List[float], digits: int) -> str:
@@ -179,13 +189,14 @@ def main(argv):
   workdir_lib.quiet_orbax_logging()
   path, _, args = FLAGS["config"].config_filename.partition(":")
   module = load_config_module(path)
+  failed = []
   try:
     points = module.get_sweep(FLAGS.sweep)
     if not FLAGS.aggregate_only:
       if not 0 <= FLAGS.shard < FLAGS.num_shards:
         raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
-      run(FLAGS.config, points[FLAGS.shard::FLAGS.num_shards], FLAGS.workdir,
-          quick="quick" in args.split(","))
+      failed = run(FLAGS.config, points[FLAGS.shard::FLAGS.num_shards], FLAGS.workdir,
+                   quick="quick" in args.split(","))
   except (InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -199,6 +210,9 @@ def main(argv):
   prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
   write_tables(table, prefix)
   print(markdown(table))
+  if failed:
+    print(f"error: non-finite loss in {len(failed)} runs: {', '.join(failed)}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,22 @@ def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypatch):
+  points = small_points(digits, "table1", lambda p: p["row"] in ("ae", "vae")
+                        and p["overrides"]["seed"] == 0)
+  train_and_evaluate = sweep.train.train_and_evaluate
+
+  def fail_ae(config, workdir):
+    if config.model.bottleneck == "none":
+      raise FloatingPointError("non-finite loss or gradient at step 3")
+    return train_and_evaluate(config, workdir)
+
+  monkeypatch.setattr(sweep.train, "train_and_evaluate", fail_ae)
+  assert sweep.run(tiny_config, points, str(tmp_path), quick=True) == ["ae/seed_0"]
+  table = sweep.aggregate(points, str(tmp_path), paper={})
+  assert [r["model"] for r in table["rows"]] == ["vae"]
+
+
 def test_table2_sweep_on_mock_data(tmp_path):
   config = cifar10.get_config()
   config.model.cnn_channels = (4, 4, 4, 4)
