@@ -1,6 +1,7 @@
 """PNG figures of a finished run, written into its workdir.
 
-* ``tsne.png``: t-SNE of evaluation latents coloured by label (paper, Fig. 4);
+* ``tsne.png``: t-SNE of evaluation latents coloured by label (paper, Fig. 4;
+  the sweep draws one panel per model with ``tsne``);
 * ``reconstructions.png``: evaluation images (top) and reconstructions;
 * ``codebook_usage.png``: how often each codeword is the nearest / most
   probable one on the evaluation split (quantizers only);
@@ -10,7 +11,7 @@
 
 import json
 import os
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import matplotlib
 
@@ -26,18 +27,23 @@ from softvq_jax import workdir as workdir_lib
 NUM_RECONSTRUCTIONS = 10
 
 
-def tsne(path: str, latents: np.ndarray, labels: np.ndarray, num_points: int,
-         seed: int, title: str = "") -> None:
-  """t-SNE scatter of the first ``num_points`` latents ``(N, d)``."""
-  latents, labels = latents[:num_points], labels[:num_points]
-  xy = sklearn.manifold.TSNE(2, init="pca", random_state=seed,
-                             perplexity=min(30.0, (len(latents) - 1) / 3)).fit_transform(latents)
-  fig, ax = plt.subplots(figsize=(6, 6))
-  scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3)
-  ax.legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8)
-  ax.set_xticks([]), ax.set_yticks([])
-  ax.set_title(title)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
+         num_points: int, seed: int) -> None:
+  """t-SNE scatters side by side, one per ``(title, latents (N, d), labels (N,))``.
+
+  Each panel embeds the first ``num_points`` latents, coloured by label.
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+  for ax, (title, latents, labels) in zip(axes[0], panels):
+    latents, labels = latents[:num_points], labels[:num_points]
+    xy = sklearn.manifold.TSNE(2, init="pca", random_state=seed,
+                               perplexity=min(30.0, (len(latents) - 1) / 3)
+                               ).fit_transform(latents)
+    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title)
+  axes[0, -1].legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -90,8 +96,8 @@ def write_all(workdir: str, model: models.Autoencoder, variables, data,
               eval_latents: np.ndarray, config: ml_collections.ConfigDict) -> None:
   """All figures of a run (see the module docstring)."""
   title = f"{config.model.bottleneck} on {config.data.name} ({data.eval_split})"
-  tsne(os.path.join(workdir, "tsne.png"), eval_latents, data.eval_labels,
-       config.eval.tsne_points, config.seed, title)
+  tsne(os.path.join(workdir, "tsne.png"), [(title, eval_latents, data.eval_labels)],
+       config.eval.tsne_points, config.seed)
   images = data.eval_images[:NUM_RECONSTRUCTIONS]
   outputs, aux = model.apply(variables, images, train=False)
   reconstructions(os.path.join(workdir, "reconstructions.png"), images,

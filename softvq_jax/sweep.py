@@ -17,7 +17,8 @@ runs finished so far, and ``--aggregate_only`` rewrites them at the end.
 The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
 
 Results: ``RESULTS.json`` (per-seed values per row), ``RESULTS.md`` (mean +-
-std over seeds next to the paper's numbers) and ``RESULTS.csv``.
+std over seeds next to the paper's numbers), ``RESULTS.csv`` and
+``RESULTS_tsne.png`` (one t-SNE panel per model, the paper's Fig. 4).
 """
 
 import copy
@@ -38,6 +39,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from softvq_jax import evaluation
+from softvq_jax import figures
 from softvq_jax import input_pipeline
 from softvq_jax import train
 from softvq_jax import validation
@@ -169,6 +171,21 @@ def markdown(table: Dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def write_tsne(points: List[Dict[str, Any]], workdir: str, path: str,
+               num_points: int) -> None:
+  """One t-SNE panel per trained row, from the first finished seed's latents."""
+  panels, seen = [], set()
+  for point in points:
+    latents = os.path.join(workdir, point["name"], "latents.npz")
+    if point["row"] in seen or not os.path.exists(latents):
+      continue
+    seen.add(point["row"])
+    with np.load(latents) as f:  # Written by this package; no pickles allowed.
+      panels.append((f"{point['name']}", f["latents"], f["labels"]))
+  if panels:
+    figures.tsne(path, panels, num_points, seed=0)
+
+
 def write_tables(table: Dict[str, Any], prefix: str) -> None:
   workdir_lib.write_json(prefix + ".json", table)
   with open(prefix + ".md", "w") as f:
@@ -209,6 +226,7 @@ def main(argv):
   }
   prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
   write_tables(table, prefix)
+  write_tsne(points, FLAGS.workdir, prefix + "_tsne.png", FLAGS.config.eval.tsne_points)
   print(markdown(table))
   if failed:
     print(f"error: non-finite loss in {len(failed)} runs: {', '.join(failed)}", file=sys.stderr)
