@@ -40,6 +40,7 @@ def test_configs_have_required_keys_and_validate(module):
     (cifar10, "soft_vq_vae", {"model.num_codewords": 32, "train.num_steps": 10000}),
     (svhn, "info_dropout", {"model.bottleneck": "info_dropout", "model.beta": 0.5 / 256}),
     (mnist, "vae,quick", {"model.bottleneck": "vae", "train.num_steps": 20}),
+    (mnist, "quick,soft_vq_vae", {"model.bottleneck": "soft_vq", "train.num_steps": 20}),
 ])
 def test_presets(module, preset, expected):
   config = module.get_config(preset)

@@ -30,6 +30,8 @@ def test_table_sweeps_cover_rows_and_seeds():
   assert len(table2) == 2 * 6 * 3
   assert {p["overrides"]["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
   assert len({p["name"] for p in table2}) == len(table2)
+  assert table2[0]["name"] == "svhn_cropped/ae/seed_0"
+  assert mnist.get_sweep("codebook")[0]["name"] == "num_codewords_16/soft_vq_vae/seed_0"
 
 
 def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):

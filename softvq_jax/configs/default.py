@@ -133,12 +133,13 @@ def make_quick(config: ml_collections.ConfigDict) -> None:
 
 def apply_args(config: ml_collections.ConfigDict, args: str | None,
                values: PaperValues) -> ml_collections.ConfigDict:
-  """Applies the comma-separated presets and ``quick`` of ``FILE:ARGS``."""
-  for arg in filter(None, (args or "").split(",")):
-    if arg == "quick":
-      make_quick(config)
-    else:
+  """Applies the comma-separated presets, then ``quick``, of ``FILE:ARGS``."""
+  args = [arg for arg in (args or "").split(",") if arg]
+  for arg in args:
+    if arg != "quick":
       apply_overrides(config, preset_overrides(arg, values))
+  if "quick" in args:
+    make_quick(config)
   return config
 
 
@@ -146,10 +147,13 @@ def sweep_point(row: str, seed: int, values: PaperValues,
                 **overrides: Any) -> Dict[str, Any]:
   """One run of a sweep: a paper row (a preset, or ``raw`` for pixels) and a seed.
 
-  ``overrides`` uses ``__`` for dots (``data__name="cifar10"``).
+  ``overrides`` uses ``__`` for dots (``data__name="cifar10"``). The point's
+  name is its workdir below the sweep's: ``[<dataset>/][<key>_<value>/]<row>/seed_<seed>``.
   """
   extra = {key.replace("__", "."): value for key, value in overrides.items()}
-  tag = "/".join([str(v) for k, v in sorted(extra.items())] + [row, f"seed_{seed}"])
+  tags = [str(v) if k == "data.name" else f"{k.rsplit('.', 1)[-1]}_{v}"
+          for k, v in sorted(extra.items())]
+  tag = "/".join(tags + [row, f"seed_{seed}"])
   preset = {} if row == "raw" else preset_overrides(row, values)
   return {"name": tag, "row": row, "overrides": {**preset, **extra, "seed": seed}}
 
