@@ -13,6 +13,8 @@ Design:
   and data are replicated, the global batch is sharded over the ``data``
   axis and XLA inserts the gradient all-reduce. The same code runs on many
   hosts after ``jax.distributed.initialize()`` (see README).
+* ``train.num_seeds`` seeds train together, vmapped over a leading seed axis
+  of the state; each seed keeps its own workdir, checkpoints and results.
 * A NaN guard: a step whose loss or gradients are not finite is not
   applied; the run stops with an error naming the step, and the last good
   checkpoint is kept.
@@ -22,11 +24,12 @@ Workdir contents: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
 ``timing.json`` and figures.
 """
 
+import copy
 import functools
 import json
 import os
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from absl import logging
 import flax
@@ -43,6 +46,7 @@ from softvq_jax import input_pipeline
 from softvq_jax import models
 from softvq_jax import validation
 from softvq_jax import workdir as workdir_lib
+from softvq_jax.errors import InputError
 
 # Scalar diagnostics copied from a bottleneck's aux into the metrics.
 AUX_METRICS = ("kl", "penalty", "codebook_loss", "commitment_loss",
@@ -147,61 +151,123 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
                          for i in range(0, len(images), batch_size)])
 
 
-def _restore(manager: ocp.CheckpointManager, state: TrainState) -> TrainState:
-  """The latest readable checkpoint, falling back to older ones."""
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  for step in sorted(manager.all_steps(), reverse=True):
+def seed_runs(config: ml_collections.ConfigDict,
+              workdir: str) -> List[Tuple[ml_collections.ConfigDict, str]]:
+  """The ``(config, workdir)`` of every seed that ``config`` trains.
+
+  With ``train.num_seeds == 1``: the run itself. With S > 1 seeds, seed
+  ``s`` in ``config.seed ... config.seed + S - 1`` gets ``workdir/seed_<s>``
+  and the config of a single run of that seed (``seed = s``,
+  ``num_seeds = 1``), so that its workdir reads exactly like one trained alone.
+  """
+  if config.train.num_seeds == 1:
+    return [(config, workdir)]
+  runs = []
+  for seed in range(config.seed, config.seed + config.train.num_seeds):
+    single = copy.deepcopy(config)
+    with single.unlocked():
+      single.seed, single.train.num_seeds = seed, 1
+    runs.append((single, os.path.join(workdir, f"seed_{seed}")))
+  return runs
+
+
+def over_seeds(fn, num_seeds: int, in_axes: Sequence[Any]):
+  """``fn`` mapped over a leading seed axis of the arguments with in_axes 0.
+
+  Several seeds are vmapped; a single one is squeezed around ``fn`` instead,
+  which on CPU is about 30% faster at the paper's batch-32 MLP than vmap.
+  """
+  if num_seeds > 1:
+    return jax.vmap(fn, in_axes=tuple(in_axes))
+
+  def single(*args):
+    args = [a if axis is None else jax.tree.map(lambda x: x[0], a)
+            for a, axis in zip(args, in_axes)]
+    return jax.tree.map(lambda x: x[None], fn(*args))
+  return single
+
+
+def _seed_slice(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def _restore(managers: Sequence[ocp.CheckpointManager], state: TrainState,
+             sharding) -> TrainState:
+  """The latest step that every seed's checkpoints hold and can read.
+
+  Falls back to older steps when a checkpoint is unreadable; returns
+  ``state`` unchanged when there is none.
+  """
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype,
+                                                       sharding=sharding), state)
+  common = set.intersection(*(set(m.all_steps()) for m in managers))
+  for step in sorted(common, reverse=True):
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+      restored = [m.restore(step, args=ocp.args.StandardRestore(target)) for m in managers]
     except (OSError, ValueError, KeyError) as e:
       logging.warning("checkpoint %d unreadable (%s); trying an older one", step, e)
       continue
-    logging.info("resumed from the checkpoint at step %d", step)
-    return restored
+    logging.info("resumed from the checkpoints at step %d", step)
+    stack = lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs)
+    return jax.jit(stack, out_shardings=sharding)(*restored)
   return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains the model of ``config`` in ``workdir``, then evaluates it.
 
-  Resumes from the latest checkpoint; a workdir that holds a finished run
-  with the same config is not retrained. Returns the metrics of eval.json.
+  ``train.num_seeds = S > 1`` trains S seeds in one vmapped program, each
+  in its own ``workdir/seed_<s>`` (see ``seed_runs``). Resumes from the latest
+  checkpoint; a finished run of the same config is not retrained.
+
+  Returns:
+    The metrics of eval.json; for S > 1 a list with one dict per seed.
   """
   validation.validate_config(config, jax.device_count())
-  finished = workdir_lib.check(config, workdir)
-  if finished is not None:
-    logging.info("%s already holds a finished run of this config", workdir)
-    return finished
+  runs = seed_runs(config, workdir)
+  finished = [workdir_lib.check(c, d) for c, d in runs]
+  if all(f is not None for f in finished):
+    logging.info("%s already holds finished runs of this config", workdir)
+    return finished if len(runs) > 1 else finished[0]
+  if any(f is not None for f in finished):
+    raise InputError(f"{workdir} holds finished runs for some of the seeds only; train "
+                     "the others with their own --config.seed, or use a new --workdir")
   data = input_pipeline.load(config.data)
   is_main = jax.process_index() == 0
   if is_main:
-    workdir_lib.write_config(config, workdir)
+    for run_config, run_dir in runs:
+      workdir_lib.write_config(run_config, run_dir)
 
+  num_seeds = len(runs)
   model = models.make_model(config.model, data.image_shape)
   optimizer = make_optimizer(config.train)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  keys = jnp.stack([jnp.stack(jax.random.split(jax.random.key(c.seed))) for c, _ in runs])
+  init_rngs, train_rngs = keys[:, 0], keys[:, 1]
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  state = jax.jit(functools.partial(init_state, model=model, optimizer=optimizer,
-                                    image_shape=data.image_shape),
-                  out_shardings=replicated)(init_rng)
+  init = functools.partial(init_state, model=model, optimizer=optimizer,
+                           image_shape=data.image_shape)
+  state = jax.jit(over_seeds(init, num_seeds, [0]), out_shardings=replicated)(init_rngs)
   # Every process holds the whole (small) split; this works across hosts too.
   images = jax.make_array_from_callback(data.train_images.shape, replicated,
                                         lambda index: data.train_images[index])
 
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
+  managers = [ocp.CheckpointManager(
+      os.path.abspath(os.path.join(run_dir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.train.max_checkpoints,
-                                           create=True))
-  state = _restore(manager, state)
-  start_step = int(state.step)
-  log = workdir_lib.MetricsLog(workdir, start_step, enabled=is_main)
+                                           create=True)) for _, run_dir in runs]
+  state = _restore(managers, state, replicated)
+  start_step = int(state.step[0])
+  logs = [workdir_lib.MetricsLog(run_dir, start_step, enabled=is_main) for _, run_dir in runs]
+  steps_fn = functools.partial(
+      train_steps, model=model, optimizer=optimizer, model_config=config.model,
+      batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
+      batch_sharding=batch_sharding)
   run_steps = jax.jit(
-      functools.partial(
-          train_steps, model=model, optimizer=optimizer, model_config=config.model,
-          batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
-          batch_sharding=batch_sharding),
+      lambda state, images, rngs, num_steps: over_seeds(
+          functools.partial(steps_fn, num_steps=num_steps), num_seeds, [0, None, 0])(
+              state, images, rngs),
       static_argnames="num_steps", out_shardings=(replicated, replicated))
 
   num_steps, t_start = config.train.num_steps, time.time()
@@ -210,24 +276,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     chunk_end = min(num_steps, (step // config.train.log_every + 1) * config.train.log_every,
                     (step // config.train.checkpoint_every + 1) * config.train.checkpoint_every)
     t0 = time.time()
-    state, metrics = run_steps(state, images, train_rng, num_steps=chunk_end - step)
-    reached = int(state.step)
-    if reached != chunk_end:
-      manager.wait_until_finished()
+    state, metrics = run_steps(state, images, train_rngs, num_steps=chunk_end - step)
+    reached = np.asarray(state.step)
+    if np.any(reached != chunk_end):
+      for manager in managers:
+        manager.wait_until_finished()
+      bad = [(c.seed, int(r)) for (c, _), r in zip(runs, reached) if r != chunk_end]
       raise FloatingPointError(
-          f"non-finite loss or gradient at step {reached}; stopped, the last good "
-          f"checkpoint is at step {manager.latest_step()}")
+          "non-finite loss or gradient at step "
+          + ", ".join(f"{r} (seed {s})" if num_seeds > 1 else str(r) for s, r in bad)
+          + f"; stopped, the last good checkpoint is at step {managers[0].latest_step()}")
     rate = (chunk_end - step) / (time.time() - t0)
     step = chunk_end
     if step % config.train.log_every == 0 or step == num_steps:
-      record = {k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()}
-      log.write(step, record, rate, eta=(num_steps - step) / rate)
+      metrics = jax.device_get(metrics)
+      for i, log in enumerate(logs):
+        log.write(step, {k: float(np.mean(v[i])) for k, v in metrics.items()}, rate,
+                  eta=(num_steps - step) / rate)
     if step % config.train.checkpoint_every == 0 or step == num_steps:
-      manager.save(step, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
-  log.close()
+      for i, manager in enumerate(managers):
+        manager.save(step, args=ocp.args.StandardSave(_seed_slice(state, i)))
+  for manager, log in zip(managers, logs):
+    manager.wait_until_finished()
+    log.close()
   train_seconds = time.time() - t_start
 
+  results = [evaluate_run(model, _seed_slice(state, i), data, run_config, run_dir,
+                          {"train_seconds": train_seconds, "seeds_trained_together": num_seeds,
+                           "trained_steps": num_steps - start_step}, is_main)
+             for i, (run_config, run_dir) in enumerate(runs)]
+  return results if num_seeds > 1 else results[0]
+
+
+def evaluate_run(model: models.Autoencoder, state: TrainState, data: input_pipeline.Splits,
+                 config: ml_collections.ConfigDict, workdir: str, timing: Dict[str, Any],
+                 is_main: bool) -> Dict[str, Any]:
+  """Evaluates one trained seed and writes its results into ``workdir``."""
   t0 = time.time()
   variables = {"params": state.params, **state.model_state}
   bs = config.eval.batch_size
@@ -242,9 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     np.savez(os.path.join(workdir, "latents.npz"), latents=eval_z,
              labels=data.eval_labels, split=data.eval_split)
     workdir_lib.write_json(os.path.join(workdir, "timing.json"), {
-        "train_seconds": train_seconds, "eval_seconds": time.time() - t0,
-        "trained_steps": num_steps - start_step, "devices": jax.device_count(),
+        **timing, "eval_seconds": time.time() - t0, "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind})
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.EVAL_FILE), results)
-  logging.info("eval on %s: %s", data.eval_split, json.dumps(results))
+  logging.info("eval of seed %d on %s: %s", config.seed, data.eval_split, json.dumps(results))
   return results

@@ -44,7 +44,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _choice(c, "train.lr_schedule", LR_SCHEDULES)
   for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",
               "train.batch_size", "train.learning_rate", "train.log_every",
-              "train.checkpoint_every", "train.max_checkpoints",
+              "train.checkpoint_every", "train.max_checkpoints", "train.num_seeds",
               "eval.kmeans_inits", "eval.probe_steps", "eval.probe_batch_size",
               "eval.probe_learning_rate", "eval.batch_size"):
     _positive(c, key)

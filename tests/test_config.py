@@ -130,20 +130,20 @@ def test_main_bad_input_exits_2_with_one_line(tmp_path, overrides, expected):
 
 
 def test_one_and_four_devices_agree(tmp_path):
-  """The global batch split over 4 devices trains the same model."""
+  """The global batch split over 4 devices, with 2 vmapped seeds, trains the same model."""
   results = {}
-  for devices in (1, 4):
+  for devices, seeds in ((1, 1), (4, 2)):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
     workdir = tmp_path / str(devices)
     result = run_main("--config=configs/digits.py:quick", "--config.eval.figures=False",
-                      "--config.model.mlp_hidden=(64, 64)", f"--workdir={workdir}", env=env)
+                      "--config.model.mlp_hidden=(64, 64)", f"--config.train.num_seeds={seeds}",
+                      f"--workdir={workdir}", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(workdir / "metrics.jsonl") as f:
-      results[devices] = [line for line in f]
-    timing = (workdir / "timing.json").read_text()
-    assert f'"devices": {devices}' in timing
-  one = [json.loads(l) for l in results[1]]
-  four = [json.loads(l) for l in results[4]]
-  for a, b in zip(one, four):
+    run_dir = workdir if seeds == 1 else workdir / "seed_0"
+    with open(run_dir / "metrics.jsonl") as f:
+      results[devices] = [json.loads(line) for line in f]
+    assert json.loads((run_dir / "timing.json").read_text())["devices"] == devices
+  assert len(results[1]) == len(results[4]) == 2
+  for a, b in zip(results[1], results[4]):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

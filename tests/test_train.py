@@ -108,3 +108,43 @@ def test_unreadable_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_pa
     if path.is_file():
       path.write_bytes(b"garbage")
   assert train.train_and_evaluate(tiny_config, str(run)) == expected
+
+
+def test_vmapped_seeds_match_separate_runs(tiny_config, tmp_path):
+  tiny_config.model.bottleneck = "soft_vq"
+  tiny_config.train.num_seeds = 2
+  together = train.train_and_evaluate(tiny_config, str(tmp_path / "together"))
+  assert len(together) == 2
+  for seed in (0, 1):
+    alone_config = tiny_config.copy_and_resolve_references()
+    alone_config.seed, alone_config.train.num_seeds = seed, 1
+    alone_dir, joint_dir = tmp_path / f"alone_{seed}", tmp_path / "together" / f"seed_{seed}"
+    alone = train.train_and_evaluate(alone_config, str(alone_dir))
+    assert (joint_dir / "config.json").read_bytes() == (alone_dir / "config.json").read_bytes()
+    assert sorted(os.listdir(joint_dir / "checkpoints")) == ["10", "20"]
+    for a, b in zip(read_jsonl(alone_dir / "metrics.jsonl"),
+                    read_jsonl(joint_dir / "metrics.jsonl")):
+      assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    np.testing.assert_allclose(np.load(joint_dir / "latents.npz")["latents"],
+                               np.load(alone_dir / "latents.npz")["latents"], atol=1e-3)
+    assert together[seed]["probe_acc"] == pytest.approx(alone["probe_acc"], abs=1.0)
+    # The seed's workdir is a finished run for a single-seed command too.
+    assert train.train_and_evaluate(alone_config, str(joint_dir)) == together[seed]
+
+
+def test_vmapped_seeds_resume(tiny_config, tmp_path):
+  tiny_config.train.num_seeds = 2
+  expected = train.train_and_evaluate(tiny_config, str(tmp_path))
+  for seed in (0, 1):
+    shutil.rmtree(tmp_path / f"seed_{seed}" / "checkpoints" / "20")
+    os.remove(tmp_path / f"seed_{seed}" / "eval.json")
+  assert train.train_and_evaluate(tiny_config, str(tmp_path)) == expected
+
+
+def test_partly_finished_seeds_are_refused(tiny_config, tmp_path):
+  single = tiny_config.copy_and_resolve_references()
+  train.train_and_evaluate(single, str(tmp_path / "seed_0"))
+  tiny_config.train.num_seeds = 2
+  with pytest.raises(InputError, match="finished runs for some of the seeds only"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not (tmp_path / "seed_1").exists()

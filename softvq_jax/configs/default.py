@@ -71,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.log_every = 500  # Steps between metrics lines (and per dispatch).
   train.checkpoint_every = 5000  # Steps between orbax checkpoints.
   train.max_checkpoints = 2  # Checkpoints kept on disk.
+  train.num_seeds = 1  # >1: seeds seed..seed+num_seeds-1 in one vmapped program.
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.kmeans_inits = 100  # K-means initialisations; the best inertia is kept.
