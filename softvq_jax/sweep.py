@@ -9,10 +9,12 @@ points ``{"name", "row", "overrides"}`` (see ``default.sweep_point``); the
 command-line ``--config.*`` overrides apply to every point. Each point runs
 in ``WORKDIR/<name>``. Finished runs are skipped and unfinished ones resume,
 so re-running the command continues an interrupted sweep. Every point's
-config is validated before the first run starts. ``--num_shards=N --shard=i``
-runs every N-th point from the i-th, so that N launchers (processes, or
-machines sharing the workdir) split one sweep; each writes the tables of all
-runs finished so far, and ``--aggregate_only`` rewrites them at the end.
+config is validated before the first run starts. Points that differ only by
+seed train together in one vmapped program (``--vmap_seeds``, see
+``train.num_seeds``). ``--num_shards=N --shard=i`` gives the i-th launcher
+every N-th family of seeds, so that N launchers (processes, or machines
+sharing the workdir) split one sweep; each writes the tables of all runs
+finished so far, and ``--aggregate_only`` rewrites them at the end.
 
 The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
 
@@ -23,12 +25,14 @@ std over seeds next to the paper's numbers), ``RESULTS.csv`` and
 
 import copy
 import csv
+import dataclasses
 import importlib.util
 import io
+import json
 import os
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from absl import app
 from absl import flags
@@ -55,7 +59,8 @@ flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
 flags.DEFINE_string("results", None, "Path prefix of the tables; default WORKDIR/SWEEP.")
 flags.DEFINE_bool("aggregate_only", False, "Only tabulate the finished runs.")
 flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers.")
-flags.DEFINE_integer("shard", 0, "This launcher runs points shard, shard + num_shards, ...")
+flags.DEFINE_integer("shard", 0, "This launcher's shard, in [0, num_shards).")
+flags.DEFINE_bool("vmap_seeds", True, "Train the seeds of a row together (train.num_seeds).")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 METRICS = ("clustering_acc", "nmi", "probe_acc")
@@ -102,28 +107,104 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
   return results
 
 
+def shard_points(points: List[Dict[str, Any]], shard: int,
+                 num_shards: int) -> List[Dict[str, Any]]:
+  """The points of one shard: every ``num_shards``-th family of seeds.
+
+  A family is the points that share a name up to ``/seed_<s>``, so all seeds
+  of a row land in one shard and can be trained together.
+  """
+  families = list(dict.fromkeys(os.path.dirname(p["name"]) for p in points))
+  mine = set(families[shard::num_shards])
+  return [p for p in points if os.path.dirname(p["name"]) in mine]
+
+
+@dataclasses.dataclass
+class Launch:
+  """One process-level run of a sweep: one point, or several seeds together."""
+  names: List[str]  # The sweep points it finishes.
+  config: ml_collections.ConfigDict
+  workdir: str
+  raw: bool = False  # The "Raw Data" row: evaluate pixels, train nothing.
+
+
+def _seed_launches(family: str, members: List[Tuple[str, Any]], workdir: str) -> List[Launch]:
+  """Consecutive seeds of one family as vmapped launches."""
+  members = sorted(members, key=lambda member: member[1].seed)
+  runs = [[members[0]]]
+  for member in members[1:]:
+    if member[1].seed == runs[-1][-1][1].seed + 1:
+      runs[-1].append(member)
+    else:
+      runs.append([member])
+  launches = []
+  for run_members in runs:
+    names = [name for name, _ in run_members]
+    config = copy.deepcopy(run_members[0][1])
+    if len(run_members) == 1:
+      launches.append(Launch(names, config, os.path.join(workdir, names[0])))
+      continue
+    with config.unlocked():
+      config.train.num_seeds = len(run_members)
+    launches.append(Launch(names, config, os.path.join(workdir, family)))
+  return launches
+
+
+def plan(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir: str,
+         quick: bool = False, vmap_seeds: bool = True) -> List[Launch]:
+  """The launches of a sweep, in the order of its points.
+
+  Points that differ only in consecutive seeds, and that have no workdir yet,
+  become one launch with ``train.num_seeds`` (``vmap_seeds``); its workdir is
+  the family's, and each seed writes ``seed_<s>`` below it, which is the
+  point's own workdir. Points already started resume alone; ``raw`` points
+  run alone.
+  """
+  order, families = [], {}
+  for point in points:
+    config = point_config(base, point, quick)
+    run_dir = os.path.join(workdir, point["name"])
+    family, leaf = os.path.split(point["name"])
+    raw = point["row"] == "raw"
+    if not vmap_seeds or raw or leaf != f"seed_{config.seed}" or os.path.exists(run_dir):
+      order.append(Launch([point["name"]], config, run_dir, raw))
+      continue
+    rest = {k: v for k, v in point["overrides"].items() if k != "seed"}
+    key = (family, json.dumps(rest, sort_keys=True, default=str))
+    if key not in families:
+      families[key] = []
+      order.append(key)
+    families[key].append((point["name"], config))
+  launches = []
+  for entry in order:
+    if isinstance(entry, Launch):
+      launches.append(entry)
+    else:
+      launches.extend(_seed_launches(entry[0], families[entry], workdir))
+  return launches
+
+
 def run(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir: str,
-        quick: bool = False) -> List[str]:
-  """Runs every point of the sweep that is not finished yet.
+        quick: bool = False, vmap_seeds: bool = True) -> List[str]:
+  """Runs every point of the sweep that is not finished yet (see ``plan``).
 
   A run whose loss turns non-finite does not stop the sweep: it is logged,
-  left out of the tables, and its name returned among the failures.
+  left out of the tables, and its names returned among the failures.
   """
-  configs = [point_config(base, p, quick) for p in points]
-  for config in configs:
-    validation.validate_config(config, jax.device_count())
+  launches = plan(base, points, workdir, quick, vmap_seeds)
+  for launch in launches:
+    validation.validate_config(launch.config, jax.device_count())
   failed = []
-  for i, (point, config) in enumerate(zip(points, configs)):
-    run_dir = os.path.join(workdir, point["name"])
-    logging.info("sweep point %d/%d: %s", i + 1, len(points), point["name"])
-    if point["row"] == "raw":
-      evaluate_pixels(config, run_dir)
+  for i, launch in enumerate(launches):
+    logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
+    if launch.raw:
+      evaluate_pixels(launch.config, launch.workdir)
       continue
     try:
-      train.train_and_evaluate(config, run_dir)
+      train.train_and_evaluate(launch.config, launch.workdir)
     except FloatingPointError as e:
-      logging.error("sweep point %s failed: %s", point["name"], e)
-      failed.append(point["name"])
+      logging.error("sweep launch %s failed: %s", ", ".join(launch.names), e)
+      failed.extend(launch.names)
   return failed
 
 
@@ -212,8 +293,9 @@ def main(argv):
     if not FLAGS.aggregate_only:
       if not 0 <= FLAGS.shard < FLAGS.num_shards:
         raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
-      failed = run(FLAGS.config, points[FLAGS.shard::FLAGS.num_shards], FLAGS.workdir,
-                   quick="quick" in args.split(","))
+      failed = run(FLAGS.config, shard_points(points, FLAGS.shard, FLAGS.num_shards),
+                   FLAGS.workdir, quick="quick" in args.split(","),
+                   vmap_seeds=FLAGS.vmap_seeds)
   except (InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

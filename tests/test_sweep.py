@@ -107,3 +107,28 @@ def test_sweep_command_line(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "error: unknown sweep 'nope'; choose table1" in result.stderr
+
+
+def test_plan_groups_consecutive_unstarted_seeds(tiny_config, tmp_path):
+  points = digits.get_sweep("table1")
+  (tmp_path / "ae" / "seed_1").mkdir(parents=True)  # Started earlier: resumes alone.
+  launches = sweep.plan(tiny_config, points, str(tmp_path))
+  described = {tuple(l.names): (l.config.seed, l.config.train.num_seeds, l.raw,
+                                os.path.relpath(l.workdir, tmp_path)) for l in launches}
+  assert described[("vae/seed_0", "vae/seed_1", "vae/seed_2")] == (0, 3, False, "vae")
+  assert described[("ae/seed_0",)] == (0, 1, False, "ae/seed_0")
+  assert described[("ae/seed_1",)] == (1, 1, False, "ae/seed_1")
+  assert described[("ae/seed_2",)] == (2, 1, False, "ae/seed_2")
+  assert described[("raw/seed_2",)] == (2, 1, True, "raw/seed_2")
+  assert sorted(n for l in launches for n in l.names) == sorted(p["name"] for p in points)
+  assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
+                                                    vmap_seeds=False))
+
+
+def test_shards_split_families_of_seeds():
+  points = mnist.get_sweep("table1")
+  shards = [sweep.shard_points(points, i, 3) for i in range(3)]
+  assert sorted(p["name"] for s in shards for p in s) == sorted(p["name"] for p in points)
+  for shard in shards:
+    rows = {p["row"] for p in shard}
+    assert len(shard) == 3 * len(rows)  # Every seed of a row in the same shard.
