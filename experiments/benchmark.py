@@ -1,0 +1,156 @@
+"""Speed of the training path, the soft-quantize kernel and the evaluation.
+
+  python experiments/benchmark.py --quick        # about a minute
+  python experiments/benchmark.py --out=experiments/results/benchmark_<machine>.jsonl
+
+Prints one JSON object per line, ``{"name", "value", "unit"}``:
+* ``matmul_peak_gflops``: the best float32 matmul throughput JAX reaches here;
+* ``mnist_mlp_<bottleneck>_b32_ms_per_step``: the paper's MNIST MLP at batch
+  32 on the launcher's own jitted, scanned ``train.train_steps``, at steady
+  state; ``..._seeds8_ms_per_step_per_seed``: 8 seeds vmapped
+  (``train.over_seeds``); each with ``..._flops_fraction``, the model FLOP/s
+  (from XLA's cost analysis) divided by the matmul peak;
+* ``soft_quantize_n<N>_k<K>_d<d>_{ms,temp_mib}`` and ``..._matmuls_ms``: the
+  forward-and-gradient time and peak temporary memory of ``soft_quantize``,
+  and the time of its two matmuls alone (z C^T then P C, forward and gradient);
+* ``mnist_eval_seconds``: the evaluation suite at MNIST size (K-means with 100
+  initialisations on 10000 x 64, probe on 60000 x 64, 30000 steps).
+"""
+
+import functools
+import json
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softvq_jax import bottlenecks
+from softvq_jax import evaluation
+from softvq_jax import models
+from softvq_jax import train
+from softvq_jax.configs import default
+
+flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
+flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
+FLAGS = flags.FLAGS
+BOTTLENECKS = ("none", "vae", "info_dropout", "vq", "soft_vq")
+
+
+def emit(lines, name, value, unit):
+  line = json.dumps({"name": name, "value": round(float(value), 4), "unit": unit})
+  print(line, flush=True)
+  lines.append(line)
+
+
+def best_time(fn, *args, repeats):
+  """Fastest of ``repeats`` timed calls after one warm-up (compile) call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return min(times)
+
+
+def flops(jitted, *args):
+  return jitted.lower(*args).compile().cost_analysis()["flops"]
+
+
+def matmul_peak(lines, repeats):
+  best = 0.0
+  for n in (512, 1024, 2048, 4096):
+    a = jnp.ones((n, n), jnp.float32)
+    fn = jax.jit(lambda x: x @ x)
+    best = max(best, 2 * n ** 3 / best_time(fn, a, repeats=repeats) / 1e9)
+  emit(lines, "matmul_peak_gflops", best, "GFLOP/s")
+  return best
+
+
+def mlp_training(lines, peak, steps, repeats):
+  images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
+  for bottleneck, num_seeds in [(b, 1) for b in BOTTLENECKS] + [("soft_vq", 8)]:
+    config = default.get_base_config()
+    config.model.bottleneck = bottleneck
+    model = models.make_model(config.model, (28, 28, 1))
+    optimizer = train.make_optimizer(config.train)
+    init = functools.partial(train.init_state, model=model, optimizer=optimizer,
+                             image_shape=(28, 28, 1))
+    steps_fn = functools.partial(train.train_steps, model=model, optimizer=optimizer,
+                                 model_config=config.model, batch_size=32, pixel_var=0.1)
+    rngs = jax.random.split(jax.random.key(0), num_seeds)
+    state = jax.jit(train.over_seeds(init, num_seeds, [0]))(rngs)
+    run, one_step = (jax.jit(train.over_seeds(functools.partial(steps_fn, num_steps=n),
+                                              num_seeds, [0, None, 0]))
+                     for n in (steps, 1))
+    seconds = best_time(run, state, images, rngs, repeats=repeats)
+    per_step = seconds / steps / num_seeds
+    name = f"mnist_mlp_{bottleneck}_b32"
+    if num_seeds > 1:
+      name += f"_seeds{num_seeds}"
+      emit(lines, name + "_ms_per_step_per_seed", 1000 * per_step, "ms")
+    else:
+      emit(lines, name + "_ms_per_step", 1000 * per_step, "ms")
+    # XLA counts a scan's body once, so the FLOPs come from a one-step program.
+    model_flops = flops(one_step, state, images, rngs) / num_seeds
+    emit(lines, name + "_flops_fraction", model_flops / per_step / 1e9 / peak, "fraction")
+
+
+def kernel_grid(lines, grid, repeats):
+  rng = np.random.default_rng(0)
+  for n, k, d in grid:
+    z = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    codebook = jnp.asarray(rng.normal(size=(k, d)), jnp.float32)
+    log_var = jnp.zeros((n, k), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    kernel = jax.jit(jax.grad(
+        lambda z, c, v: jnp.sum(bottlenecks.soft_quantize(z, c, v)[0] * cotangent),
+        argnums=(0, 1, 2)))
+    matmuls = jax.jit(jax.grad(
+        lambda z, c, v: jnp.sum(((z @ c.T + v) @ c) * cotangent), argnums=(0, 1, 2)))
+    tag = f"soft_quantize_n{n}_k{k}_d{d}"
+    emit(lines, tag + "_ms", 1000 * best_time(kernel, z, codebook, log_var, repeats=repeats),
+         "ms")
+    emit(lines, tag + "_matmuls_ms",
+         1000 * best_time(matmuls, z, codebook, log_var, repeats=repeats), "ms")
+    memory = kernel.lower(z, codebook, log_var).compile().memory_analysis()
+    emit(lines, tag + "_temp_mib", memory.temp_size_in_bytes / 2 ** 20, "MiB")
+
+
+def mnist_evaluation(lines):
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(10, 64)) * 3
+  train_y, test_y = rng.integers(0, 10, 60000), rng.integers(0, 10, 10000)
+  train_x = (centres[train_y] + rng.normal(size=(60000, 64))).astype(np.float32)
+  test_x = (centres[test_y] + rng.normal(size=(10000, 64))).astype(np.float32)
+  config = default.get_base_config().eval
+  t0 = time.perf_counter()
+  evaluation.evaluate(train_x, train_y, test_x, test_y, config, 10, seed=0)
+  emit(lines, "mnist_eval_seconds", time.perf_counter() - t0, "s")
+
+
+def main(_):
+  lines = []
+  repeats = 2 if FLAGS.quick else 5
+  peak = matmul_peak(lines, repeats)
+  mlp_training(lines, peak, steps=100 if FLAGS.quick else 500, repeats=repeats)
+  if FLAGS.quick:
+    grid = [(4096, 1024, 64)]
+  else:
+    grid = [(n, k, d) for n in (4096, 16384, 65536) for k in (256, 1024, 4096)
+            for d in (64, 256)]
+  kernel_grid(lines, grid, repeats)
+  mnist_evaluation(lines)
+  emit(lines, "devices", jax.device_count(), jax.devices()[0].device_kind)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      f.write("\n".join(lines) + "\n")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
