@@ -101,9 +101,8 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
                                 data.eval_labels, config.eval, data.num_classes,
                                 config.seed)
   results["eval_split"] = data.eval_split
-  workdir_lib.write_json(os.path.join(workdir, "timing.json"),
-                         {"train_seconds": 0.0, "eval_seconds": time.time() - t0})
-  workdir_lib.write_json(os.path.join(workdir, workdir_lib.EVAL_FILE), results)
+  workdir_lib.write_results(workdir, results,
+                            {"train_seconds": 0.0, "eval_seconds": time.time() - t0})
   return results
 
 
@@ -223,7 +222,7 @@ def aggregate(points: List[Dict[str, Any]], workdir: str,
     if results is None:
       continue
     config = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.CONFIG_FILE))
-    timing = workdir_lib.read_json(os.path.join(run_dir, "timing.json")) or {}
+    timing = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.TIMING_FILE)) or {}
     key = (config["data"]["name"], point["row"])
     overrides = {k: v for k, v in point["overrides"].items() if k != "seed"}
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,

@@ -325,9 +325,8 @@ def evaluate_run(model: models.Autoencoder, state: TrainState, data: input_pipel
       figures.write_all(workdir, model, variables, data, eval_z, config)
     np.savez(os.path.join(workdir, "latents.npz"), latents=eval_z,
              labels=data.eval_labels, split=data.eval_split)
-    workdir_lib.write_json(os.path.join(workdir, "timing.json"), {
+    workdir_lib.write_results(workdir, results, {
         **timing, "eval_seconds": time.time() - t0, "devices": jax.device_count(),
         "device_kind": jax.devices()[0].device_kind})
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.EVAL_FILE), results)
   logging.info("eval of seed %d on %s: %s", config.seed, data.eval_split, json.dumps(results))
   return results

@@ -24,6 +24,7 @@ from softvq_jax.errors import InputError
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
 METRICS_FILE = "metrics.jsonl"
+TIMING_FILE = "timing.json"
 
 
 def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -76,6 +77,12 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str,
     raise InputError(f"workdir {workdir} holds a run of another config ("
                      + "; ".join(differences) + "); use a new --workdir")
   return read_json(os.path.join(workdir, EVAL_FILE))
+
+
+def write_results(workdir: str, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
+  """Writes timing.json, then eval.json: the file that marks the run finished."""
+  write_json(os.path.join(workdir, TIMING_FILE), timing)
+  write_json(os.path.join(workdir, EVAL_FILE), results)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
