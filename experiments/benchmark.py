@@ -8,8 +8,12 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 * ``mnist_mlp_<bottleneck>_b32_ms_per_step``: the paper's MNIST MLP at batch
   32 on the launcher's own jitted, scanned ``train.train_steps``, at steady
   state; ``..._seeds8_ms_per_step_per_seed``: 8 seeds vmapped
-  (``train.over_seeds``); each with ``..._flops_fraction``, the model FLOP/s
+  (``train.over_runs``, ``train.num_seeds``) and
+  ``..._noise_std8_ms_per_step_per_run``: 8 noise levels vmapped
+  (``train.vmap_key``); each with ``..._flops_fraction``, the model FLOP/s
   (from XLA's cost analysis) divided by the matmul peak;
+* ``mnist_mlp_adam_update_ms``: the Adam update alone on the MLP's
+  ``mnist_mlp_params`` parameters, the memory-bound part of a step;
 * ``soft_quantize_n<N>_k<K>_d<d>_{ms,temp_mib}`` and ``..._matmuls_ms``: the
   forward-and-gradient time and peak temporary memory of ``soft_quantize``,
   and the time of its two matmuls alone (z C^T then P C, forward and gradient);
@@ -27,6 +31,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
@@ -73,7 +78,8 @@ def matmul_peak(lines, repeats):
 
 def mlp_training(lines, peak, steps, repeats):
   images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
-  for bottleneck, num_seeds in [(b, 1) for b in BOTTLENECKS] + [("soft_vq", 8)]:
+  cases = [(b, 1, "") for b in BOTTLENECKS] + [("soft_vq", 8, ""), ("soft_vq", 8, "noise_std")]
+  for bottleneck, num_runs, swept in cases:
     config = default.get_base_config()
     config.model.bottleneck = bottleneck
     model = models.make_model(config.model, (28, 28, 1))
@@ -82,22 +88,49 @@ def mlp_training(lines, peak, steps, repeats):
                              image_shape=(28, 28, 1))
     steps_fn = functools.partial(train.train_steps, model=model, optimizer=optimizer,
                                  model_config=config.model, batch_size=32, pixel_var=0.1)
-    rngs = jax.random.split(jax.random.key(0), num_seeds)
-    state = jax.jit(train.over_seeds(init, num_seeds, [0]))(rngs)
-    run, one_step = (jax.jit(train.over_seeds(functools.partial(steps_fn, num_steps=n),
-                                              num_seeds, [0, None, 0]))
+    rngs = jax.random.split(jax.random.key(0), num_runs)
+    scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
+    state = jax.jit(train.over_runs(init, num_runs, [0]))(rngs)
+    run, one_step = (jax.jit(train.over_runs(functools.partial(steps_fn, num_steps=n),
+                                             num_runs, [0, None, 0, 0]))
                      for n in (steps, 1))
-    seconds = best_time(run, state, images, rngs, repeats=repeats)
-    per_step = seconds / steps / num_seeds
+    seconds = best_time(run, state, images, rngs, scalars, repeats=repeats)
+    per_step = seconds / steps / num_runs
     name = f"mnist_mlp_{bottleneck}_b32"
-    if num_seeds > 1:
-      name += f"_seeds{num_seeds}"
+    if swept:
+      name += f"_{swept}{num_runs}"
+      emit(lines, name + "_ms_per_step_per_run", 1000 * per_step, "ms")
+    elif num_runs > 1:
+      name += f"_seeds{num_runs}"
       emit(lines, name + "_ms_per_step_per_seed", 1000 * per_step, "ms")
     else:
       emit(lines, name + "_ms_per_step", 1000 * per_step, "ms")
     # XLA counts a scan's body once, so the FLOPs come from a one-step program.
-    model_flops = flops(one_step, state, images, rngs) / num_seeds
+    model_flops = flops(one_step, state, images, rngs, scalars) / num_runs
     emit(lines, name + "_flops_fraction", model_flops / per_step / 1e9 / peak, "fraction")
+
+
+def adam_update(lines, steps, repeats):
+  """The optimizer's share of a step: Adam on the soft-VQ MLP's parameters.
+
+  At batch 32 the update reads and writes every parameter and both moments
+  each step, a memory-bound cost that vmapping seeds does not amortise.
+  """
+  config = default.get_base_config()
+  model = models.make_model(config.model, (28, 28, 1))
+  optimizer = train.make_optimizer(config.train)
+  state = train.init_state(jax.random.key(0), model, optimizer, (28, 28, 1))
+  grads = jax.tree.map(jnp.ones_like, state.params)
+
+  def updates(params, opt_state):
+    def body(carry, _):
+      params, opt_state = carry
+      update, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, update), opt_state), None
+    return jax.lax.scan(body, (params, opt_state), None, length=steps)[0]
+  seconds = best_time(jax.jit(updates), state.params, state.opt_state, repeats=repeats)
+  emit(lines, "mnist_mlp_params", sum(x.size for x in jax.tree.leaves(state.params)), "count")
+  emit(lines, "mnist_mlp_adam_update_ms", 1000 * seconds / steps, "ms")
 
 
 def kernel_grid(lines, grid, repeats):
@@ -138,12 +171,13 @@ def main(_):
   repeats = 2 if FLAGS.quick else 5
   peak = matmul_peak(lines, repeats)
   mlp_training(lines, peak, steps=100 if FLAGS.quick else 500, repeats=repeats)
+  adam_update(lines, steps=100, repeats=repeats)
   if FLAGS.quick:
     grid = [(4096, 1024, 64)]
   else:
     grid = [(n, k, d) for n in (4096, 16384, 65536) for k in (256, 1024, 4096)
             for d in (64, 256)]
-  kernel_grid(lines, grid, repeats)
+  kernel_grid(lines, grid, min(repeats, 3))
   mnist_evaluation(lines)
   emit(lines, "devices", jax.device_count(), jax.devices()[0].device_kind)
   if FLAGS.out:

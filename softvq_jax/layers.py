@@ -175,7 +175,7 @@ class SoftVQ(nn.Module):
     codebook = self.param("codebook", uniform_unit_scaling,
                           (self.num_codewords, self.latent_dim))
     z_in = z
-    if train and self.noise_std > 0:
+    if train:  # No test on noise_std: it may be traced (train.vmap_key).
       z_in = z + self.noise_std * jax.random.normal(
           self.make_rng("noise"), z.shape, z.dtype)
     logits = bn.soft_assignment_logits(

@@ -72,6 +72,17 @@ def make_bottleneck(model_config: ml_collections.ConfigDict) -> nn.Module:
   raise ValueError(f"model.bottleneck must be one of {BOTTLENECKS}, got {c.bottleneck!r}")
 
 
+def with_bottleneck_scalars(model: Autoencoder, scalars: Dict[str, Any]) -> Autoencoder:
+  """``model`` with bottleneck attributes replaced, e.g. ``{"beta": x}``.
+
+  The values may be traced arrays, so that runs that differ only in such a
+  scalar (``train.vmap_key``) are vmapped over it. ``{}`` returns ``model``.
+  """
+  if not scalars:
+    return model
+  return model.clone(bottleneck=model.bottleneck.clone(**scalars))
+
+
 def make_model(model_config: ml_collections.ConfigDict,
                image_shape: Tuple[int, int, int]) -> Autoencoder:
   """The Autoencoder of ``model_config`` for images of ``image_shape`` (H, W, C)."""

@@ -10,9 +10,11 @@ command-line ``--config.*`` overrides apply to every point. Each point runs
 in ``WORKDIR/<name>``. Finished runs are skipped and unfinished ones resume,
 so re-running the command continues an interrupted sweep. Every point's
 config is validated before the first run starts. Points that differ only by
-seed train together in one vmapped program (``--vmap_seeds``, see
-``train.num_seeds``). ``--num_shards=N --shard=i`` gives the i-th launcher
-every N-th family of seeds, so that N launchers (processes, or machines
+seed, or also by a scalar such as ``model.noise_std`` when named
+``<row>/noise_std_<v>/seed_<s>``, train together in one vmapped program
+(``--vmap_seeds``; ``train.num_seeds``, ``train.vmap_key``).
+``--num_shards=N --shard=i`` gives the i-th launcher every N-th family
+(``_family``), so that N launchers (processes, or machines
 sharing the workdir) split one sweep; each writes the tables of all runs
 finished so far, and ``--aggregate_only`` rewrites them at the end.
 
@@ -60,7 +62,8 @@ flags.DEFINE_string("results", None, "Path prefix of the tables; default WORKDIR
 flags.DEFINE_bool("aggregate_only", False, "Only tabulate the finished runs.")
 flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers.")
 flags.DEFINE_integer("shard", 0, "This launcher's shard, in [0, num_shards).")
-flags.DEFINE_bool("vmap_seeds", True, "Train the seeds of a row together (train.num_seeds).")
+flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values of a "
+                  "family together (train.num_seeds, train.vmap_key).")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 METRICS = ("clustering_acc", "nmi", "probe_acc")
@@ -106,29 +109,53 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
   return results
 
 
+def _family(name: str) -> Tuple[str, str]:
+  """The family of a point's name and the key it sweeps, or ``""``.
+
+  ``<row>/<key>_<value>/seed_<s>`` with a key of ``default.VMAPPABLE_KEYS``
+  (e.g. ``soft_vq_vae/noise_std_0.05/seed_0``) belongs to ``<row>`` with
+  that key; any other name to its directory, ``<row>`` of ``<row>/seed_<s>``.
+  """
+  directory = os.path.dirname(name)
+  parent, tag = os.path.split(directory)
+  for key in default.VMAPPABLE_KEYS:
+    prefix = key.rsplit(".", 1)[-1] + "_"
+    if parent and tag.startswith(prefix) and _is_number(tag[len(prefix):]):
+      return parent, key
+  return directory, ""
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
 def shard_points(points: List[Dict[str, Any]], shard: int,
                  num_shards: int) -> List[Dict[str, Any]]:
-  """The points of one shard: every ``num_shards``-th family of seeds.
+  """The points of one shard: every ``num_shards``-th family (``_family``).
 
-  A family is the points that share a name up to ``/seed_<s>``, so all seeds
-  of a row land in one shard and can be trained together.
+  All seeds and swept values of a family land in one shard, so that they can
+  be trained together.
   """
-  families = list(dict.fromkeys(os.path.dirname(p["name"]) for p in points))
+  families = list(dict.fromkeys(_family(p["name"])[0] for p in points))
   mine = set(families[shard::num_shards])
-  return [p for p in points if os.path.dirname(p["name"]) in mine]
+  return [p for p in points if _family(p["name"])[0] in mine]
 
 
 @dataclasses.dataclass
 class Launch:
-  """One process-level run of a sweep: one point, or several seeds together."""
+  """One process-level run of a sweep: one point, or several trained together."""
   names: List[str]  # The sweep points it finishes.
   config: ml_collections.ConfigDict
   workdir: str
   raw: bool = False  # The "Raw Data" row: evaluate pixels, train nothing.
 
 
-def _seed_launches(family: str, members: List[Tuple[str, Any]], workdir: str) -> List[Launch]:
-  """Consecutive seeds of one family as vmapped launches."""
+def _consecutive(members: List[Tuple[str, Any]]) -> List[List[Tuple[str, Any]]]:
+  """``(name, config)`` pairs split into runs of consecutive seeds."""
   members = sorted(members, key=lambda member: member[1].seed)
   runs = [[members[0]]]
   for member in members[1:]:
@@ -136,16 +163,35 @@ def _seed_launches(family: str, members: List[Tuple[str, Any]], workdir: str) ->
       runs[-1].append(member)
     else:
       runs.append([member])
+  return runs
+
+
+def _family_launches(family: str, key: str, members: List[Tuple[str, Any]],
+                     workdir: str) -> List[Launch]:
+  """A family's points as launches: the values of ``key`` that share a run of
+  consecutive seeds train together (``train.vmap_key`` and ``num_seeds``)."""
+  by_value: Dict[Any, List[Tuple[str, Any]]] = {}
+  for name, config in members:
+    by_value.setdefault(config[key] if key else None, []).append((name, config))
+  by_seeds: Dict[tuple, List[Tuple[Any, List[Tuple[str, Any]]]]] = {}
+  for value, value_members in by_value.items():
+    for run_members in _consecutive(value_members):
+      seeds = tuple(config.seed for _, config in run_members)
+      by_seeds.setdefault(seeds, []).append((value, run_members))
   launches = []
-  for run_members in runs:
-    names = [name for name, _ in run_members]
-    config = copy.deepcopy(run_members[0][1])
-    if len(run_members) == 1:
+  for seeds, entries in by_seeds.items():
+    names = [name for _, run_members in entries for name, _ in run_members]
+    config = copy.deepcopy(entries[0][1][0][1])
+    if len(names) == 1:
       launches.append(Launch(names, config, os.path.join(workdir, names[0])))
       continue
     with config.unlocked():
-      config.train.num_seeds = len(run_members)
-    launches.append(Launch(names, config, os.path.join(workdir, family)))
+      config.train.num_seeds = len(seeds)
+      if len(entries) > 1:
+        config.train.vmap_key = key
+        config.train.vmap_values = tuple(value for value, _ in entries)
+    directory = family if len(entries) > 1 else os.path.dirname(names[0])
+    launches.append(Launch(names, config, os.path.join(workdir, directory)))
   return launches
 
 
@@ -153,33 +199,37 @@ def plan(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir:
          quick: bool = False, vmap_seeds: bool = True) -> List[Launch]:
   """The launches of a sweep, in the order of its points.
 
-  Points that differ only in consecutive seeds, and that have no workdir yet,
-  become one launch with ``train.num_seeds`` (``vmap_seeds``); its workdir is
-  the family's, and each seed writes ``seed_<s>`` below it, which is the
-  point's own workdir. Points already started resume alone; ``raw`` points
-  run alone.
+  Unstarted points of one family (``_family``) that differ only in
+  consecutive seeds and in the value of the family's swept scalar become one
+  launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``);
+  ``train`` writes each run into the point's own workdir. Points already
+  started resume alone; ``raw`` points run alone.
   """
   order, families = [], {}
   for point in points:
     config = point_config(base, point, quick)
-    run_dir = os.path.join(workdir, point["name"])
-    family, leaf = os.path.split(point["name"])
-    raw = point["row"] == "raw"
-    if not vmap_seeds or raw or leaf != f"seed_{config.seed}" or os.path.exists(run_dir):
-      order.append(Launch([point["name"]], config, run_dir, raw))
+    name = point["name"]
+    run_dir = os.path.join(workdir, name)
+    family, key = _family(name)
+    if key and (key not in point["overrides"] or name != os.path.join(
+        family, default.value_dir(key, config[key]), f"seed_{config.seed}")):
+      family, key = os.path.dirname(name), ""
+    if (not vmap_seeds or point["row"] == "raw" or os.path.exists(run_dir)
+        or os.path.basename(name) != f"seed_{config.seed}"):
+      order.append(Launch([name], config, run_dir, point["row"] == "raw"))
       continue
-    rest = {k: v for k, v in point["overrides"].items() if k != "seed"}
-    key = (family, json.dumps(rest, sort_keys=True, default=str))
-    if key not in families:
-      families[key] = []
-      order.append(key)
-    families[key].append((point["name"], config))
+    rest = {k: v for k, v in point["overrides"].items() if k not in ("seed", key)}
+    group = (family, key, json.dumps(rest, sort_keys=True, default=str))
+    if group not in families:
+      families[group] = []
+      order.append(group)
+    families[group].append((name, config))
   launches = []
   for entry in order:
     if isinstance(entry, Launch):
       launches.append(entry)
     else:
-      launches.extend(_seed_launches(entry[0], families[entry], workdir))
+      launches.extend(_family_launches(entry[0], entry[1], families[entry], workdir))
   return launches
 
 
@@ -223,7 +273,9 @@ def aggregate(points: List[Dict[str, Any]], workdir: str,
       continue
     config = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.CONFIG_FILE))
     timing = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.TIMING_FILE)) or {}
-    key = (config["data"]["name"], point["row"])
+    dataset = config["data"]["name"]
+    model = os.path.dirname(point["name"])
+    key = (dataset, model[len(dataset) + 1:] if model.startswith(dataset + "/") else model)
     overrides = {k: v for k, v in point["overrides"].items() if k != "seed"}
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
                                 "seeds": [], "train_seconds": [], **{m: [] for m in METRICS}})
@@ -232,8 +284,8 @@ def aggregate(points: List[Dict[str, Any]], workdir: str,
     for metric in METRICS:
       row[metric].append(results[metric])
     row["eval_split"] = results["eval_split"]
-    reference = paper.get(key[0], {}).get(key[1])
-    if reference is not None:
+    reference = paper.get(dataset, {}).get(point["row"])
+    if reference is not None and key[1] == point["row"]:
       row["paper"] = dict(zip(METRICS, reference))
   return {"rows": list(rows.values())}
 

@@ -13,8 +13,10 @@ Design:
   and data are replicated, the global batch is sharded over the ``data``
   axis and XLA inserts the gradient all-reduce. The same code runs on many
   hosts after ``jax.distributed.initialize()`` (see README).
-* ``train.num_seeds`` seeds train together, vmapped over a leading seed axis
-  of the state; each seed keeps its own workdir, checkpoints and results.
+* ``train.num_seeds`` seeds, times the ``train.vmap_values`` of one scalar
+  ``train.vmap_key`` (e.g. ``model.noise_std``), train together, vmapped over
+  a leading run axis of the state; the scalar enters the step as a traced
+  value. Each run keeps its own workdir, checkpoints and results.
 * A NaN guard: a step whose loss or gradients are not finite is not
   applied; the run stops with an error naming the step, and the last good
   checkpoint is kept.
@@ -46,6 +48,7 @@ from softvq_jax import input_pipeline
 from softvq_jax import models
 from softvq_jax import validation
 from softvq_jax import workdir as workdir_lib
+from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
 # Scalar diagnostics copied from a bottleneck's aux into the metrics.
@@ -95,8 +98,8 @@ def loss_fn(params, model_state, x, noise_rng, *, model: models.Autoencoder,
   return loss, (metrics, dict(new_model_state))
 
 
-def train_step(state: TrainState, images: jax.Array, rng: jax.Array, *,
-               model: models.Autoencoder, optimizer: optax.GradientTransformation,
+def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
+               scalars: Dict[str, jax.Array], *, model: models.Autoencoder, optimizer: optax.GradientTransformation,
                model_config: ml_collections.ConfigDict, batch_size: int,
                pixel_var: float, batch_sharding=None) -> Tuple[TrainState, Dict]:
   """One Adam update at ``state.step``; a non-finite step is not applied.
@@ -105,6 +108,8 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array, *,
     state: the train state.
     images: the whole training split, ``(N, H, W, C)``.
     rng: the run's training key; the step's key is ``fold_in(rng, step)``.
+    scalars: bottleneck attributes of this run, e.g. ``{"noise_std": 0.05}``
+      (``train.vmap_key``), replacing those of ``model``; ``{}`` for none.
     model, optimizer, model_config: what to train and how.
     batch_size: global batch size.
     pixel_var: the nmse normaliser.
@@ -119,7 +124,8 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array, *,
     x = jax.lax.with_sharding_constraint(x, batch_sharding)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (metrics, model_state)), grads = grad_fn(
-      state.params, state.model_state, x, noise_rng, model=model,
+      state.params, state.model_state, x, noise_rng,
+      model=models.with_bottleneck_scalars(model, scalars),
       model_config=model_config, pixel_var=pixel_var)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
@@ -131,7 +137,8 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array, *,
 
 
 def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
-                num_steps: int, **step_kwargs) -> Tuple[TrainState, Dict]:
+                scalars: Dict[str, jax.Array], num_steps: int,
+                **step_kwargs) -> Tuple[TrainState, Dict]:
   """``num_steps`` train steps in one ``lax.scan``; metrics are stacked.
 
   After a non-finite step the state no longer advances (the same step is
@@ -139,7 +146,7 @@ def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
   first bad step.
   """
   def body(state, _):
-    return train_step(state, images, rng, **step_kwargs)
+    return train_step(state, images, rng, scalars, **step_kwargs)
   return jax.lax.scan(body, state, None, length=num_steps)
 
 
@@ -151,33 +158,51 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
                          for i in range(0, len(images), batch_size)])
 
 
-def seed_runs(config: ml_collections.ConfigDict,
-              workdir: str) -> List[Tuple[ml_collections.ConfigDict, str]]:
-  """The ``(config, workdir)`` of every seed that ``config`` trains.
+def runs_of(config: ml_collections.ConfigDict,
+            workdir: str) -> List[Tuple[ml_collections.ConfigDict, str]]:
+  """The ``(config, workdir)`` of every run that ``config`` trains together.
 
-  With ``train.num_seeds == 1``: the run itself. With S > 1 seeds, seed
-  ``s`` in ``config.seed ... config.seed + S - 1`` gets ``workdir/seed_<s>``
-  and the config of a single run of that seed (``seed = s``,
-  ``num_seeds = 1``), so that its workdir reads exactly like one trained alone.
+  A plain config is one run in ``workdir``. With ``train.num_seeds = S > 1``
+  seed ``s`` (``config.seed ... config.seed + S - 1``) runs in
+  ``workdir/seed_<s>``; with ``train.vmap_key`` every value ``v`` of
+  ``train.vmap_values`` runs with every seed in
+  ``workdir/<key>_<v>/seed_<s>`` (``default.value_dir``). Each gets the config
+  of a single run (that seed and value, ``num_seeds = 1``, no ``vmap_key``),
+  so that its workdir reads exactly like one trained alone. Value-major order.
   """
-  if config.train.num_seeds == 1:
+  key = config.train.vmap_key
+  if config.train.num_seeds == 1 and not key:
     return [(config, workdir)]
   runs = []
-  for seed in range(config.seed, config.seed + config.train.num_seeds):
-    single = copy.deepcopy(config)
-    with single.unlocked():
-      single.seed, single.train.num_seeds = seed, 1
-    runs.append((single, os.path.join(workdir, f"seed_{seed}")))
+  for value in config.train.vmap_values if key else (None,):
+    for seed in range(config.seed, config.seed + config.train.num_seeds):
+      single = copy.deepcopy(config)
+      with single.unlocked():
+        single.seed, single.train.num_seeds = seed, 1
+        single.train.vmap_key, single.train.vmap_values = "", ()
+        if key:
+          default.apply_overrides(single, {key: value})
+      parts = [default.value_dir(key, value)] if key else []
+      runs.append((single, os.path.join(workdir, *parts, f"seed_{seed}")))
   return runs
 
 
-def over_seeds(fn, num_seeds: int, in_axes: Sequence[Any]):
-  """``fn`` mapped over a leading seed axis of the arguments with in_axes 0.
+def run_scalars(config: ml_collections.ConfigDict,
+                runs: Sequence[Tuple[ml_collections.ConfigDict, str]]) -> Dict[str, jax.Array]:
+  """The ``train.vmap_key`` value of each run, ``{attribute: (R,)}``; ``{}`` if none."""
+  key = config.train.vmap_key
+  if not key:
+    return {}
+  return {key.rsplit(".", 1)[-1]: jnp.asarray([c[key] for c, _ in runs], jnp.float32)}
 
-  Several seeds are vmapped; a single one is squeezed around ``fn`` instead,
+
+def over_runs(fn, num_runs: int, in_axes: Sequence[Any]):
+  """``fn`` mapped over a leading run axis of the arguments with in_axes 0.
+
+  Several runs are vmapped; a single one is squeezed around ``fn`` instead,
   which on CPU is about 30% faster at the paper's batch-32 MLP than vmap.
   """
-  if num_seeds > 1:
+  if num_runs > 1:
     return jax.vmap(fn, in_axes=tuple(in_axes))
 
   def single(*args):
@@ -187,7 +212,7 @@ def over_seeds(fn, num_seeds: int, in_axes: Sequence[Any]):
   return single
 
 
-def _seed_slice(tree, i: int):
+def _run_slice(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
@@ -216,29 +241,33 @@ def _restore(managers: Sequence[ocp.CheckpointManager], state: TrainState,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Trains the model of ``config`` in ``workdir``, then evaluates it.
 
-  ``train.num_seeds = S > 1`` trains S seeds in one vmapped program, each
-  in its own ``workdir/seed_<s>`` (see ``seed_runs``). Resumes from the latest
+  ``train.num_seeds = S > 1`` seeds and the ``train.vmap_values`` of
+  ``train.vmap_key`` train in one vmapped program, each run in its own
+  workdir below ``workdir`` (see ``runs_of``). Resumes from the latest
   checkpoint; a finished run of the same config is not retrained.
 
   Returns:
-    The metrics of eval.json; for S > 1 a list with one dict per seed.
+    The metrics of eval.json; for several runs a list, in ``runs_of`` order.
   """
   validation.validate_config(config, jax.device_count())
-  runs = seed_runs(config, workdir)
+  runs = runs_of(config, workdir)
+  for run_config, _ in runs:
+    validation.validate_config(run_config, jax.device_count())
   finished = [workdir_lib.check(c, d) for c, d in runs]
   if all(f is not None for f in finished):
     logging.info("%s already holds finished runs of this config", workdir)
     return finished if len(runs) > 1 else finished[0]
   if any(f is not None for f in finished):
-    raise InputError(f"{workdir} holds finished runs for some of the seeds only; train "
-                     "the others with their own --config.seed, or use a new --workdir")
+    raise InputError(f"{workdir} holds finished runs for some of its runs only; train "
+                     "the others alone (--config.seed, the swept key), or use a new --workdir")
   data = input_pipeline.load(config.data)
   is_main = jax.process_index() == 0
   if is_main:
     for run_config, run_dir in runs:
       workdir_lib.write_config(run_config, run_dir)
 
-  num_seeds = len(runs)
+  num_runs = len(runs)
+  scalars = run_scalars(config, runs)
   model = models.make_model(config.model, data.image_shape)
   optimizer = make_optimizer(config.train)
   keys = jnp.stack([jnp.stack(jax.random.split(jax.random.key(c.seed))) for c, _ in runs])
@@ -248,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   init = functools.partial(init_state, model=model, optimizer=optimizer,
                            image_shape=data.image_shape)
-  state = jax.jit(over_seeds(init, num_seeds, [0]), out_shardings=replicated)(init_rngs)
+  state = jax.jit(over_runs(init, num_runs, [0]), out_shardings=replicated)(init_rngs)
   # Every process holds the whole (small) split; this works across hosts too.
   images = jax.make_array_from_callback(data.train_images.shape, replicated,
                                         lambda index: data.train_images[index])
@@ -265,9 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
       batch_sharding=batch_sharding)
   run_steps = jax.jit(
-      lambda state, images, rngs, num_steps: over_seeds(
-          functools.partial(steps_fn, num_steps=num_steps), num_seeds, [0, None, 0])(
-              state, images, rngs),
+      lambda state, images, rngs, scalars, num_steps: over_runs(
+          functools.partial(steps_fn, num_steps=num_steps), num_runs, [0, None, 0, 0])(
+              state, images, rngs, scalars),
       static_argnames="num_steps", out_shardings=(replicated, replicated))
 
   num_steps, t_start = config.train.num_steps, time.time()
@@ -276,15 +305,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     chunk_end = min(num_steps, (step // config.train.log_every + 1) * config.train.log_every,
                     (step // config.train.checkpoint_every + 1) * config.train.checkpoint_every)
     t0 = time.time()
-    state, metrics = run_steps(state, images, train_rngs, num_steps=chunk_end - step)
+    state, metrics = run_steps(state, images, train_rngs, scalars, num_steps=chunk_end - step)
     reached = np.asarray(state.step)
     if np.any(reached != chunk_end):
       for manager in managers:
         manager.wait_until_finished()
-      bad = [(c.seed, int(r)) for (c, _), r in zip(runs, reached) if r != chunk_end]
+      bad = [(d, int(r)) for (_, d), r in zip(runs, reached) if r != chunk_end]
       raise FloatingPointError(
           "non-finite loss or gradient at step "
-          + ", ".join(f"{r} (seed {s})" if num_seeds > 1 else str(r) for s, r in bad)
+          + ", ".join(f"{r} ({d})" if num_runs > 1 else str(r) for d, r in bad)
           + f"; stopped, the last good checkpoint is at step {managers[0].latest_step()}")
     rate = (chunk_end - step) / (time.time() - t0)
     step = chunk_end
@@ -295,17 +324,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                   eta=(num_steps - step) / rate)
     if step % config.train.checkpoint_every == 0 or step == num_steps:
       for i, manager in enumerate(managers):
-        manager.save(step, args=ocp.args.StandardSave(_seed_slice(state, i)))
+        manager.save(step, args=ocp.args.StandardSave(_run_slice(state, i)))
   for manager, log in zip(managers, logs):
     manager.wait_until_finished()
     log.close()
   train_seconds = time.time() - t_start
 
-  results = [evaluate_run(model, _seed_slice(state, i), data, run_config, run_dir,
-                          {"train_seconds": train_seconds, "seeds_trained_together": num_seeds,
+  results = [evaluate_run(models.make_model(run_config.model, data.image_shape),
+                          _run_slice(state, i), data, run_config, run_dir,
+                          {"train_seconds": train_seconds, "runs_trained_together": num_runs,
                            "trained_steps": num_steps - start_step}, is_main)
              for i, (run_config, run_dir) in enumerate(runs)]
-  return results if num_seeds > 1 else results[0]
+  return results if num_runs > 1 else results[0]
 
 
 def evaluate_run(model: models.Autoencoder, state: TrainState, data: input_pipeline.Splits,

@@ -1,5 +1,8 @@
 """Checks of a config against its valid ranges, before any work starts.
 
+``train_and_evaluate`` also validates the config of every run it trains
+together (each seed, each value of ``train.vmap_key``).
+
 ``validate_config`` raises ``InputError`` with a one-line message that names
 the key, its value and the valid range or choices.
 """
@@ -11,6 +14,7 @@ import ml_collections
 from softvq_jax import bottlenecks
 from softvq_jax import input_pipeline
 from softvq_jax import models
+from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -28,6 +32,26 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
   if value is None or not (value >= 0 if allow_zero else value > 0):
     bound = ">= 0" if allow_zero else "> 0"
     raise InputError(f"config.{key}={value!r} is not valid; it must be {bound}")
+
+
+def _validate_vmap(config: ml_collections.ConfigDict) -> None:
+  key, values = config.train.vmap_key, tuple(config.train.vmap_values)
+  if not key:
+    if values:
+      raise InputError(f"config.train.vmap_values={values!r} needs config.train.vmap_key")
+    return
+  _choice(config, "train.vmap_key", default.VMAPPABLE_KEYS)
+  attribute = key.rsplit(".", 1)[-1]
+  if not hasattr(models.make_bottleneck(config.model), attribute):
+    raise InputError(f"config.train.vmap_key={key!r} is not an attribute of "
+                     f"config.model.bottleneck={config.model.bottleneck!r}")
+  if not values or len(set(values)) != len(values):
+    raise InputError(f"config.train.vmap_values={values!r} is not valid; "
+                     f"it must list distinct values of {key}")
+  for value in values:
+    if not isinstance(value, (int, float)) or not value >= 0:
+      raise InputError(f"config.train.vmap_values={values!r} is not valid; "
+                       f"the values of {key} must be numbers >= 0")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -52,6 +76,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
               "model.vq_weight", "model.max_alpha", "data.validation_size",
               "eval.num_clusters", "eval.tsne_points"):
     _positive(c, key, allow_zero=True)
+  _validate_vmap(config)
   if config.train.batch_size % num_devices:
     raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "
                      f"it must be a multiple of the device count {num_devices}")

@@ -2,7 +2,9 @@
 
 * ``config.json``: the resolved config. A workdir that holds another config
   is refused with the keys that differ; one that holds ``eval.json`` for the
-  same config is a finished run and is not retrained.
+  same config is a finished run and is not retrained. A key that the stored
+  config lacks (added to the library after that run) matches when it holds
+  its default value, which by convention keeps the earlier behaviour.
 * ``metrics.jsonl`` and ``tensorboard/``: one record per logged step. On
   resume, records past the restored checkpoint are dropped, so the log of a
   resumed run reads like an uninterrupted one.
@@ -19,6 +21,7 @@ from absl import logging
 import ml_collections
 import tensorboardX
 
+from softvq_jax.configs import default as default_config
 from softvq_jax.errors import InputError
 
 CONFIG_FILE = "config.json"
@@ -50,13 +53,21 @@ def read_json(path: str) -> Optional[Any]:
     return json.load(f)
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list:
+_MISSING = object()
+
+
+def _diff(old: Any, new: Any, default: Any, prefix: str = "") -> list:
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for key in sorted(set(old) | set(new)):
-      out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+      sub_default = default.get(key, _MISSING) if isinstance(default, dict) else _MISSING
+      out += _diff(old.get(key, _MISSING), new.get(key, _MISSING), sub_default,
+                   f"{prefix}{key}.")
     return out
-  return [] if old == new else [f"{prefix[:-1]}: {old!r} in the workdir, {new!r} now"]
+  if old is _MISSING and new == default:
+    return []
+  show = lambda value: "absent" if value is _MISSING else repr(value)
+  return [] if old == new else [f"{prefix[:-1]}: {show(old)} in the workdir, {show(new)} now"]
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str, Any]]:
@@ -72,7 +83,8 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str,
   stored = read_json(os.path.join(workdir, CONFIG_FILE))
   if stored is None:
     return None
-  differences = _diff(stored, config_dict(config))
+  differences = _diff(stored, config_dict(config),
+                      config_dict(default_config.get_base_config()))
   if differences:
     raise InputError(f"workdir {workdir} holds a run of another config ("
                      + "; ".join(differences) + "); use a new --workdir")

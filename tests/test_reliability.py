@@ -1,4 +1,4 @@
-"""A run killed with SIGKILL and restarted ends with the identical eval.json."""
+"""Killed and restarted runs, and which stored configs count as the same run."""
 
 import json
 import os
@@ -6,6 +6,11 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
+
+from softvq_jax import workdir
+from softvq_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ("--config=configs/digits.py", "--config.model.mlp_hidden=(64, 64)",
@@ -33,3 +38,17 @@ def test_sigkill_then_restart_gives_identical_eval(tmp_path):
   assert (killed / "eval.json").read_bytes() == (reference / "eval.json").read_bytes()
   steps = lambda run: [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
   assert steps(killed) == steps(reference) == list(range(100, 1600, 100))
+
+
+@pytest.mark.parametrize("value,refused", [(1, False), (2, True)])
+def test_key_added_after_a_run_matches_only_at_its_default(tiny_config, tmp_path, value,
+                                                          refused):
+  stored = workdir.config_dict(tiny_config)
+  del stored["train"]["num_seeds"]  # As written before the key existed.
+  workdir.write_json(str(tmp_path / workdir.CONFIG_FILE), stored)
+  tiny_config.train.num_seeds = value
+  if refused:
+    with pytest.raises(InputError, match="train.num_seeds: absent in the workdir, 2 now"):
+      workdir.check(tiny_config, str(tmp_path))
+  else:
+    assert workdir.check(tiny_config, str(tmp_path)) is None

@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10, digits, mnist
 from softvq_jax import sweep
+from softvq_jax import train
+from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +33,7 @@ def test_table_sweeps_cover_rows_and_seeds():
   assert {p["overrides"]["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
   assert len({p["name"] for p in table2}) == len(table2)
   assert table2[0]["name"] == "svhn_cropped/ae/seed_0"
-  assert mnist.get_sweep("codebook")[0]["name"] == "num_codewords_16/soft_vq_vae/seed_0"
+  assert mnist.get_sweep("codebook")[0]["name"] == "soft_vq_vae/num_codewords_16/seed_0"
 
 
 def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):
@@ -123,6 +125,39 @@ def test_plan_groups_consecutive_unstarted_seeds(tiny_config, tmp_path):
   assert sorted(n for l in launches for n in l.names) == sorted(p["name"] for p in points)
   assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
                                                     vmap_seeds=False))
+
+
+def describe(launches, workdir):
+  return {tuple(l.names): (l.config.train.num_seeds, l.config.train.vmap_key,
+                           tuple(l.config.train.vmap_values), os.path.relpath(l.workdir, workdir))
+          for l in launches}
+
+
+def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
+  point = lambda seed, **kw: default.sweep_point("vae", seed, digits.PAPER, **kw)
+  points = ([point(s, model__beta=b) for s in (0, 1) for b in (1.0, 4.0)]
+            + [point(0, model__beta=8.0), point(0, model__beta=2.0, model__max_alpha=0.5)])
+  launches = sweep.plan(tiny_config, points, str(tmp_path))
+  assert describe(launches, tmp_path) == {
+      ("vae/beta_1.0/seed_0", "vae/beta_1.0/seed_1", "vae/beta_4.0/seed_0",
+       "vae/beta_4.0/seed_1"): (2, "model.beta", (1.0, 4.0), "vae"),
+      ("vae/beta_8.0/seed_0",): (1, "", (), "vae/beta_8.0/seed_0"),
+      # Two tags: its family is its directory, so it trains alone.
+      ("vae/beta_2.0/max_alpha_0.5/seed_0",): (1, "", (), "vae/beta_2.0/max_alpha_0.5/seed_0"),
+  }
+  for launch in launches:  # train writes each run exactly into its point's workdir.
+    assert [d for _, d in train.runs_of(launch.config, launch.workdir)] == [
+        os.path.join(tmp_path, name) for name in launch.names]
+
+
+def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
+  points = mnist.get_sweep("variants")
+  assert {p["overrides"]["data.validation_size"] for p in points} == {mnist.VALIDATION_SIZE}
+  described = describe(sweep.plan(tiny_config, points, str(tmp_path)), tmp_path)
+  assert described[("soft_vq_vae/noise_std_0.01/seed_0", "soft_vq_vae/noise_std_0.0/seed_0",
+                    "soft_vq_vae/noise_std_0.05/seed_0")] == (
+                        1, "model.noise_std", (0.01, 0.0, 0.05), "soft_vq_vae")
+  assert len(described) == len(points) - 2
 
 
 def test_shards_split_families_of_seeds():

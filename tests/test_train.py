@@ -110,15 +110,23 @@ def test_unreadable_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_pa
   assert train.train_and_evaluate(tiny_config, str(run)) == expected
 
 
-def test_vmapped_seeds_match_separate_runs(tiny_config, tmp_path):
-  tiny_config.model.bottleneck = "soft_vq"
-  tiny_config.train.num_seeds = 2
+@pytest.mark.parametrize("bottleneck,num_seeds,key,values,run_dirs", [
+    ("soft_vq", 2, "", (), ["seed_0", "seed_1"]),
+    ("soft_vq", 1, "model.noise_std", (0.0, 0.5),
+     ["noise_std_0.0/seed_0", "noise_std_0.5/seed_0"]),
+    ("vae", 1, "model.beta", (1.0, 20.0), ["beta_1.0/seed_0", "beta_20.0/seed_0"]),
+])
+def test_vmapped_runs_match_separate_runs(tiny_config, tmp_path, bottleneck, num_seeds,
+                                          key, values, run_dirs):
+  tiny_config.model.bottleneck = bottleneck
+  tiny_config.train.num_seeds = num_seeds
+  tiny_config.train.vmap_key, tiny_config.train.vmap_values = key, values
   together = train.train_and_evaluate(tiny_config, str(tmp_path / "together"))
   assert len(together) == 2
-  for seed in (0, 1):
-    alone_config = tiny_config.copy_and_resolve_references()
-    alone_config.seed, alone_config.train.num_seeds = seed, 1
-    alone_dir, joint_dir = tmp_path / f"alone_{seed}", tmp_path / "together" / f"seed_{seed}"
+  for i, (run_dir, (alone_config, _)) in enumerate(zip(
+      run_dirs, train.runs_of(tiny_config, str(tmp_path)))):
+    assert alone_config.train.num_seeds == 1 and not alone_config.train.vmap_key
+    alone_dir, joint_dir = tmp_path / f"alone_{i}", tmp_path / "together" / run_dir
     alone = train.train_and_evaluate(alone_config, str(alone_dir))
     assert (joint_dir / "config.json").read_bytes() == (alone_dir / "config.json").read_bytes()
     assert sorted(os.listdir(joint_dir / "checkpoints")) == ["10", "20"]
@@ -127,9 +135,13 @@ def test_vmapped_seeds_match_separate_runs(tiny_config, tmp_path):
       assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     np.testing.assert_allclose(np.load(joint_dir / "latents.npz")["latents"],
                                np.load(alone_dir / "latents.npz")["latents"], atol=1e-3)
-    assert together[seed]["probe_acc"] == pytest.approx(alone["probe_acc"], abs=1.0)
-    # The seed's workdir is a finished run for a single-seed command too.
-    assert train.train_and_evaluate(alone_config, str(joint_dir)) == together[seed]
+    assert together[i]["probe_acc"] == pytest.approx(alone["probe_acc"], abs=1.0)
+    # The run's workdir is a finished run for a single-run command too.
+    assert train.train_and_evaluate(alone_config, str(joint_dir)) == together[i]
+  # The swept scalar changes training: the two runs' losses differ.
+  losses = [read_jsonl(tmp_path / "together" / d / "metrics.jsonl")[-1]["loss"]
+            for d in run_dirs]
+  assert losses[0] != losses[1]
 
 
 def test_vmapped_seeds_resume(tiny_config, tmp_path):
@@ -145,6 +157,6 @@ def test_partly_finished_seeds_are_refused(tiny_config, tmp_path):
   single = tiny_config.copy_and_resolve_references()
   train.train_and_evaluate(single, str(tmp_path / "seed_0"))
   tiny_config.train.num_seeds = 2
-  with pytest.raises(InputError, match="finished runs for some of the seeds only"):
+  with pytest.raises(InputError, match="finished runs for some of its runs only"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / "seed_1").exists()

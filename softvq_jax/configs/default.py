@@ -33,6 +33,16 @@ class PaperValues:
   info_dropout_beta: float  # Information-dropout penalty weight.
 
 
+# Scalars that can differ between runs of one vmapped program (train.vmap_key).
+VMAPPABLE_KEYS = ("model.noise_std", "model.beta", "model.max_alpha",
+                  "model.commitment", "model.vq_weight")
+
+
+def value_dir(key: str, value: Any) -> str:
+  """The workdir component of one value of a swept key: ``noise_std_0.01``."""
+  return f"{key.rsplit('.', 1)[-1]}_{value}"
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Defaults shared by all datasets; every key is declared here."""
   config = ml_collections.ConfigDict()
@@ -72,6 +82,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 5000  # Steps between orbax checkpoints.
   train.max_checkpoints = 2  # Checkpoints kept on disk.
   train.num_seeds = 1  # >1: seeds seed..seed+num_seeds-1 in one vmapped program.
+  train.vmap_key = ""  # A key of VMAPPABLE_KEYS: train one run per value of vmap_values.
+  train.vmap_values = ()  # The values of vmap_key, vmapped with the seeds in one program.
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.kmeans_inits = 100  # K-means initialisations; the best inertia is kept.
@@ -149,12 +161,14 @@ def sweep_point(row: str, seed: int, values: PaperValues,
   """One run of a sweep: a paper row (a preset, or ``raw`` for pixels) and a seed.
 
   ``overrides`` uses ``__`` for dots (``data__name="cifar10"``). The point's
-  name is its workdir below the sweep's: ``[<dataset>/][<key>_<value>/]<row>/seed_<seed>``.
+  name is its workdir below the sweep's:
+  ``[<dataset>/]<row>/[<key>_<value>/...]seed_<seed>``, the layout in which
+  ``train`` writes the runs of ``train.vmap_key`` (see ``value_dir``).
   """
   extra = {key.replace("__", "."): value for key, value in overrides.items()}
-  tags = [str(v) if k == "data.name" else f"{k.rsplit('.', 1)[-1]}_{v}"
-          for k, v in sorted(extra.items())]
-  tag = "/".join(tags + [row, f"seed_{seed}"])
+  dataset = [str(extra["data.name"])] if "data.name" in extra else []
+  tags = [value_dir(k, v) for k, v in sorted(extra.items()) if k != "data.name"]
+  tag = "/".join(dataset + [row] + tags + [f"seed_{seed}"])
   preset = {} if row == "raw" else preset_overrides(row, values)
   return {"name": tag, "row": row, "overrides": {**preset, **extra, "seed": seed}}
 
