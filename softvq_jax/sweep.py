@@ -135,14 +135,14 @@ def _is_number(text: str) -> bool:
 
 def shard_points(points: List[Dict[str, Any]], shard: int,
                  num_shards: int) -> List[Dict[str, Any]]:
-  """The points of one shard: every ``num_shards``-th family (``_family``).
+  """The points of one shard: every ``num_shards``-th family and swept key.
 
-  All seeds and swept values of a family land in one shard, so that they can
-  be trained together.
+  All seeds and values of a family's swept key (``_family``) land in one
+  shard, so that they can be trained together.
   """
-  families = list(dict.fromkeys(_family(p["name"])[0] for p in points))
+  families = list(dict.fromkeys(_family(p["name"]) for p in points))
   mine = set(families[shard::num_shards])
-  return [p for p in points if _family(p["name"])[0] in mine]
+  return [p for p in points if _family(p["name"]) in mine]
 
 
 @dataclasses.dataclass
@@ -264,7 +264,12 @@ def _stats(values: List[float], digits: int) -> str:
 
 def aggregate(points: List[Dict[str, Any]], workdir: str,
               paper: Dict[str, Dict[str, tuple]]) -> Dict[str, Any]:
-  """Collects the finished runs into rows of per-seed values."""
+  """Collects the finished runs into rows of per-seed values.
+
+  A row is a family of points, their name up to ``/seed_<s>`` without the
+  dataset (``ae``, ``soft_vq_vae/noise_std_0.05``); the paper's numbers are
+  attached to the rows that are exactly a row of the paper.
+  """
   rows: Dict[tuple, Dict[str, Any]] = {}
   for point in points:
     run_dir = os.path.join(workdir, point["name"])
