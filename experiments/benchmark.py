@@ -11,7 +11,10 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   (``train.over_runs``, ``train.num_seeds``) and
   ``..._noise_std8_ms_per_step_per_run``: 8 noise levels vmapped
   (``train.vmap_key``); each with ``..._flops_fraction``, the model FLOP/s
-  (from XLA's cost analysis) divided by the matmul peak;
+  (from XLA's cost analysis) divided by the matmul peak, ``..._mib_moved_per_step``
+  (XLA's bytes accessed) and ``..._roofline_fraction``: the roofline time
+  max(FLOPs / matmul peak, bytes / ``memory_bandwidth_gbs``) over the
+  measured time;
 * ``mnist_mlp_adam_update_ms``: the Adam update alone on the MLP's
   ``mnist_mlp_params`` parameters, the memory-bound part of a step;
 * ``soft_quantize_n<N>_k<K>_d<d>_{ms,temp_mib}`` and ``..._matmuls_ms``: the
@@ -62,8 +65,19 @@ def best_time(fn, *args, repeats):
   return min(times)
 
 
-def flops(jitted, *args):
-  return jitted.lower(*args).compile().cost_analysis()["flops"]
+def cost(jitted, *args):
+  """XLA's cost analysis of the compiled program: (FLOPs, bytes accessed)."""
+  analysis = jitted.lower(*args).compile().cost_analysis()
+  return analysis["flops"], analysis["bytes accessed"]
+
+
+def memory_bandwidth(lines, repeats):
+  """Best streaming bandwidth JAX reaches: a + b on 64 MiB arrays (3 x 64 MiB moved)."""
+  a = jnp.ones((2 ** 24,), jnp.float32)
+  seconds = best_time(jax.jit(lambda x, y: x + y), a, a, repeats=repeats)
+  bandwidth = 3 * a.nbytes / seconds / 1e9
+  emit(lines, "memory_bandwidth_gbs", bandwidth, "GB/s")
+  return bandwidth
 
 
 def matmul_peak(lines, repeats):
@@ -76,7 +90,7 @@ def matmul_peak(lines, repeats):
   return best
 
 
-def mlp_training(lines, peak, steps, repeats):
+def mlp_training(lines, peak, bandwidth, steps, repeats):
   images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
   cases = [(b, 1, "") for b in BOTTLENECKS] + [("soft_vq", 8, ""), ("soft_vq", 8, "noise_std")]
   for bottleneck, num_runs, swept in cases:
@@ -105,9 +119,16 @@ def mlp_training(lines, peak, steps, repeats):
       emit(lines, name + "_ms_per_step_per_seed", 1000 * per_step, "ms")
     else:
       emit(lines, name + "_ms_per_step", 1000 * per_step, "ms")
-    # XLA counts a scan's body once, so the FLOPs come from a one-step program.
-    model_flops = flops(one_step, state, images, rngs, scalars) / num_runs
+    # XLA counts a scan's body once, so the costs come from a one-step program;
+    # its gather would count the whole image array as read, so it gets 32 images.
+    model_flops, moved = (x / num_runs for x in cost(one_step, state, images[:32], rngs,
+                                                     scalars))
     emit(lines, name + "_flops_fraction", model_flops / per_step / 1e9 / peak, "fraction")
+    emit(lines, name + "_mib_moved_per_step", moved / 2 ** 20, "MiB")
+    # The roofline: the step can be no faster than its FLOPs at the matmul peak
+    # or its memory traffic at the streaming bandwidth.
+    roofline = max(model_flops / peak / 1e9, moved / bandwidth / 1e9)
+    emit(lines, name + "_roofline_fraction", roofline / per_step, "fraction")
 
 
 def adam_update(lines, steps, repeats):
@@ -170,7 +191,8 @@ def main(_):
   lines = []
   repeats = 2 if FLAGS.quick else 5
   peak = matmul_peak(lines, repeats)
-  mlp_training(lines, peak, steps=100 if FLAGS.quick else 500, repeats=repeats)
+  bandwidth = memory_bandwidth(lines, repeats)
+  mlp_training(lines, peak, bandwidth, steps=100 if FLAGS.quick else 500, repeats=repeats)
   adam_update(lines, steps=100, repeats=repeats)
   if FLAGS.quick:
     grid = [(4096, 1024, 64)]

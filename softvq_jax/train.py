@@ -127,13 +127,16 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
       state.params, state.model_state, x, noise_rng,
       model=models.with_bottleneck_scalars(model, scalars),
       model_config=model_config, pixel_var=pixel_var)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  new_state = TrainState(state.step + 1, optax.apply_updates(state.params, updates),
-                         opt_state, model_state)
   finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
       [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-  return state, metrics
+
+  def apply(state):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return TrainState(state.step + 1, optax.apply_updates(state.params, updates),
+                      opt_state, model_state)
+  # A cond, not a select over the state: the update is memory-bound at small
+  # batches and a select would read and write every parameter and moment again.
+  return jax.lax.cond(finite, apply, lambda state: state, state), metrics
 
 
 def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
