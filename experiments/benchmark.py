@@ -12,9 +12,10 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   ``..._noise_std8_ms_per_step_per_run``: 8 noise levels vmapped
   (``train.vmap_key``); each with ``..._flops_fraction``, the model FLOP/s
   (from XLA's cost analysis) divided by the matmul peak, ``..._mib_moved_per_step``
-  (XLA's bytes accessed) and ``..._roofline_fraction``: the roofline time
-  max(FLOPs / matmul peak, bytes / ``memory_bandwidth_gbs``) over the
-  measured time;
+  (XLA's bytes accessed; for a single run it counts both branches of the NaN
+  guard's cond, an upper bound) and, for vmapped runs,
+  ``..._roofline_fraction``: the roofline time max(FLOPs / matmul peak,
+  bytes / ``memory_bandwidth_gbs``) over the measured time;
 * ``mnist_mlp_adam_update_ms``: the Adam update alone on the MLP's
   ``mnist_mlp_params`` parameters, the memory-bound part of a step;
 * ``soft_quantize_n<N>_k<K>_d<d>_{ms,temp_mib}`` and ``..._matmuls_ms``: the
@@ -125,10 +126,12 @@ def mlp_training(lines, peak, bandwidth, steps, repeats):
                                                      scalars))
     emit(lines, name + "_flops_fraction", model_flops / per_step / 1e9 / peak, "fraction")
     emit(lines, name + "_mib_moved_per_step", moved / 2 ** 20, "MiB")
-    # The roofline: the step can be no faster than its FLOPs at the matmul peak
-    # or its memory traffic at the streaming bandwidth.
-    roofline = max(model_flops / peak / 1e9, moved / bandwidth / 1e9)
-    emit(lines, name + "_roofline_fraction", roofline / per_step, "fraction")
+    if num_runs > 1:
+      # The roofline: no faster than the FLOPs at the matmul peak or the memory
+      # traffic at the streaming bandwidth. Only for vmapped runs: a single
+      # run's NaN guard is a cond, whose both branches XLA's bytes count.
+      roofline = max(model_flops / peak / 1e9, moved / bandwidth / 1e9)
+      emit(lines, name + "_roofline_fraction", roofline / per_step, "fraction")
 
 
 def adam_update(lines, steps, repeats):
