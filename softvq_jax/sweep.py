@@ -195,15 +195,23 @@ def _family_launches(family: str, key: str, members: List[Tuple[str, Any]],
   return launches
 
 
+def _latest_checkpoint(run_dir: str) -> int:
+  """The step of the newest checkpoint directory of a run, 0 if none."""
+  directory = os.path.join(run_dir, "checkpoints")
+  steps = os.listdir(directory) if os.path.isdir(directory) else []
+  return max([int(step) for step in steps if step.isdigit()], default=0)
+
+
 def plan(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir: str,
          quick: bool = False, vmap_seeds: bool = True) -> List[Launch]:
   """The launches of a sweep, in the order of its points.
 
-  Unstarted points of one family (``_family``) that differ only in
-  consecutive seeds and in the value of the family's swept scalar become one
-  launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``);
-  ``train`` writes each run into the point's own workdir. Points already
-  started resume alone; ``raw`` points run alone.
+  Unfinished points of one family (``_family``) that differ only in
+  consecutive seeds and in the value of the family's swept scalar, and whose
+  latest checkpoints are at the same step (none for unstarted points), become
+  one launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``)
+  that resumes them together; ``train`` writes each run into the point's own
+  workdir. Finished points (skipped) and ``raw`` points are launches alone.
   """
   order, families = [], {}
   for point in points:
@@ -214,12 +222,14 @@ def plan(base: ml_collections.ConfigDict, points: List[Dict[str, Any]], workdir:
     if key and (key not in point["overrides"] or name != os.path.join(
         family, default.value_dir(key, config[key]), f"seed_{config.seed}")):
       family, key = os.path.dirname(name), ""
-    if (not vmap_seeds or point["row"] == "raw" or os.path.exists(run_dir)
+    if (not vmap_seeds or point["row"] == "raw"
+        or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE))
         or os.path.basename(name) != f"seed_{config.seed}"):
       order.append(Launch([name], config, run_dir, point["row"] == "raw"))
       continue
     rest = {k: v for k, v in point["overrides"].items() if k not in ("seed", key)}
-    group = (family, key, json.dumps(rest, sort_keys=True, default=str))
+    group = (family, key, json.dumps(rest, sort_keys=True, default=str),
+             _latest_checkpoint(run_dir))
     if group not in families:
       families[group] = []
       order.append(group)

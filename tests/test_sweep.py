@@ -111,9 +111,15 @@ def test_sweep_command_line(tmp_path):
   assert "error: unknown sweep 'nope'; choose table1" in result.stderr
 
 
-def test_plan_groups_consecutive_unstarted_seeds(tiny_config, tmp_path):
+def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
   points = digits.get_sweep("table1")
-  (tmp_path / "ae" / "seed_1").mkdir(parents=True)  # Started earlier: resumes alone.
+  # Checkpointed further than its neighbours: resumes alone.
+  (tmp_path / "ae" / "seed_1" / "checkpoints" / "500").mkdir(parents=True)
+  # Two seeds at the same checkpoint resume together; a finished one is skipped.
+  for seed in (0, 1):
+    (tmp_path / "vq_vae" / f"seed_{seed}" / "checkpoints" / "500").mkdir(parents=True)
+  (tmp_path / "vq_vae" / "seed_2").mkdir(parents=True)
+  (tmp_path / "vq_vae" / "seed_2" / "eval.json").write_text("{}")
   launches = sweep.plan(tiny_config, points, str(tmp_path))
   described = {tuple(l.names): (l.config.seed, l.config.train.num_seeds, l.raw,
                                 os.path.relpath(l.workdir, tmp_path)) for l in launches}
@@ -121,6 +127,8 @@ def test_plan_groups_consecutive_unstarted_seeds(tiny_config, tmp_path):
   assert described[("ae/seed_0",)] == (0, 1, False, "ae/seed_0")
   assert described[("ae/seed_1",)] == (1, 1, False, "ae/seed_1")
   assert described[("ae/seed_2",)] == (2, 1, False, "ae/seed_2")
+  assert described[("vq_vae/seed_0", "vq_vae/seed_1")] == (0, 2, False, "vq_vae")
+  assert described[("vq_vae/seed_2",)] == (2, 1, False, "vq_vae/seed_2")
   assert described[("raw/seed_2",)] == (2, 1, True, "raw/seed_2")
   assert sorted(n for l in launches for n in l.names) == sorted(p["name"] for p in points)
   assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
