@@ -99,7 +99,8 @@ def loss_fn(params, model_state, x, noise_rng, *, model: models.Autoencoder,
 
 
 def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
-               scalars: Dict[str, jax.Array], *, model: models.Autoencoder, optimizer: optax.GradientTransformation,
+               scalars: Dict[str, jax.Array], *, model: models.Autoencoder,
+               optimizer: optax.GradientTransformation,
                model_config: ml_collections.ConfigDict, batch_size: int,
                pixel_var: float, batch_sharding=None) -> Tuple[TrainState, Dict]:
   """One Adam update at ``state.step``; a non-finite step is not applied.
