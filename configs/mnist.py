@@ -56,6 +56,7 @@ VALIDATION_SIZE = 10000
 # row (noise_std 0.01, the paper's normaliser, batch 32, constant learning
 # rate, the authors' loss weights). "authors_code" is the MNIST notebook's
 # setting: its normaliser, its noise line commented out, batch 64.
+# "codebook_init_data" starts the codebook at encodings (train.init_state).
 VARIANTS = (
     {"model__noise_std": 0.01},
     {"model__normalizer": "notebook"},
@@ -66,6 +67,7 @@ VARIANTS = (
     {"model__noise_std": 0.05},
     {"train__lr_schedule": "cosine"},
     {"model__commitment": 0.25},
+    {"model__codebook_init": "data"},
 )
 
 

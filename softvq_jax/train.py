@@ -31,7 +31,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import flax
@@ -74,11 +74,27 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTra
 
 def init_state(rng: jax.Array, model: models.Autoencoder,
                optimizer: optax.GradientTransformation,
-               image_shape: Tuple[int, ...]) -> TrainState:
-  """Initial parameters, optimizer state and model state."""
+               image_shape: Tuple[int, ...],
+               codebook_pool: Optional[jax.Array] = None) -> TrainState:
+  """Initial parameters, optimizer state and model state.
+
+  Args:
+    codebook_pool: training images ``(N, H, W, C)``, N >= K, for
+      ``model.codebook_init = 'data'``: the codebook ``(K, d)`` of a vq or
+      soft_vq bottleneck then starts as the initial encoder's z_e of K of them,
+      drawn without replacement, so that every codeword starts among the
+      encodings (the default is TF1's U(+-sqrt(3/K)), the authors' choice).
+  """
   variables = model.init({"params": rng, "noise": rng},
                          jnp.zeros((1,) + tuple(image_shape)), train=False)
   params = variables.pop("params")
+  if codebook_pool is not None:
+    num_codewords = params["bottleneck"]["codebook"].shape[0]
+    pick = jax.random.choice(jax.random.fold_in(rng, 1), codebook_pool.shape[0],
+                             (num_codewords,), replace=False)
+    codebook = model.apply({"params": params, **variables}, codebook_pool[pick],
+                           method=models.Autoencoder.encode)
+    params = {**params, "bottleneck": {**params["bottleneck"], "codebook": codebook}}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), model_state=dict(variables))
 
@@ -265,6 +281,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     raise InputError(f"{workdir} holds finished runs for some of its runs only; train "
                      "the others alone (--config.seed, the swept key), or use a new --workdir")
   data = input_pipeline.load(config.data)
+  if (config.model.codebook_init == "data"
+      and config.model.num_codewords > len(data.train_images)):
+    raise InputError(f"config.model.num_codewords={config.model.num_codewords} is more than "
+                     f"the {len(data.train_images)} training images that "
+                     "model.codebook_init='data' draws the codebook from")
   is_main = jax.process_index() == 0
   if is_main:
     for run_config, run_dir in runs:
@@ -279,12 +300,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  init = functools.partial(init_state, model=model, optimizer=optimizer,
-                           image_shape=data.image_shape)
-  state = jax.jit(over_runs(init, num_runs, [0]), out_shardings=replicated)(init_rngs)
   # Every process holds the whole (small) split; this works across hosts too.
   images = jax.make_array_from_callback(data.train_images.shape, replicated,
                                         lambda index: data.train_images[index])
+  def init(rng, codebook_pool):
+    return init_state(rng, model, optimizer, data.image_shape, codebook_pool)
+  codebook_pool = images if config.model.codebook_init == "data" else None
+  state = jax.jit(over_runs(init, num_runs, [0, None]),
+                  out_shardings=replicated)(init_rngs, codebook_pool)
 
   managers = [ocp.CheckpointManager(
       os.path.abspath(os.path.join(run_dir, "checkpoints")),

@@ -18,6 +18,7 @@ from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
 LR_SCHEDULES = ("constant", "cosine")
+CODEBOOK_INITS = ("uniform", "data")
 
 
 def _choice(config, key: str, choices) -> None:
@@ -66,6 +67,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _choice(c, "data.source", input_pipeline.SOURCES)
   _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
   _choice(c, "train.lr_schedule", LR_SCHEDULES)
+  _choice(c, "model.codebook_init", CODEBOOK_INITS)
   for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",
               "train.batch_size", "train.learning_rate", "train.log_every",
               "train.checkpoint_every", "train.max_checkpoints", "train.num_seeds",
@@ -84,6 +86,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if decay is not None and not 0 < decay < 1:
     raise InputError(f"config.model.ema_decay={decay!r} is not valid; "
                      "it must be in (0, 1), or None for no EMA")
+  if config.model.codebook_init == "data" and (
+      config.model.bottleneck not in ("vq", "soft_vq") or decay is not None):
+    raise InputError("config.model.codebook_init='data' needs a trained codebook: "
+                     "model.bottleneck vq or soft_vq, without model.ema_decay")
   if config.model.recon == "bernoulli" and config.data.pixel_range != "unit":
     raise InputError("config.model.recon='bernoulli' needs config.data.pixel_range='unit'")
   if (config.data.name == "digits") != (config.data.source == "sklearn"):

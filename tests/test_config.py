@@ -90,6 +90,7 @@ def test_locked_config_rejects_unknown_keys(tmp_path):
     ("data.source", "http", "choose one of tfds, files, sklearn"),
     ("data.dir", "/no/such/dir", "config.data.dir='/no/such/dir' is not a directory"),
     ("model.ema_decay", 1.5, "in \\(0, 1\\)"),
+    ("model.codebook_init", "kmeans", "choose one of uniform, data"),
 ])
 def test_validation_errors(key, value, message):
   config = digits.get_config()
@@ -97,6 +98,15 @@ def test_validation_errors(key, value, message):
   config[section][field] = value
   with pytest.raises(InputError, match=message):
     validation.validate_config(config, num_devices=4 if value == 30 else 1)
+
+
+@pytest.mark.parametrize("bottleneck,ema", [("vae", None), ("none", None), ("vq", 0.99)])
+def test_data_codebook_init_needs_a_trained_codebook(bottleneck, ema):
+  config = digits.get_config()
+  config.model.bottleneck, config.model.ema_decay = bottleneck, ema
+  config.model.codebook_init = "data"
+  with pytest.raises(InputError, match="codebook_init='data' needs a trained codebook"):
+    validation.validate_config(config, num_devices=1)
 
 
 def test_files_source_needs_dir():

@@ -4,9 +4,12 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from softvq_jax import models
 from softvq_jax import train
 from softvq_jax.errors import InputError
 
@@ -39,6 +42,33 @@ def test_end_to_end(tiny_config, tmp_path, bottleneck, ema):
   assert json.load(open(tmp_path / "config.json"))["model"]["bottleneck"] == bottleneck
   assert os.listdir(tmp_path / "tensorboard")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+
+
+@pytest.mark.parametrize("bottleneck", ["vq", "soft_vq"])
+def test_data_codebook_init_starts_at_distinct_encodings(tiny_config, bottleneck):
+  tiny_config.model.bottleneck, tiny_config.model.num_codewords = bottleneck, 6
+  model = models.make_model(tiny_config.model, (8, 8, 1))
+  optimizer = train.make_optimizer(tiny_config.train)
+  pool = jax.random.uniform(jax.random.key(1), (10, 8, 8, 1))
+  rng = jax.random.key(0)
+  uniform = train.init_state(rng, model, optimizer, (8, 8, 1))
+  state = train.init_state(rng, model, optimizer, (8, 8, 1), codebook_pool=pool)
+  codebook = state.params["bottleneck"]["codebook"]
+  encodings = model.apply({"params": state.params}, pool, method=models.Autoencoder.encode)
+  distances = jnp.sum(jnp.square(codebook[:, None] - encodings[None]), axis=-1)
+  nearest = jnp.argmin(distances, axis=1)
+  np.testing.assert_allclose(jnp.min(distances, axis=1), 0.0, atol=1e-10)
+  assert len(set(nearest.tolist())) == 6
+  # Everything else is the uniform init's, and Adam's moments start at zero.
+  del state.params["bottleneck"]["codebook"], uniform.params["bottleneck"]["codebook"]
+  jax.tree.map(np.testing.assert_array_equal, state.params, uniform.params)
+
+
+def test_data_codebook_init_trains_end_to_end(tiny_config, tmp_path):
+  tiny_config.model.codebook_init = "data"
+  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert 0 < results["clustering_acc"] <= 100
+  assert json.load(open(tmp_path / "config.json"))["model"]["codebook_init"] == "data"
 
 
 def test_figures_are_written(tiny_config, tmp_path):
