@@ -168,6 +168,14 @@ def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
   assert len(described) == len(points) - 2
 
 
+def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
+  points = mnist.get_sweep("chosen")
+  assert [p["overrides"]["seed"] for p in points] == [0, 1, 2]
+  for point in points:
+    assert "data.validation_size" not in point["overrides"]
+    assert point["overrides"]["model.normalizer"] == mnist.CHOSEN["model__normalizer"]
+
+
 def test_shards_split_families_of_seeds():
   points = mnist.get_sweep("table1")
   shards = [sweep.shard_points(points, i, 3) for i in range(3)]
