@@ -16,6 +16,8 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   guard's cond, an upper bound) and, for vmapped runs,
   ``..._roofline_fraction``: the roofline time max(FLOPs / matmul peak,
   bytes / ``memory_bandwidth_gbs``) over the measured time;
+* ``<bottleneck>_layer_b32_ms``: the bottleneck layer's forward and gradient
+  alone on a batch of 32 trunk outputs, the per-bottleneck part of a step;
 * ``mnist_mlp_adam_update_ms``: the Adam update alone on the MLP's
   ``mnist_mlp_params`` parameters, the memory-bound part of a step;
 * ``soft_quantize_n<N>_k<K>_d<d>_{ms,temp_mib}`` and ``..._matmuls_ms``: the
@@ -134,6 +136,30 @@ def mlp_training(lines, peak, bandwidth, steps, repeats):
       emit(lines, name + "_roofline_fraction", roofline / per_step, "fraction")
 
 
+def bottleneck_layers(lines, steps, repeats):
+  """Each bottleneck layer's forward and gradient alone, on a batch-32 trunk output.
+
+  The per-bottleneck difference of a training step, without the shared MLP.
+  """
+  config = default.get_base_config()
+  h = jax.random.normal(jax.random.key(0), (32, config.model.mlp_hidden[-1]))
+  for bottleneck in BOTTLENECKS:
+    config.model.bottleneck = bottleneck
+    layer = models.make_bottleneck(config.model)
+    params = layer.init({"params": jax.random.key(1), "noise": jax.random.key(2)},
+                        h, train=True)["params"]
+
+    def loss(params, rng, layer=layer):
+      out, aux = layer.apply({"params": params}, h, train=True, rngs={"noise": rng})
+      return jnp.sum(out) + aux["loss"]
+
+    def chunk(params, grad=jax.grad(loss)):
+      keys = jax.random.split(jax.random.key(0), steps)
+      return jax.lax.map(lambda rng: grad(params, rng), keys)
+    seconds = best_time(jax.jit(chunk), params, repeats=repeats)
+    emit(lines, f"{bottleneck}_layer_b32_ms", 1000 * seconds / steps, "ms")
+
+
 def adam_update(lines, steps, repeats):
   """The optimizer's share of a step: Adam on the soft-VQ MLP's parameters.
 
@@ -196,6 +222,7 @@ def main(_):
   peak = matmul_peak(lines, repeats)
   bandwidth = memory_bandwidth(lines, repeats)
   mlp_training(lines, peak, bandwidth, steps=100 if FLAGS.quick else 500, repeats=repeats)
+  bottleneck_layers(lines, steps=200, repeats=repeats)
   adam_update(lines, steps=100, repeats=repeats)
   if FLAGS.quick:
     grid = [(4096, 1024, 64)]
