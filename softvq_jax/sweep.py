@@ -293,9 +293,11 @@ def aggregate(points: List[Dict[str, Any]], workdir: str,
     key = (dataset, model[len(dataset) + 1:] if model.startswith(dataset + "/") else model)
     overrides = {k: v for k, v in point["overrides"].items() if k != "seed"}
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
-                                "seeds": [], "train_seconds": [], **{m: [] for m in METRICS}})
+                                "seeds": [], "train_seconds": [], "eval_seconds": [],
+                                **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
     row["train_seconds"].append(timing.get("train_seconds"))
+    row["eval_seconds"].append(timing.get("eval_seconds"))
     for metric in METRICS:
       row[metric].append(results[metric])
     row["eval_split"] = results["eval_split"]

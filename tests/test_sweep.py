@@ -48,6 +48,10 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
       assert len(row[metric]) == 2
       expected = json.load(open(tmp_path / row["model"] / "seed_1" / "eval.json"))[metric]
       assert row[metric][1] == expected
+    timings = [json.load(open(tmp_path / row["model"] / f"seed_{s}" / "timing.json"))
+               for s in (0, 1)]
+    assert row["eval_seconds"] == [t["eval_seconds"] for t in timings]
+    assert all(seconds > 0 for seconds in row["eval_seconds"])
   markdown = sweep.markdown(table)
   assert markdown.count("\n") == 2 + 3 and "±" in markdown
   # Finished runs are not trained again.
