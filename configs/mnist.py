@@ -4,11 +4,12 @@ Usage: --config=configs/mnist.py[:PRESETS] with PRESETS from
 softvq_jax.configs.default (e.g. ``:beta_vae`` or ``:vq_vae,quick``). The
 default is the soft VQ-VAE row.
 
-Loss weights are the authors' (reference-code-facts.md) in this library's
-units (recon summed over the 784 pixels, VQ terms summed over d = 64):
-3.0 * (codebook + 2.5 commitment) on per-element means is
-vq_weight = 3.0 * 784 / 64 = 36.75 with commitment 2.5; the information-
-dropout cost weight 0.5 on a per-element mean is beta = 0.5 / 64.
+Loss weights are those of the authors' MNIST notebook (TF1), in this
+library's units (recon summed over the 784 pixels, VQ terms summed over
+d = 64). The notebook's loss is recon + 3.0 * (||sg(z) - z_q||^2 +
+2.5 ||z - sg(z_q)||^2) with means over elements, which is
+vq_weight = 3.0 * 784 / 64 = 36.75 with commitment 2.5; its
+information-dropout cost weight 0.5 on a per-element mean is beta = 0.5 / 64.
 """
 
 from softvq_jax.configs import default
@@ -54,38 +55,34 @@ VALIDATION_SIZE = 10000
 
 # Soft VQ-VAE settings the paper leaves open, each against the paper-faithful
 # row (noise_std 0.01, the paper's normaliser, batch 32, constant learning
-# rate, the authors' loss weights). "authors_code" is the MNIST notebook's
-# setting: its normaliser, its noise line commented out, batch 64.
-# "codebook_init_data" starts the codebook at encodings (train.init_state).
+# rate, the authors' loss weights), as ``default.paper_point`` arguments.
+# "authors_code" is the MNIST notebook's setting: its normaliser, its noise
+# line commented out, batch 64. "codebook_init data" starts the codebook at
+# encodings (softvq_jax.layers).
 VARIANTS = (
-    {"model__noise_std": 0.01},
-    {"model__normalizer": "notebook"},
-    {"train__batch_size": 64},
-    {"model__noise_std": 0.0},
-    {"authors_code": {"model.normalizer": "notebook", "model.noise_std": 0.0,
-                      "train.batch_size": 64}},
-    {"model__noise_std": 0.05},
-    {"train__lr_schedule": "cosine"},
-    {"model__commitment": 0.25},
-    {"model__codebook_init": "data"},
+    {"swept": {"model.noise_std": 0.01}},
+    {"swept": {"model.normalizer": "notebook"}},
+    {"swept": {"train.batch_size": 64}},
+    {"swept": {"model.noise_std": 0.0}},
+    {"variant": "authors_code", "overrides": {
+        "model.normalizer": "notebook", "model.noise_std": 0.0, "train.batch_size": 64}},
+    {"swept": {"model.noise_std": 0.05}},
+    {"swept": {"train.lr_schedule": "cosine"}},
+    {"swept": {"model.commitment": 0.25}},
+    {"swept": {"model.codebook_init": "data"}},
 )
 
 
 # The variant with the best validation clustering at the time the test-split
 # runs had to start (experiments/results/README.md): the notebook's normaliser.
-CHOSEN = {"model__normalizer": "notebook"}
+CHOSEN = {"model.normalizer": "notebook"}
 
 
 def variant_point(variant, seed):
-  """One soft VQ-VAE variant, scored on the validation hold-out."""
-  if "authors_code" in variant:
-    point = default.sweep_point("soft_vq_vae", seed, PAPER)
-    point["name"] = f"soft_vq_vae/authors_code/seed_{seed}"
-    point["overrides"].update(variant["authors_code"])
-  else:
-    point = default.sweep_point("soft_vq_vae", seed, PAPER, **variant)
-  point["overrides"]["data.validation_size"] = VALIDATION_SIZE
-  return point
+  """One soft VQ-VAE variant (of ``VARIANTS``), scored on the validation hold-out."""
+  overrides = {**variant.get("overrides", {}), "data.validation_size": VALIDATION_SIZE}
+  return default.paper_point("soft_vq_vae", seed, PAPER, variant=variant.get("variant", ""),
+                             swept=variant.get("swept"), overrides=overrides)
 
 
 def get_sweep(name):
@@ -102,10 +99,10 @@ def get_sweep(name):
   if name == "table1":
     return default.table_sweep(PAPER_RESULTS["mnist"], PAPER, seeds)
   if name == "codebook":
-    return [default.sweep_point("soft_vq_vae", seed, PAPER, model__num_codewords=k)
+    return [default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
             for seed in seeds for k in (16, 32, 64, 128, 256, 512)]
   if name == "variants":
     return [variant_point(variant, 0) for variant in VARIANTS]
   if name == "chosen":
-    return [default.sweep_point("soft_vq_vae", seed, PAPER, **CHOSEN) for seed in seeds]
+    return [default.paper_point("soft_vq_vae", seed, PAPER, swept=CHOSEN) for seed in seeds]
   raise ValueError(f"unknown sweep {name!r}; choose table1, codebook, variants or chosen")

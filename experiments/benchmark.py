@@ -6,9 +6,9 @@
 Prints one JSON object per line, ``{"name", "value", "unit"}``:
 * ``matmul_peak_gflops``: the best float32 matmul throughput JAX reaches here;
 * ``mnist_mlp_<bottleneck>_b32_ms_per_step``: the paper's MNIST MLP at batch
-  32 on the launcher's own jitted, scanned ``train.train_steps``, at steady
+  32 on the launcher's own jitted, scanned ``steps.train_steps``, at steady
   state; ``..._seeds8_ms_per_step_per_seed``: 8 seeds vmapped
-  (``train.over_runs``, ``train.num_seeds``) and
+  (``steps.over_runs``, ``train.num_seeds``) and
   ``..._noise_std8_ms_per_step_per_run``: 8 noise levels vmapped
   (``train.vmap_key``); each with ``..._flops_fraction``, the model FLOP/s
   (from XLA's cost analysis) divided by the matmul peak, ``..._mib_moved_per_step``
@@ -42,7 +42,7 @@ import optax
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
 from softvq_jax import models
-from softvq_jax import train
+from softvq_jax import steps as steps_lib
 from softvq_jax.configs import default
 
 flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
@@ -99,17 +99,17 @@ def mlp_training(lines, peak, bandwidth, steps, repeats):
   for bottleneck, num_runs, swept in cases:
     config = default.get_base_config()
     config.model.bottleneck = bottleneck
-    model = models.make_model(config.model, (28, 28, 1))
-    optimizer = train.make_optimizer(config.train)
-    init = functools.partial(train.init_state, model=model, optimizer=optimizer,
-                             image_shape=(28, 28, 1))
-    steps_fn = functools.partial(train.train_steps, model=model, optimizer=optimizer,
-                                 model_config=config.model, batch_size=32, pixel_var=0.1)
+    model_fn = functools.partial(models.make_model, config.model, (28, 28, 1))
+    optimizer = steps_lib.make_optimizer(config.train)
+    init = lambda rng, model=model_fn({}), optimizer=optimizer: steps_lib.init_state(
+        rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
+    steps_fn = functools.partial(steps_lib.train_steps, model_fn=model_fn, optimizer=optimizer,
+                                 batch_size=32, pixel_var=0.1)
     rngs = jax.random.split(jax.random.key(0), num_runs)
     scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
-    state = jax.jit(train.over_runs(init, num_runs, [0]))(rngs)
-    run, one_step = (jax.jit(train.over_runs(functools.partial(steps_fn, num_steps=n),
-                                             num_runs, [0, None, 0, 0]))
+    state = jax.jit(steps_lib.over_runs(init, num_runs, [0]))(rngs)
+    run, one_step = (jax.jit(steps_lib.over_runs(functools.partial(steps_fn, num_steps=n),
+                                                 num_runs, [0, None, 0, 0]))
                      for n in (steps, 1))
     seconds = best_time(run, state, images, rngs, scalars, repeats=repeats)
     per_step = seconds / steps / num_runs
@@ -168,8 +168,8 @@ def adam_update(lines, steps, repeats):
   """
   config = default.get_base_config()
   model = models.make_model(config.model, (28, 28, 1))
-  optimizer = train.make_optimizer(config.train)
-  state = train.init_state(jax.random.key(0), model, optimizer, (28, 28, 1))
+  optimizer = steps_lib.make_optimizer(config.train)
+  state = steps_lib.init_state(jax.random.key(0), model, optimizer, jnp.zeros((1, 28, 28, 1)))
   grads = jax.tree.map(jnp.ones_like, state.params)
 
   def updates(params, opt_state):

@@ -17,7 +17,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import ml_collections
 import numpy as np
 import sklearn.manifold
 
@@ -78,9 +77,7 @@ def codebook_usage(path: str, indices: np.ndarray, num_codewords: int) -> None:
 
 def training_curves(path: str, records: Sequence[dict]) -> None:
   """One panel per logged metric against the step."""
-  keys = [k for k in ("loss", "recon", "bottleneck_loss", "kl", "penalty",
-                      "codebook_loss", "commitment_loss", "perplexity", "usage")
-          if k in records[0]]
+  keys = [k for k in models.METRICS if k in records[0]]
   fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.6), squeeze=False)
   steps = [r["step"] for r in records]
   for ax, key in zip(axes[0], keys):
@@ -93,19 +90,26 @@ def training_curves(path: str, records: Sequence[dict]) -> None:
 
 
 def write_all(workdir: str, model: models.Autoencoder, variables, data,
-              eval_latents: np.ndarray, config: ml_collections.ConfigDict) -> None:
-  """All figures of a run (see the module docstring)."""
-  title = f"{config.model.bottleneck} on {config.data.name} ({data.eval_split})"
+              eval_latents: np.ndarray, *, title: str, tsne_points: int, seed: int) -> None:
+  """All figures of a run (see the module docstring).
+
+  Args:
+    workdir: where the PNGs go; its ``metrics.jsonl`` gives the curves.
+    model, variables: the trained model.
+    data: the run's ``input_pipeline.Splits``.
+    eval_latents: the evaluation split's latents, ``(N, d)``.
+    title: of the t-SNE panel.
+    tsne_points, seed: t-SNE of the first ``tsne_points`` latents, seeded.
+  """
   tsne(os.path.join(workdir, "tsne.png"), [(title, eval_latents, data.eval_labels)],
-       config.eval.tsne_points, config.seed)
+       tsne_points, seed)
   images = data.eval_images[:NUM_RECONSTRUCTIONS]
-  outputs, aux = model.apply(variables, images, train=False)
-  reconstructions(os.path.join(workdir, "reconstructions.png"), images,
-                  np.asarray(models.reconstruct(outputs, config.model.output_activation)))
+  recons, aux = model.apply(variables, images, method=models.Autoencoder.reconstruct)
+  reconstructions(os.path.join(workdir, "reconstructions.png"), images, np.asarray(recons))
   if "indices" in aux:
     _, aux = model.apply(variables, data.eval_images, train=False)
     codebook_usage(os.path.join(workdir, "codebook_usage.png"),
-                   np.asarray(aux["indices"]), config.model.num_codewords)
+                   np.asarray(aux["indices"]), model.bottleneck.num_codewords)
   path = os.path.join(workdir, workdir_lib.METRICS_FILE)
   with open(path) as f:
     records = [json.loads(line) for line in f if line.strip()]

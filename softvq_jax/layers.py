@@ -10,15 +10,20 @@ log-variance head of size d for the VAE, a noise-scale head of size d for
 information dropout, a log-variance head of size K for soft VQ).
 
 ``aux`` holds ``loss`` (the bottleneck's own term, a scalar), ``latent`` (the
-representation used downstream: z_e, or the mean for the VAE) and
-diagnostics: the individual loss terms, and for the quantizers
-``perplexity``, ``usage`` (fraction of codewords used in the batch) and
-``indices`` (hard) or ``probs`` (soft).
+representation used downstream: z_e, or the mean for the VAE), the scalar
+``DIAGNOSTICS`` that the bottleneck has (its individual loss terms, and for
+the quantizers ``perplexity`` and ``usage``, the fraction of codewords used
+in the batch) and for the quantizers ``indices`` (hard) or ``probs`` (soft).
+
+The quantizers' codebook starts at TF1's unit scaling (``codebook_init=
+"uniform"``, the authors' choice) or, with ``codebook_init="data"``, at the
+encodings z_e of the first K examples of the batch the module is
+initialised on (``Module.init`` with K training images).
 
 Stochastic bottlenecks draw from the ``'noise'`` rng stream in training.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -29,6 +34,11 @@ from softvq_jax import bottlenecks as bn
 Array = jax.Array
 Aux = Dict[str, Any]
 
+# The scalar diagnostics a bottleneck may put in its aux, logged with the loss.
+DIAGNOSTICS = ("kl", "penalty", "codebook_loss", "commitment_loss", "perplexity",
+               "usage")
+CODEBOOK_INITS = ("uniform", "data")
+
 glorot_uniform = nn.initializers.glorot_uniform()
 # TF1's uniform_unit_scaling_initializer for a (K, d) codebook: U(+-sqrt(3/K)).
 uniform_unit_scaling = nn.initializers.variance_scaling(
@@ -38,6 +48,29 @@ uniform_unit_scaling = nn.initializers.variance_scaling(
 def dense(features: int, name: str) -> nn.Dense:
   """A Glorot-uniform dense layer, the initialisation of the paper."""
   return nn.Dense(features, kernel_init=glorot_uniform, name=name)
+
+
+def codebook_initializer(kind: str, z: Array) -> Callable[..., Array]:
+  """The initialiser of a ``(K, d)`` codebook (``CODEBOOK_INITS``).
+
+  Args:
+    kind: ``uniform`` (TF1's unit scaling) or ``data``: the first K vectors
+      of ``z``, the encodings of the batch the module is initialised on.
+    z: encodings, shape ``(..., d)``.
+  """
+  if kind == "uniform":
+    return uniform_unit_scaling
+  if kind != "data":
+    raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {kind!r}")
+
+  def from_data(rng, shape, dtype=jnp.float32):
+    del rng
+    encodings = jax.lax.stop_gradient(z).reshape(-1, shape[-1])
+    if encodings.shape[0] < shape[0]:
+      raise ValueError(f"codebook_init='data' needs at least {shape[0]} encodings in the "
+                       f"initialisation batch, got {encodings.shape[0]}")
+    return encodings[:shape[0]].astype(dtype)
+  return from_data
 
 
 class Identity(nn.Module):
@@ -122,20 +155,24 @@ class VQ(nn.Module):
 
   With ``ema_decay`` set, the codebook lives in the ``'ema'`` collection and
   follows exponential moving averages (VQ-VAE paper, appendix); the codebook
-  term of the loss is then dropped. Off by default.
+  term of the loss is then dropped. Off by default; it needs
+  ``codebook_init="uniform"``.
   """
   latent_dim: int
   num_codewords: int
   commitment: float = 0.25
   vq_weight: float = 1.0
   ema_decay: Optional[float] = None
+  codebook_init: str = "uniform"
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
     shape = (self.num_codewords, self.latent_dim)
     if self.ema_decay is None:
-      codebook = self.param("codebook", uniform_unit_scaling, shape)
+      codebook = self.param("codebook", codebook_initializer(self.codebook_init, z), shape)
+    elif self.codebook_init != "uniform":
+      raise ValueError("an EMA codebook (ema_decay) needs codebook_init='uniform'")
     else:
       init_rng = self.make_rng("params") if self.is_initializing() else None
       size = self.variable("ema", "cluster_size", jnp.ones, (self.num_codewords,))
@@ -167,12 +204,13 @@ class SoftVQ(nn.Module):
   commitment: float = 0.25
   vq_weight: float = 1.0
   normalizer: str = "paper"
+  codebook_init: str = "uniform"
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
     log_var = dense(self.num_codewords, "log_var")(h)
-    codebook = self.param("codebook", uniform_unit_scaling,
+    codebook = self.param("codebook", codebook_initializer(self.codebook_init, z),
                           (self.num_codewords, self.latent_dim))
     z_in = z
     if train:  # No test on noise_std: it may be traced (train.vmap_key).

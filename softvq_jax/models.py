@@ -14,7 +14,8 @@ over the pixels of an example and averaged over the batch:
 * ``bernoulli``: sigmoid cross-entropy of the decoder logits, for [0, 1] data.
 """
 
-from typing import Any, Dict, Tuple
+import dataclasses
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -27,79 +28,14 @@ from softvq_jax import networks
 
 Array = jax.Array
 
-BOTTLENECKS = ("none", "vae", "info_dropout", "vq", "soft_vq")
 NETWORKS = ("mlp", "cnn")
 RECONSTRUCTIONS = ("nmse", "bernoulli")
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity")
+# What ``Autoencoder.loss`` reports: its terms, then the bottleneck's diagnostics.
+METRICS = ("loss", "recon", "bottleneck_loss") + layers.DIAGNOSTICS
 
 
-class Autoencoder(nn.Module):
-  """Encoder trunk, bottleneck and decoder.
-
-  ``__call__`` maps images ``(B, H, W, C)`` to decoder outputs of the same
-  shape (before the output activation) and the bottleneck's ``aux`` dict.
-  """
-  encoder: nn.Module
-  bottleneck: nn.Module
-  decoder: nn.Module
-
-  def __call__(self, x: Array, *, train: bool) -> Tuple[Array, Dict[str, Any]]:
-    z, aux = self.bottleneck(self.encoder(x), train=train)
-    return self.decoder(z), aux
-
-  def encode(self, x: Array) -> Array:
-    """The downstream latent (z_e, or the VAE mean) of images x, ``(B, d)``."""
-    _, aux = self.bottleneck(self.encoder(x), train=False)
-    return aux["latent"]
-
-
-def make_bottleneck(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """The bottleneck module named by ``model_config.bottleneck``."""
-  c = model_config
-  if c.bottleneck == "none":
-    return layers.Identity(c.latent_dim)
-  if c.bottleneck == "vae":
-    return layers.VAE(c.latent_dim, beta=c.beta)
-  if c.bottleneck == "info_dropout":
-    return layers.InfoDropout(c.latent_dim, beta=c.beta, max_alpha=c.max_alpha)
-  quantizer = dict(num_codewords=c.num_codewords, commitment=c.commitment,
-                   vq_weight=c.vq_weight)
-  if c.bottleneck == "vq":
-    return layers.VQ(c.latent_dim, ema_decay=c.ema_decay, **quantizer)
-  if c.bottleneck == "soft_vq":
-    return layers.SoftVQ(c.latent_dim, noise_std=c.noise_std,
-                         normalizer=c.normalizer, **quantizer)
-  raise ValueError(f"model.bottleneck must be one of {BOTTLENECKS}, got {c.bottleneck!r}")
-
-
-def with_bottleneck_scalars(model: Autoencoder, scalars: Dict[str, Any]) -> Autoencoder:
-  """``model`` with bottleneck attributes replaced, e.g. ``{"beta": x}``.
-
-  The values may be traced arrays, so that runs that differ only in such a
-  scalar (``train.vmap_key``) are vmapped over it. ``{}`` returns ``model``.
-  """
-  if not scalars:
-    return model
-  return model.clone(bottleneck=model.bottleneck.clone(**scalars))
-
-
-def make_model(model_config: ml_collections.ConfigDict,
-               image_shape: Tuple[int, int, int]) -> Autoencoder:
-  """The Autoencoder of ``model_config`` for images of ``image_shape`` (H, W, C)."""
-  image_shape = tuple(image_shape)
-  if model_config.network == "mlp":
-    encoder = networks.MLPEncoder(tuple(model_config.mlp_hidden))
-    decoder = networks.MLPDecoder(image_shape, tuple(reversed(model_config.mlp_hidden)))
-  elif model_config.network == "cnn":
-    channels = tuple(model_config.cnn_channels)
-    encoder = networks.CNNEncoder(channels)
-    decoder = networks.CNNDecoder(image_shape, tuple(reversed(channels))[:-1])
-  else:
-    raise ValueError(f"model.network must be one of {NETWORKS}, got {model_config.network!r}")
-  return Autoencoder(encoder, make_bottleneck(model_config), decoder)
-
-
-def reconstruct(outputs: Array, output_activation: str) -> Array:
+def apply_output_activation(outputs: Array, output_activation: str) -> Array:
   """Decoder outputs to images: sigmoid for [0, 1] data, identity otherwise."""
   return nn.sigmoid(outputs) if output_activation == "sigmoid" else outputs
 
@@ -116,9 +52,122 @@ def reconstruction_loss(outputs: Array, x: Array, *, kind: str,
     pixel_var: variance of the training pixels, the ``nmse`` normaliser.
   """
   if kind == "nmse":
-    err = jnp.square(reconstruct(outputs, output_activation) - x) / pixel_var
+    err = jnp.square(apply_output_activation(outputs, output_activation) - x) / pixel_var
   elif kind == "bernoulli":
     err = optax.sigmoid_binary_cross_entropy(outputs, x)
   else:
     raise ValueError(f"model.recon must be one of {RECONSTRUCTIONS}, got {kind!r}")
   return jnp.mean(jnp.sum(err.reshape(err.shape[0], -1), axis=-1))
+
+
+class Autoencoder(nn.Module):
+  """Encoder trunk, bottleneck and decoder, with its reconstruction term.
+
+  ``__call__`` maps images ``(B, H, W, C)`` to decoder outputs of the same
+  shape (before the output activation) and the bottleneck's ``aux`` dict.
+  """
+  encoder: nn.Module
+  bottleneck: nn.Module
+  decoder: nn.Module
+  recon: str = "nmse"  # One of RECONSTRUCTIONS.
+  output_activation: str = "sigmoid"  # One of OUTPUT_ACTIVATIONS.
+
+  def __call__(self, x: Array, *, train: bool) -> Tuple[Array, Dict[str, Any]]:
+    z, aux = self.bottleneck(self.encoder(x), train=train)
+    return self.decoder(z), aux
+
+  def encode(self, x: Array) -> Array:
+    """The downstream latent (z_e, or the VAE mean) of images x, ``(B, d)``."""
+    _, aux = self.bottleneck(self.encoder(x), train=False)
+    return aux["latent"]
+
+  def reconstruct(self, x: Array) -> Tuple[Array, Dict[str, Any]]:
+    """Reconstructed images of x (evaluation mode) and the bottleneck's aux."""
+    outputs, aux = self(x, train=False)
+    return apply_output_activation(outputs, self.output_activation), aux
+
+  def loss(self, x: Array, *, pixel_var: float) -> Tuple[Array, Dict[str, Array]]:
+    """The training loss of a batch x and its ``METRICS`` (module docstring)."""
+    outputs, aux = self(x, train=True)
+    recon = reconstruction_loss(outputs, x, kind=self.recon,
+                                output_activation=self.output_activation,
+                                pixel_var=pixel_var)
+    loss = recon + aux["loss"]
+    metrics = {"loss": loss, "recon": recon, "bottleneck_loss": aux["loss"]}
+    metrics.update({k: aux[k] for k in layers.DIAGNOSTICS if k in aux})
+    return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckSpec:
+  """How ``config.model`` builds one kind of bottleneck module."""
+  build: Callable[[Mapping[str, Any]], nn.Module]  # From config.model's keys.
+  scalars: Tuple[str, ...]  # The float keys it reads: runs may vmap over them.
+
+
+def _quantizer(c: Mapping[str, Any]) -> Dict[str, Any]:
+  return dict(num_codewords=c["num_codewords"], commitment=c["commitment"],
+              vq_weight=c["vq_weight"], codebook_init=c["codebook_init"])
+
+
+BOTTLENECKS = {
+    "none": BottleneckSpec(lambda c: layers.Identity(c["latent_dim"]), ()),
+    "vae": BottleneckSpec(lambda c: layers.VAE(c["latent_dim"], beta=c["beta"]),
+                          ("beta",)),
+    "info_dropout": BottleneckSpec(
+        lambda c: layers.InfoDropout(c["latent_dim"], beta=c["beta"],
+                                     max_alpha=c["max_alpha"]), ("beta", "max_alpha")),
+    "vq": BottleneckSpec(
+        lambda c: layers.VQ(c["latent_dim"], ema_decay=c["ema_decay"], **_quantizer(c)),
+        ("commitment", "vq_weight")),
+    "soft_vq": BottleneckSpec(
+        lambda c: layers.SoftVQ(c["latent_dim"], noise_std=c["noise_std"],
+                                normalizer=c["normalizer"], **_quantizer(c)),
+        ("noise_std", "commitment", "vq_weight")),
+}
+# The config keys that runs trained in one program may differ in (train.vmap_key).
+VMAPPABLE_KEYS = tuple(dict.fromkeys(
+    f"model.{key}" for spec in BOTTLENECKS.values() for key in spec.scalars))
+
+
+def make_bottleneck(model_config: ml_collections.ConfigDict,
+                    scalars: Optional[Mapping[str, Any]] = None) -> nn.Module:
+  """The bottleneck module named by ``model_config.bottleneck``.
+
+  Args:
+    model_config: ``config.model``.
+    scalars: keys of ``model_config`` among the bottleneck's
+      ``BottleneckSpec.scalars`` with values that replace the config's, e.g.
+      ``{"noise_std": x}``. The values may be traced arrays, so that runs that
+      differ only in such a scalar (``train.vmap_key``) are vmapped over it.
+  """
+  spec = BOTTLENECKS.get(model_config.bottleneck)
+  if spec is None:
+    raise ValueError(f"model.bottleneck must be one of {tuple(BOTTLENECKS)}, "
+                     f"got {model_config.bottleneck!r}")
+  unknown = set(scalars or {}) - set(spec.scalars)
+  if unknown:
+    raise ValueError(f"model.bottleneck={model_config.bottleneck!r} has no scalar "
+                     f"{sorted(unknown)}; it has {spec.scalars}")
+  return spec.build({**model_config.to_dict(), **(scalars or {})})
+
+
+def make_model(model_config: ml_collections.ConfigDict, image_shape: Tuple[int, int, int],
+               scalars: Optional[Mapping[str, Any]] = None) -> Autoencoder:
+  """The Autoencoder of ``model_config`` for images of ``image_shape`` (H, W, C).
+
+  ``scalars`` replace bottleneck scalars of the config (``make_bottleneck``).
+  """
+  image_shape = tuple(image_shape)
+  if model_config.network == "mlp":
+    encoder = networks.MLPEncoder(tuple(model_config.mlp_hidden))
+    decoder = networks.MLPDecoder(image_shape, tuple(reversed(model_config.mlp_hidden)))
+  elif model_config.network == "cnn":
+    channels = tuple(model_config.cnn_channels)
+    encoder = networks.CNNEncoder(channels)
+    decoder = networks.CNNDecoder(image_shape, tuple(reversed(channels))[:-1])
+  else:
+    raise ValueError(f"model.network must be one of {NETWORKS}, got {model_config.network!r}")
+  return Autoencoder(encoder, make_bottleneck(model_config, scalars), decoder,
+                     recon=model_config.recon,
+                     output_activation=model_config.output_activation)

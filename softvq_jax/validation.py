@@ -3,8 +3,9 @@
 ``train_and_evaluate`` also validates the config of every run it trains
 together (each seed, each value of ``train.vmap_key``).
 
-``validate_config`` raises ``InputError`` with a one-line message that names
-the key, its value and the valid range or choices.
+``validate_config`` (the config alone) and ``validate_data`` (the config
+against the loaded data) raise ``InputError`` with a one-line message that
+names the key, its value and the valid range or choices.
 """
 
 import os
@@ -13,12 +14,11 @@ import ml_collections
 
 from softvq_jax import bottlenecks
 from softvq_jax import input_pipeline
+from softvq_jax import layers
 from softvq_jax import models
-from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
 LR_SCHEDULES = ("constant", "cosine")
-CODEBOOK_INITS = ("uniform", "data")
 
 
 def _choice(config, key: str, choices) -> None:
@@ -41,10 +41,9 @@ def _validate_vmap(config: ml_collections.ConfigDict) -> None:
     if values:
       raise InputError(f"config.train.vmap_values={values!r} needs config.train.vmap_key")
     return
-  _choice(config, "train.vmap_key", default.VMAPPABLE_KEYS)
-  attribute = key.rsplit(".", 1)[-1]
-  if not hasattr(models.make_bottleneck(config.model), attribute):
-    raise InputError(f"config.train.vmap_key={key!r} is not an attribute of "
+  _choice(config, "train.vmap_key", models.VMAPPABLE_KEYS)
+  if key.removeprefix("model.") not in models.BOTTLENECKS[config.model.bottleneck].scalars:
+    raise InputError(f"config.train.vmap_key={key!r} is not read by "
                      f"config.model.bottleneck={config.model.bottleneck!r}")
   if not values or len(set(values)) != len(values):
     raise InputError(f"config.train.vmap_values={values!r} is not valid; "
@@ -67,7 +66,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _choice(c, "data.source", input_pipeline.SOURCES)
   _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
   _choice(c, "train.lr_schedule", LR_SCHEDULES)
-  _choice(c, "model.codebook_init", CODEBOOK_INITS)
+  _choice(c, "model.codebook_init", layers.CODEBOOK_INITS)
   for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",
               "train.batch_size", "train.learning_rate", "train.log_every",
               "train.checkpoint_every", "train.max_checkpoints", "train.num_seeds",
@@ -101,3 +100,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                      "folder of the official files")
   if config.data.dir and not os.path.isdir(config.data.dir):
     raise InputError(f"config.data.dir={config.data.dir!r} is not a directory")
+
+
+def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Splits) -> None:
+  """Raises ``InputError`` where ``config`` does not fit the loaded ``data``."""
+  if (config.model.codebook_init == "data"
+      and config.model.num_codewords > len(data.train_images)):
+    raise InputError(f"config.model.num_codewords={config.model.num_codewords} is more than "
+                     f"the {len(data.train_images)} training images that "
+                     "model.codebook_init='data' draws the codebook from")

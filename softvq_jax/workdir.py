@@ -1,10 +1,14 @@
 """What a run keeps in its workdir, written so that nothing is ever half-written.
 
+* The layout: a run of a sweep point lives in ``point_dir(point)`` below
+  the sweep's workdir, and each run of a config that trains several
+  together (``runs.split``) in ``point_dir`` of its own point below the
+  config's workdir.
 * ``config.json``: the resolved config. A workdir that holds another config
   is refused with the keys that differ; one that holds ``eval.json`` for the
   same config is a finished run and is not retrained. A key that the stored
-  config lacks (added to the library after that run) matches when it holds
-  its default value, which by convention keeps the earlier behaviour.
+  config lacks (added to the library after that run, ``ADDED_KEYS``)
+  matches only the value that keeps the earlier behaviour.
 * ``metrics.jsonl`` and ``tensorboard/``: one record per logged step. On
   resume, records past the restored checkpoint are dropped, so the log of a
   resumed run reads like an uninterrupted one.
@@ -21,13 +25,36 @@ from absl import logging
 import ml_collections
 import tensorboardX
 
-from softvq_jax.configs import default as default_config
+from softvq_jax import runs
 from softvq_jax.errors import InputError
 
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.json"
+
+# Config keys added after runs were published, with the value that keeps the
+# behaviour from before each key existed. Every key added to the config goes
+# here, so that the workdirs of earlier runs stay finished runs.
+ADDED_KEYS = {
+    "data.verify_md5": True,
+    "model.codebook_init": "uniform",
+    "train.num_seeds": 1,
+    "train.vmap_key": "",
+    "train.vmap_values": [],
+}
+
+
+def point_dir(point: runs.Point) -> str:
+  """The directory of a run below its sweep's (or vmapped config's) workdir:
+
+  ``[<dataset>/][<row>/][<variant>/][<key>_<value>/...]seed_<seed>``, one
+  ``<key>_<value>`` per swept key, named by its last component
+  (``soft_vq_vae/noise_std_0.05/seed_0``).
+  """
+  parts = [part for part in (point.dataset, point.row, point.variant) if part]
+  parts += [f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.swept]
+  return os.path.join(*parts, f"seed_{point.seed}")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -56,15 +83,13 @@ def read_json(path: str) -> Optional[Any]:
 _MISSING = object()
 
 
-def _diff(old: Any, new: Any, default: Any, prefix: str = "") -> list:
+def _diff(old: Any, new: Any, prefix: str = "") -> list:
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for key in sorted(set(old) | set(new)):
-      sub_default = default.get(key, _MISSING) if isinstance(default, dict) else _MISSING
-      out += _diff(old.get(key, _MISSING), new.get(key, _MISSING), sub_default,
-                   f"{prefix}{key}.")
+      out += _diff(old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}{key}.")
     return out
-  if old is _MISSING and new == default:
+  if old is _MISSING and new == ADDED_KEYS.get(prefix[:-1], _MISSING):
     return []
   show = lambda value: "absent" if value is _MISSING else repr(value)
   return [] if old == new else [f"{prefix[:-1]}: {show(old)} in the workdir, {show(new)} now"]
@@ -83,8 +108,7 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str,
   stored = read_json(os.path.join(workdir, CONFIG_FILE))
   if stored is None:
     return None
-  differences = _diff(stored, config_dict(config),
-                      config_dict(default_config.get_base_config()))
+  differences = _diff(stored, config_dict(config))
   if differences:
     raise InputError(f"workdir {workdir} holds a run of another config ("
                      + "; ".join(differences) + "); use a new --workdir")

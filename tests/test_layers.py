@@ -173,7 +173,8 @@ def test_reconstruction_loss(kind, outputs, x, expected):
 
 def test_model_encode_returns_latent():
   config = ml_collections.ConfigDict(dict(
-      bottleneck="vae", network="mlp", mlp_hidden=(8,), latent_dim=3, beta=1.0))
+      bottleneck="vae", network="mlp", mlp_hidden=(8,), latent_dim=3, beta=1.0,
+      recon="nmse", output_activation="sigmoid"))
   model = models.make_model(config, (4, 4, 1))
   x = jax.random.uniform(jax.random.key(0), (5, 4, 4, 1))
   variables = model.init(RNGS, x, train=False)
@@ -181,3 +182,26 @@ def test_model_encode_returns_latent():
   expected = variables["params"]["bottleneck"]["z_e"]
   h = jax.nn.relu(x.reshape(5, 16) @ variables["params"]["encoder"]["dense_0"]["kernel"])
   np.testing.assert_allclose(z, h @ expected["kernel"] + expected["bias"], atol=1e-6)
+
+
+@pytest.mark.parametrize("module", [layers.VQ(D, K, codebook_init="data"),
+                                    layers.SoftVQ(D, K, codebook_init="data")])
+def test_data_codebook_init_takes_the_first_encodings_of_the_init_batch(module):
+  h = jax.random.normal(jax.random.key(3), (2, 7, 7))  # 14 encodings >= K.
+  params = module.init(RNGS, h, train=False)["params"]
+  z_e = module.apply({"params": params}, h, train=False)[1]["latent"]
+  np.testing.assert_array_equal(params["codebook"], z_e.reshape(-1, D)[:K])
+  uniform = module.clone(codebook_init="uniform").init(RNGS, h, train=False)["params"]
+  del params["codebook"], uniform["codebook"]
+  jax.tree.map(np.testing.assert_array_equal, params, uniform)
+
+
+@pytest.mark.parametrize("module,h_shape,message", [
+    (layers.SoftVQ(D, K, codebook_init="data"), (3, 7), "at least 10 encodings"),
+    (layers.VQ(D, K, ema_decay=0.9, codebook_init="data"), (12, 7),
+     "EMA codebook .* needs codebook_init='uniform'"),
+    (layers.VQ(D, K, codebook_init="kmeans"), (12, 7), "codebook_init must be one of"),
+])
+def test_codebook_init_errors(module, h_shape, message):
+  with pytest.raises(ValueError, match=message):
+    module.init(RNGS, jnp.ones(h_shape), train=False)

@@ -1,5 +1,6 @@
 """Tests of the sweep launcher: runs, skipping, resumption and the tables."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,8 +10,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar10, digits, mnist
+from softvq_jax import results
 from softvq_jax import sweep
 from softvq_jax import train
+from softvq_jax import workdir
 from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
@@ -24,27 +27,27 @@ def small_points(module, name, keep):
 def test_table_sweeps_cover_rows_and_seeds():
   points = mnist.get_sweep("table1")
   assert len(points) == 7 * 3
-  assert [p["row"] for p in points[:7]] == list(mnist.PAPER_RESULTS["mnist"])
-  assert {p["overrides"]["seed"] for p in points} == {0, 1, 2}
-  vq = next(p for p in points if p["row"] == "vq_vae")
-  assert vq["overrides"]["model.num_codewords"] == 128
+  assert [p.row for p in points[:7]] == list(mnist.PAPER_RESULTS["mnist"])
+  assert {p.config_overrides()["seed"] for p in points} == {0, 1, 2}
+  vq = next(p for p in points if p.row == "vq_vae")
+  assert vq.config_overrides()["model.num_codewords"] == 128
   table2 = cifar10.get_sweep("table2")
   assert len(table2) == 2 * 6 * 3
-  assert {p["overrides"]["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
-  assert len({p["name"] for p in table2}) == len(table2)
-  assert table2[0]["name"] == "svhn_cropped/ae/seed_0"
-  assert mnist.get_sweep("codebook")[0]["name"] == "soft_vq_vae/num_codewords_16/seed_0"
+  assert {p.config_overrides()["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
+  assert len({workdir.point_dir(p) for p in table2}) == len(table2)
+  assert workdir.point_dir(table2[0]) == "svhn_cropped/ae/seed_0"
+  assert workdir.point_dir(mnist.get_sweep("codebook")[0]) == "soft_vq_vae/num_codewords_16/seed_0"
 
 
 def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):
-  points = small_points(digits, "table1", lambda p: p["row"] in ("raw", "ae", "soft_vq_vae")
-                        and p["overrides"]["seed"] < 2)
+  points = small_points(digits, "table1", lambda p: p.row in ("raw", "ae", "soft_vq_vae")
+                        and p.seed < 2)
   sweep.run(tiny_config, points, str(tmp_path), quick=True)
-  table = sweep.aggregate(points, str(tmp_path), paper={})
+  table = results.aggregate(points, str(tmp_path), paper={})
   assert [(r["model"], r["seeds"]) for r in table["rows"]] == [
       ("raw", [0, 1]), ("ae", [0, 1]), ("soft_vq_vae", [0, 1])]
   for row in table["rows"]:
-    for metric in sweep.METRICS:
+    for metric in results.METRICS:
       assert len(row[metric]) == 2
       expected = json.load(open(tmp_path / row["model"] / "seed_1" / "eval.json"))[metric]
       assert row[metric][1] == expected
@@ -52,30 +55,29 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
                for s in (0, 1)]
     assert row["eval_seconds"] == [t["eval_seconds"] for t in timings]
     assert all(seconds > 0 for seconds in row["eval_seconds"])
-  markdown = sweep.markdown(table)
+  markdown = results.markdown(table)
   assert markdown.count("\n") == 2 + 3 and "±" in markdown
   # Finished runs are not trained again.
-  monkeypatch.setattr(sweep.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
-  monkeypatch.setattr(sweep.train.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
+  monkeypatch.setattr(train.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
   sweep.run(tiny_config, points, str(tmp_path), quick=True)
-  sweep.write_tables(table, str(tmp_path / "t"))
+  results.write_tables(table, str(tmp_path / "t"))
   assert json.load(open(tmp_path / "t.json")) == table
   assert (tmp_path / "t.csv").read_text().count("\n") == 1 + 6
-  sweep.write_tsne(points, str(tmp_path), str(tmp_path / "t_tsne.png"), num_points=100)
+  results.write_tsne(points, str(tmp_path), str(tmp_path / "t_tsne.png"), num_points=100)
   assert (tmp_path / "t_tsne.png").stat().st_size > 1000
 
 
 def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
-  points = small_points(digits, "table1", lambda p: p["overrides"]["seed"] == 0)
-  points[-1]["overrides"]["model.num_codewords"] = 0
+  points = small_points(digits, "table1", lambda p: p.seed == 0)
+  points[-1] = dataclasses.replace(
+      points[-1], overrides=points[-1].overrides + (("model.num_codewords", 0),))
   with pytest.raises(InputError, match="num_codewords"):
     sweep.run(tiny_config, points, str(tmp_path), quick=True)
   assert not os.listdir(tmp_path)
 
 
 def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypatch):
-  points = small_points(digits, "table1", lambda p: p["row"] in ("ae", "vae")
-                        and p["overrides"]["seed"] == 0)
+  points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
   train_and_evaluate = sweep.train.train_and_evaluate
 
   def fail_ae(config, workdir):
@@ -85,7 +87,7 @@ def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypat
 
   monkeypatch.setattr(sweep.train, "train_and_evaluate", fail_ae)
   assert sweep.run(tiny_config, points, str(tmp_path), quick=True) == ["ae/seed_0"]
-  table = sweep.aggregate(points, str(tmp_path), paper={})
+  table = results.aggregate(points, str(tmp_path), paper={})
   assert [r["model"] for r in table["rows"]] == ["vae"]
 
 
@@ -94,11 +96,11 @@ def test_table2_sweep_on_mock_data(tmp_path):
   config.model.cnn_channels = (4, 4, 4, 4)
   config.model.latent_dim = 8
   config.eval.figures = False
-  points = small_points(cifar10, "table2", lambda p: p["overrides"]["seed"] == 0 and
-                        p["row"] in ("ae", "soft_vq_vae"))
+  points = small_points(cifar10, "table2", lambda p: p.seed == 0 and
+                        p.row in ("ae", "soft_vq_vae"))
   with tfds.testing.mock_data(num_examples=24):
     sweep.run(config, points, str(tmp_path), quick=True)
-  table = sweep.aggregate(points, str(tmp_path), cifar10.PAPER_RESULTS)
+  table = results.aggregate(points, str(tmp_path), cifar10.PAPER_RESULTS)
   assert {(r["dataset"], r["model"]) for r in table["rows"]} == {
       (d, m) for d in ("svhn_cropped", "cifar10") for m in ("ae", "soft_vq_vae")}
   soft = next(r for r in table["rows"] if r["dataset"] == "svhn_cropped"
@@ -134,7 +136,8 @@ def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
   assert described[("vq_vae/seed_0", "vq_vae/seed_1")] == (0, 2, False, "vq_vae")
   assert described[("vq_vae/seed_2",)] == (2, 1, False, "vq_vae/seed_2")
   assert described[("raw/seed_2",)] == (2, 1, True, "raw/seed_2")
-  assert sorted(n for l in launches for n in l.names) == sorted(p["name"] for p in points)
+  assert sorted(n for l in launches for n in l.names) == sorted(
+      workdir.point_dir(p) for p in points)
   assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
                                                     vmap_seeds=False))
 
@@ -146,9 +149,10 @@ def describe(launches, workdir):
 
 
 def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
-  point = lambda seed, **kw: default.sweep_point("vae", seed, digits.PAPER, **kw)
-  points = ([point(s, model__beta=b) for s in (0, 1) for b in (1.0, 4.0)]
-            + [point(0, model__beta=8.0), point(0, model__beta=2.0, model__max_alpha=0.5)])
+  point = lambda seed, **swept: default.paper_point("vae", seed, digits.PAPER, swept=swept)
+  points = ([point(s, **{"model.beta": b}) for s in (0, 1) for b in (1.0, 4.0)]
+            + [point(0, **{"model.beta": 8.0}),
+               point(0, **{"model.beta": 2.0, "model.max_alpha": 0.5})])
   launches = sweep.plan(tiny_config, points, str(tmp_path))
   assert describe(launches, tmp_path) == {
       ("vae/beta_1.0/seed_0", "vae/beta_1.0/seed_1", "vae/beta_4.0/seed_0",
@@ -164,7 +168,8 @@ def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
 
 def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
   points = mnist.get_sweep("variants")
-  assert {p["overrides"]["data.validation_size"] for p in points} == {mnist.VALIDATION_SIZE}
+  assert {p.config_overrides()["data.validation_size"] for p in points} == {
+      mnist.VALIDATION_SIZE}
   described = describe(sweep.plan(tiny_config, points, str(tmp_path)), tmp_path)
   assert described[("soft_vq_vae/noise_std_0.01/seed_0", "soft_vq_vae/noise_std_0.0/seed_0",
                     "soft_vq_vae/noise_std_0.05/seed_0")] == (
@@ -174,16 +179,17 @@ def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
 
 def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
   points = mnist.get_sweep("chosen")
-  assert [p["overrides"]["seed"] for p in points] == [0, 1, 2]
+  assert [p.seed for p in points] == [0, 1, 2]
   for point in points:
-    assert "data.validation_size" not in point["overrides"]
-    assert point["overrides"]["model.normalizer"] == mnist.CHOSEN["model__normalizer"]
+    assert "data.validation_size" not in point.config_overrides()
+    assert point.config_overrides()["model.normalizer"] == mnist.CHOSEN["model.normalizer"]
 
 
 def test_shards_split_families_of_seeds():
   points = mnist.get_sweep("table1")
   shards = [sweep.shard_points(points, i, 3) for i in range(3)]
-  assert sorted(p["name"] for s in shards for p in s) == sorted(p["name"] for p in points)
+  assert sorted(workdir.point_dir(p) for s in shards for p in s) == sorted(
+      workdir.point_dir(p) for p in points)
   for shard in shards:
-    rows = {p["row"] for p in shard}
+    rows = {p.row for p in shard}
     assert len(shard) == 3 * len(rows)  # Every seed of a row in the same shard.

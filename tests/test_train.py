@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from softvq_jax import models
+from softvq_jax import steps
 from softvq_jax import train
 from softvq_jax.errors import InputError
 
@@ -47,12 +48,14 @@ def test_end_to_end(tiny_config, tmp_path, bottleneck, ema):
 @pytest.mark.parametrize("bottleneck", ["vq", "soft_vq"])
 def test_data_codebook_init_starts_at_distinct_encodings(tiny_config, bottleneck):
   tiny_config.model.bottleneck, tiny_config.model.num_codewords = bottleneck, 6
-  model = models.make_model(tiny_config.model, (8, 8, 1))
-  optimizer = train.make_optimizer(tiny_config.train)
+  optimizer = steps.make_optimizer(tiny_config.train)
   pool = jax.random.uniform(jax.random.key(1), (10, 8, 8, 1))
   rng = jax.random.key(0)
-  uniform = train.init_state(rng, model, optimizer, (8, 8, 1))
-  state = train.init_state(rng, model, optimizer, (8, 8, 1), codebook_pool=pool)
+  uniform = steps.init_state(rng, models.make_model(tiny_config.model, (8, 8, 1)), optimizer,
+                             steps.init_images(rng, pool, tiny_config.model))
+  tiny_config.model.codebook_init = "data"
+  model = models.make_model(tiny_config.model, (8, 8, 1))
+  state = steps.init_state(rng, model, optimizer, steps.init_images(rng, pool, tiny_config.model))
   codebook = state.params["bottleneck"]["codebook"]
   encodings = model.apply({"params": state.params}, pool, method=models.Autoencoder.encode)
   distances = jnp.sum(jnp.square(codebook[:, None] - encodings[None]), axis=-1)

@@ -3,6 +3,9 @@
 Per-dataset files in ``configs/`` call ``get_base_config`` and then
 ``apply_args``, which reads the ``--config=FILE:ARGS`` string: comma-separated
 preset names (a row of the paper's tables) and ``quick`` (a smoke-test run).
+Their sweeps are lists of ``softvq_jax.runs.Point``s built by ``paper_point``.
+This is a config file: it imports the engine's helpers, and no engine module
+imports it.
 
 Presets, one per row of Tables 1 and 2 (dataset-specific values come from
 the per-dataset ``PaperValues``):
@@ -16,10 +19,12 @@ the per-dataset ``PaperValues``):
 """
 
 import dataclasses
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
+
+from softvq_jax import runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +36,6 @@ class PaperValues:
   steps: int  # Training steps of every row but soft VQ-VAE.
   soft_vq_steps: int  # Training steps of the soft VQ-VAE row (early stop).
   info_dropout_beta: float  # Information-dropout penalty weight.
-
-
-# Scalars that can differ between runs of one vmapped program (train.vmap_key).
-VMAPPABLE_KEYS = ("model.noise_std", "model.beta", "model.max_alpha",
-                  "model.commitment", "model.vq_weight")
-
-
-def value_dir(key: str, value: Any) -> str:
-  """The workdir component of one value of a swept key: ``noise_std_0.01``."""
-  return f"{key.rsplit('.', 1)[-1]}_{value}"
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -61,7 +56,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.max_alpha = 0.7  # Upper bound of information dropout's noise scale.
   model.commitment = 0.25  # beta of eq. (27), the commitment weight (vq, soft_vq).
   model.vq_weight = 1.0  # Scale of eq. (27)'s VQ terms (vq, soft_vq).
-  model.codebook_init = "uniform"  # vq, soft_vq: uniform (TF1 unit scaling) | data (see train).
+  model.codebook_init = "uniform"  # vq, soft_vq: uniform (TF1 unit scaling) | data (see layers).
   model.ema_decay = config_dict.placeholder(float)  # vq: EMA codebook decay; None = off.
   model.recon = "nmse"  # Reconstruction term: nmse | bernoulli.
   model.output_activation = "sigmoid"  # Decoder output: sigmoid | identity.
@@ -83,7 +78,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 5000  # Steps between orbax checkpoints.
   train.max_checkpoints = 2  # Checkpoints kept on disk.
   train.num_seeds = 1  # >1: seeds seed..seed+num_seeds-1 in one vmapped program.
-  train.vmap_key = ""  # A key of VMAPPABLE_KEYS: train one run per value of vmap_values.
+  train.vmap_key = ""  # A key of models.VMAPPABLE_KEYS: one run per value of vmap_values.
   train.vmap_values = ()  # The values of vmap_key, vmapped with the seeds in one program.
 
   config.eval = ev = ml_collections.ConfigDict()
@@ -121,59 +116,33 @@ def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
   return {**rows[name], **steps}
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
-  """Sets dotted keys (``"model.beta"``) of ``config``; unknown keys are errors."""
-  for key, value in overrides.items():
-    *parents, field = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    if field not in node:
-      raise KeyError(f"config has no key {key!r}")
-    node[field] = value
-  return config
-
-
-def make_quick(config: ml_collections.ConfigDict) -> None:
-  """Shrinks a config to a smoke test that runs in seconds."""
-  config.train.num_steps = 20
-  config.train.log_every = 10
-  config.train.checkpoint_every = 10
-  config.eval.kmeans_inits = 2
-  config.eval.probe_steps = 50
-  config.eval.tsne_points = 100
-
-
 def apply_args(config: ml_collections.ConfigDict, args: str | None,
                values: PaperValues) -> ml_collections.ConfigDict:
   """Applies the comma-separated presets, then ``quick``, of ``FILE:ARGS``."""
   args = [arg for arg in (args or "").split(",") if arg]
   for arg in args:
     if arg != "quick":
-      apply_overrides(config, preset_overrides(arg, values))
+      runs.apply_overrides(config, preset_overrides(arg, values))
   if "quick" in args:
-    make_quick(config)
+    runs.make_quick(config)
   return config
 
 
-def sweep_point(row: str, seed: int, values: PaperValues,
-                **overrides: Any) -> Dict[str, Any]:
+def paper_point(row: str, seed: int, values: PaperValues, *, dataset: str = "",
+                variant: str = "", swept: Optional[Mapping[str, Any]] = None,
+                overrides: Optional[Mapping[str, Any]] = None) -> runs.Point:
   """One run of a sweep: a paper row (a preset, or ``raw`` for pixels) and a seed.
 
-  ``overrides`` uses ``__`` for dots (``data__name="cifar10"``). The point's
-  name is its workdir below the sweep's:
-  ``[<dataset>/]<row>/[<key>_<value>/...]seed_<seed>``, the layout in which
-  ``train`` writes the runs of ``train.vmap_key`` (see ``value_dir``).
+  The row's preset comes first among the overrides; ``dataset``, ``variant``
+  and ``swept`` (dotted keys) also name the run's directory
+  (``softvq_jax.workdir.point_dir``).
   """
-  extra = {key.replace("__", "."): value for key, value in overrides.items()}
-  dataset = [str(extra["data.name"])] if "data.name" in extra else []
-  tags = [value_dir(k, v) for k, v in sorted(extra.items()) if k != "data.name"]
-  tag = "/".join(dataset + [row] + tags + [f"seed_{seed}"])
   preset = {} if row == "raw" else preset_overrides(row, values)
-  return {"name": tag, "row": row, "overrides": {**preset, **extra, "seed": seed}}
+  return runs.point(row, seed, dataset=dataset, variant=variant, swept=swept,
+                    overrides={**preset, **(overrides or {})})
 
 
-def table_sweep(rows, values: PaperValues, seeds=(0, 1, 2)) -> list:
+def table_sweep(rows: Sequence[str], values: PaperValues,
+                seeds: Sequence[int] = (0, 1, 2)) -> list:
   """Every row x seed, seed-major: an interrupted sweep has all rows of seed 0."""
-  return [sweep_point(row, seed, values) for seed in seeds for row in rows]
+  return [paper_point(row, seed, values) for seed in seeds for row in rows]

@@ -56,6 +56,6 @@ def get_sweep(name):
   """``table2``: both datasets x the 6 trained rows x seeds 0, 1, 2."""
   if name != "table2":
     raise ValueError(f"unknown sweep {name!r}; choose table2")
-  return [default.sweep_point(row, seed, PAPER, data__name=dataset)
+  return [default.paper_point(row, seed, PAPER, dataset=dataset)
           for seed in (0, 1, 2) for dataset in PAPER_RESULTS
           for row in default.PRESETS]

@@ -1,0 +1,110 @@
+"""The tables of a sweep: per-seed values per row, mean ± std, t-SNE panels.
+
+``aggregate`` collects the finished runs of a sweep's points into rows;
+``write_tables`` writes them as ``PREFIX.json`` (per-seed values, the
+protocol), ``PREFIX.md`` (mean ± population std over seeds next to the
+paper's numbers) and ``PREFIX.csv`` (one line per run); ``write_tsne``
+draws one t-SNE panel per model (the paper's Fig. 4).
+"""
+
+import csv
+import dataclasses
+import io
+import os
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from softvq_jax import figures
+from softvq_jax import runs
+from softvq_jax import workdir as workdir_lib
+
+METRICS = ("clustering_acc", "nmi", "probe_acc")
+
+
+def model_label(point: runs.Point) -> str:
+  """A point's row in the tables: its directory without dataset and seed
+  (``ae``, ``soft_vq_vae/noise_std_0.05``)."""
+  return os.path.dirname(workdir_lib.point_dir(dataclasses.replace(point, dataset="")))
+
+
+def aggregate(points: Sequence[runs.Point], workdir: str,
+              paper: Dict[str, Dict[str, tuple]]) -> Dict[str, Any]:
+  """Collects the finished runs into rows of per-seed values.
+
+  A row is a dataset and a ``model_label``; the paper's numbers are attached
+  to the rows that are exactly a row of the paper (``Point.paper_row``).
+  """
+  rows: Dict[tuple, Dict[str, Any]] = {}
+  for point in points:
+    run_dir = os.path.join(workdir, workdir_lib.point_dir(point))
+    results = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.EVAL_FILE))
+    if results is None:
+      continue
+    config = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.CONFIG_FILE))
+    timing = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.TIMING_FILE)) or {}
+    dataset = config["data"]["name"]
+    key = (dataset, model_label(point))
+    overrides = {k: v for k, v in point.config_overrides().items() if k != "seed"}
+    row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
+                                "seeds": [], "train_seconds": [], "eval_seconds": [],
+                                **{m: [] for m in METRICS}})
+    row["seeds"].append(config["seed"])
+    row["train_seconds"].append(timing.get("train_seconds"))
+    row["eval_seconds"].append(timing.get("eval_seconds"))
+    for metric in METRICS:
+      row[metric].append(results[metric])
+    row["eval_split"] = results["eval_split"]
+    reference = paper.get(dataset, {}).get(point.row)
+    if reference is not None and point.paper_row:
+      row["paper"] = dict(zip(METRICS, reference))
+  return {"rows": list(rows.values())}
+
+
+def _stats(values: List[float], digits: int) -> str:
+  """Mean ± (population) std over seeds."""
+  return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def markdown(table: Dict[str, Any]) -> str:
+  lines = ["| dataset | model | seeds | clustering ACC (%) | NMI | probe acc (%) "
+           "| paper ACC | paper NMI | paper probe |", "|---" * 9 + "|"]
+  for row in table["rows"]:
+    paper = row.get("paper", {})
+    fmt = lambda v: "-" if v is None else f"{v:g}"
+    lines.append(
+        f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | "
+        + " | ".join(_stats(row[m], 4 if m == "nmi" else 2) for m in METRICS) + " | "
+        + " | ".join(fmt(paper.get(m)) for m in METRICS) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(table: Dict[str, Any], prefix: str) -> None:
+  """``PREFIX.json``, ``PREFIX.md`` and ``PREFIX.csv`` (module docstring)."""
+  workdir_lib.write_json(prefix + ".json", table)
+  with open(prefix + ".md", "w") as f:
+    f.write(markdown(table))
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(["dataset", "model", "seed", *METRICS])
+  for row in table["rows"]:
+    for i, seed in enumerate(row["seeds"]):
+      writer.writerow([row["dataset"], row["model"], seed, *(row[m][i] for m in METRICS)])
+  with open(prefix + ".csv", "w") as f:
+    f.write(out.getvalue())
+
+
+def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
+               num_points: int) -> None:
+  """One t-SNE panel per trained row, from the first finished seed's latents."""
+  panels, seen = [], set()
+  for point in points:
+    name = workdir_lib.point_dir(point)
+    latents = os.path.join(workdir, name, "latents.npz")
+    if point.row in seen or not os.path.exists(latents):
+      continue
+    seen.add(point.row)
+    with np.load(latents) as f:  # Written by this package; no pickles allowed.
+      panels.append((name, f["latents"], f["labels"]))
+  if panels:
+    figures.tsne(path, panels, num_points, seed=0)

@@ -1,0 +1,147 @@
+"""What a run is: config overrides, typed sweep points, runs trained together.
+
+A sweep is a list of ``Point``s, each one run: a row of the paper's tables
+(a preset) with a seed, optionally a dataset, a named variant, and config
+keys whose values name its directory (``workdir.point_dir``). A config
+with ``train.num_seeds > 1`` or ``train.vmap_key`` is several runs trained
+in one program; ``split`` gives each its single-run config and its Point.
+
+Config files build points with these helpers; the engine reads their fields
+and never parses a directory name back.
+"""
+
+import copy
+import dataclasses
+from typing import Any, Dict, List, Mapping, Tuple
+
+import ml_collections
+
+from softvq_jax import models
+
+Pairs = Tuple[Tuple[str, Any], ...]  # Dotted config keys and values, hashable.
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One run of a sweep (or of the runs that one config trains together)."""
+  row: str = ""  # The paper's row (a preset name), "raw" for pixels; "" for none.
+  seed: int = 0  # config.seed.
+  dataset: str = ""  # data.name when the sweep spans datasets; "" keeps the base's.
+  variant: str = ""  # A name for ``overrides`` in the directory; "" for none.
+  swept: Pairs = ()  # Keys and values named in the directory, sorted by key.
+  overrides: Pairs = ()  # Further overrides (the row's preset, ...), not named.
+
+  @property
+  def raw(self) -> bool:
+    """The paper's "Raw Data" row: evaluate the pixels, train nothing."""
+    return self.row == "raw"
+
+  @property
+  def paper_row(self) -> bool:
+    """Exactly a row of the paper: no variant and no swept key."""
+    return not self.variant and not self.swept
+
+  def config_overrides(self) -> Dict[str, Any]:
+    """Dotted-key overrides, applied in order: overrides, dataset, swept, seed."""
+    dataset = {"data.name": self.dataset} if self.dataset else {}
+    return {**dict(self.overrides), **dataset, **dict(self.swept), "seed": self.seed}
+
+
+def point(row: str, seed: int, *, dataset: str = "", variant: str = "",
+          swept: Mapping[str, Any] | None = None,
+          overrides: Mapping[str, Any] | None = None) -> Point:
+  """A ``Point`` from mappings; ``swept`` keys are sorted."""
+  return Point(row=row, seed=seed, dataset=dataset, variant=variant,
+               swept=tuple(sorted((swept or {}).items())),
+               overrides=tuple((overrides or {}).items()))
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted keys (``"model.beta"``) of ``config``; unknown keys are errors."""
+  for key, value in overrides.items():
+    *parents, field = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    if field not in node:
+      raise KeyError(f"config has no key {key!r}")
+    node[field] = value
+  return config
+
+
+def make_quick(config: ml_collections.ConfigDict) -> None:
+  """Shrinks a config to a smoke test that runs in seconds."""
+  config.train.num_steps = 20
+  config.train.log_every = 10
+  config.train.checkpoint_every = 10
+  config.eval.kmeans_inits = 2
+  config.eval.probe_steps = 50
+  config.eval.tsne_points = 100
+
+
+def point_config(base: ml_collections.ConfigDict, point: Point,
+                 quick: bool = False) -> ml_collections.ConfigDict:
+  """The config of one point: ``base`` with the point's overrides.
+
+  ``quick`` (from ``--config=FILE:quick``) shrinks every point to a smoke
+  test after the presets have set their step counts.
+  """
+  config = copy.deepcopy(base)
+  with config.unlocked():
+    apply_overrides(config, point.config_overrides())
+    if quick:
+      make_quick(config)
+  return config
+
+
+def vmapped_key(point: Point) -> str:
+  """The key whose values the point's family trains together, or ``""``.
+
+  A point that sweeps exactly one key of ``models.VMAPPABLE_KEYS`` can train
+  with the other values of that key (``train.vmap_key``).
+  """
+  if len(point.swept) == 1 and point.swept[0][0] in models.VMAPPABLE_KEYS:
+    return point.swept[0][0]
+  return ""
+
+
+def family(point: Point) -> Tuple[Point, str]:
+  """The point's family and its vmapped key: the point without its seed and
+  without the value of that key. Runs of one family can train together."""
+  key = vmapped_key(point)
+  swept = ((key, None),) if key else point.swept
+  return dataclasses.replace(point, seed=0, swept=swept), key
+
+
+def split(config: ml_collections.ConfigDict
+          ) -> List[Tuple[Point, ml_collections.ConfigDict]]:
+  """The runs that ``config`` trains together, each with its single-run config.
+
+  Seeds ``config.seed ... + train.num_seeds - 1`` times the values of
+  ``train.vmap_key``, value-major. Each run's Point has its seed and swept
+  value; its config is that of a run trained alone (``num_seeds = 1``, no
+  ``vmap_key``), so that its workdir reads exactly like one.
+  """
+  key = config.train.vmap_key
+  runs = []
+  for value in config.train.vmap_values if key else (None,):
+    for seed in range(config.seed, config.seed + config.train.num_seeds):
+      single = copy.deepcopy(config)
+      with single.unlocked():
+        single.seed, single.train.num_seeds = seed, 1
+        single.train.vmap_key, single.train.vmap_values = "", ()
+        swept = {key: value} if key else {}
+        apply_overrides(single, swept)
+      runs.append((point("", seed, swept=swept), single))
+  return runs
+
+
+def scalars(config: ml_collections.ConfigDict,
+            run_configs: List[ml_collections.ConfigDict]) -> Dict[str, List[float]]:
+  """The ``train.vmap_key`` value of each run, keyed by its ``config.model``
+  key (``models.make_bottleneck``'s ``scalars``); ``{}`` if none."""
+  key = config.train.vmap_key
+  if not key:
+    return {}
+  return {key.removeprefix("model."): [float(c[key]) for c in run_configs]}
