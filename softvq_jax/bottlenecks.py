@@ -4,6 +4,12 @@ Every function here is jit-, vmap- and grad-safe and takes latents of any
 leading shape ``(..., d)``; a codebook has shape ``(K, d)``. Equation numbers
 refer to "Vector Quantization-Based Regularization for Autoencoders".
 
+Mixed precision: distances, logits, softmaxes, losses and codebook
+statistics are computed in float32 whatever the input dtype (bfloat16
+latents at scale 1e2 would overflow or lose every digit of a distance);
+latent-shaped outputs (quantized latents, posteriors, looked-up codewords)
+come back in the input's dtype, scalar losses and statistics in float32.
+
 The Flax modules that wrap these functions live in ``softvq_jax.layers``.
 
 Reductions: every loss term here is a squared norm or a KL *per latent
@@ -11,15 +17,21 @@ vector* (summed over ``d``) averaged over all leading axes, so that it adds to
 a reconstruction term that is summed over pixels and averaged over examples.
 """
 
-from typing import Tuple
+import functools
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 
-# Distances feed exponentials; keep them in full float32 on every backend.
+# Distances feed exponentials: float32 operands (``_f32``) at full float32
+# precision on every backend (HIGHEST alone does not upcast bfloat16).
 _PRECISION = jax.lax.Precision.HIGHEST
+
+
+def _f32(x: Array) -> Array:
+  return jnp.asarray(x).astype(jnp.float32)
 
 # Variants of the Gaussian normaliser in the soft assignment: the paper's
 # eq. (5) has sigma_k^(-d); the authors' MNIST notebook multiplies by sigma_k^(+1).
@@ -34,9 +46,10 @@ def squared_distances(z: Array, codebook: Array) -> Array:
     codebook: codewords mu_k, shape ``(K, d)``.
 
   Returns:
-    Non-negative squared distances, shape ``(..., K)``. Memory is O(N K);
-    no ``(..., K, d)`` intermediate is built.
+    Non-negative float32 squared distances, shape ``(..., K)``. Memory is
+    O(N K); no ``(..., K, d)`` intermediate is built.
   """
+  z, codebook = _f32(z), _f32(codebook)
   cross = jnp.matmul(z, codebook.T, precision=_PRECISION)
   z_sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
   c_sq = jnp.sum(jnp.square(codebook), axis=-1)
@@ -51,12 +64,31 @@ def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
     codebook: shape ``(K, d)``.
 
   Returns:
-    ``(z_q, indices)``: the nearest codewords, shape ``(..., d)``, and their
-    int32 indices, shape ``(...)``. No gradient flows to ``z`` (see
-    ``straight_through``); the codebook receives gradient through the gather.
+    ``(z_q, indices)``: the nearest codewords in ``z``'s dtype, shape
+    ``(..., d)``, and their int32 indices, shape ``(...)``. No gradient flows
+    to ``z`` (see ``straight_through``); the codebook receives gradient
+    through the gather.
   """
-  indices = jnp.argmin(squared_distances(z, codebook), axis=-1)
-  return jnp.take(codebook, indices, axis=0), indices.astype(jnp.int32)
+  indices = jnp.argmin(squared_distances(z, codebook), axis=-1).astype(jnp.int32)
+  return lookup(codebook, indices).astype(z.dtype), indices
+
+
+def lookup(codebook: Array, indices: Array) -> Array:
+  """The codewords of integer ``indices`` (any shape): shape ``(..., d)``.
+
+  The inverse of quantization's index output, e.g. for a decoder that reads
+  tokens. Gradients reach the looked-up rows of the codebook.
+  """
+  return jnp.take(codebook, indices, axis=0)
+
+
+def _normalizer_weight(normalizer: str, d: int) -> float:
+  """The weight w of log sigma_k^2 in the logits (``soft_assignment_logits``)."""
+  if normalizer == "paper":
+    return 0.5 * d
+  if normalizer == "notebook":
+    return -0.5
+  raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
 
 
 def soft_assignment_logits(z: Array, codebook: Array, log_var: Array,
@@ -78,14 +110,11 @@ def soft_assignment_logits(z: Array, codebook: Array, log_var: Array,
     normalizer: one of ``NORMALIZERS``.
 
   Returns:
-    Logits, shape ``(..., K)``; ``jax.nn.softmax`` of them is p(mu_k | z).
+    Float32 logits, shape ``(..., K)``; ``jax.nn.softmax`` of them is
+    p(mu_k | z).
   """
-  if normalizer == "paper":
-    norm_weight = 0.5 * z.shape[-1]
-  elif normalizer == "notebook":
-    norm_weight = -0.5
-  else:
-    raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+  norm_weight = _normalizer_weight(normalizer, z.shape[-1])
+  log_var = _f32(log_var)
   dist = squared_distances(z, codebook)
   return -0.5 * dist * jnp.exp(-log_var) - norm_weight * log_var
 
@@ -98,26 +127,161 @@ def posterior_mean(probs: Array, codebook: Array) -> Array:
     codebook: shape ``(K, d)``.
 
   Returns:
-    Convex combination of the codewords, shape ``(..., d)``.
+    Convex combination of the codewords, float32, shape ``(..., d)``.
   """
-  return jnp.matmul(probs, codebook, precision=_PRECISION)
+  return jnp.matmul(_f32(probs), _f32(codebook), precision=_PRECISION)
 
 
-def soft_quantize(z: Array, codebook: Array, log_var: Array) -> Tuple[Array, Array]:
+def soft_quantize(z: Array, codebook: Array, log_var: Array,
+                  normalizer: str = "paper") -> Tuple[Array, Array]:
   """Soft quantization by the Bayesian estimator, eqs. (5)-(7).
+
+  The one implementation of the soft quantizer: every soft module calls it.
 
   Args:
     z: latents z'_e, shape ``(..., d)``.
     codebook: shape ``(K, d)``.
-    log_var: log sigma_k^2 per component, shape ``(..., K)``.
+    log_var: log sigma_k^2, broadcastable against ``(..., K)``: per latent
+      vector (the paper's head) or per codeword, ``(K,)``.
+    normalizer: one of ``NORMALIZERS`` (``soft_assignment_logits``).
 
   Returns:
     ``(z_hat, probs)``: the posterior mean, shape ``(..., d)``, and the
-    posterior p(mu_k | z), shape ``(..., K)``. Computed as a softmax of
-    ``soft_assignment_logits``; memory O(N K).
+    posterior p(mu_k | z), shape ``(..., K)``, both in ``z``'s dtype.
+    Computed in float32 as a softmax of ``soft_assignment_logits``; memory
+    O(N K) (``soft_quantize_chunked`` streams over the codebook instead).
   """
-  probs = jax.nn.softmax(soft_assignment_logits(z, codebook, log_var), axis=-1)
-  return posterior_mean(probs, codebook), probs
+  probs = jax.nn.softmax(soft_assignment_logits(z, codebook, log_var, normalizer), axis=-1)
+  return posterior_mean(probs, codebook).astype(z.dtype), probs.astype(z.dtype)
+
+
+# Elements of one (rows, chunk) temporary of soft_quantize_chunked: 16 MiB.
+_BLOCK_ELEMENTS = 2 ** 22
+
+
+def soft_quantize_chunked(z: Array, codebook: Array, log_var: Array,
+                          normalizer: str = "paper", chunk_size: int = 1024) -> Array:
+  """``soft_quantize``'s posterior mean without its ``(N, K)`` posterior.
+
+  An online (streaming) softmax over chunks of ``chunk_size`` codewords: a
+  running maximum, normaliser and weighted sum per latent, as in
+  memory-efficient attention; the gradient (a ``jax.custom_vjp``) streams
+  over the chunks again from the saved log-normaliser. Latents go through in
+  blocks of rows, so temporaries are O(rows x chunk), not O(N x K): at
+  N = 65536, K = 16384, d = 256 (where N x K floats alone are 4 GiB) forward
+  and gradient need about 0.2 GiB.
+
+  Args:
+    z: latents z'_e, shape ``(..., d)``.
+    codebook: shape ``(K, d)``.
+    log_var: log sigma_k^2 per codeword, shape ``(K,)``.
+    normalizer: one of ``NORMALIZERS``.
+    chunk_size: codewords per chunk (a smaller last chunk is padded).
+
+  Returns:
+    z_hat in ``z``'s dtype, shape ``(..., d)``: equal to
+    ``soft_quantize(z, codebook, log_var, normalizer)[0]``, values and
+    gradients, to float32 rounding.
+  """
+  if log_var.shape != codebook.shape[:1]:
+    raise ValueError(f"log_var must have shape (K,) = {codebook.shape[:1]}, "
+                     f"got {log_var.shape}")
+  weight = _normalizer_weight(normalizer, z.shape[-1])
+  flat = _f32(z).reshape(-1, z.shape[-1])
+  z_hat = _streamed(flat, _f32(codebook), _f32(log_var), weight,
+                    max(1, min(chunk_size, codebook.shape[0])))
+  return z_hat.reshape(z.shape).astype(z.dtype)
+
+
+def _blocks(x: Array, size: int, fill: float = 0.0) -> Array:
+  """``x`` padded along axis 0 to a multiple of ``size``, then ``(-1, size, ...)``."""
+  pad = [(0, -x.shape[0] % size)] + [(0, 0)] * (x.ndim - 1)
+  x = jnp.pad(x, pad, constant_values=fill)
+  return x.reshape((-1, size) + x.shape[1:])
+
+
+def _chunk_logits(z: Array, codebook: Array, log_var: Array, valid: Array,
+                  weight: float) -> Tuple[Array, Array]:
+  """Logits of eqs. (5)/(7) for rows x a chunk, padding at -inf, and distances."""
+  dist = squared_distances(z, codebook)
+  logits = -0.5 * dist * jnp.exp(-log_var) - weight * log_var
+  return jnp.where(valid, logits, -jnp.inf), dist
+
+
+def _codebook_chunks(codebook, log_var, chunk):
+  valid = _blocks(jnp.ones(codebook.shape[:1], bool), chunk, fill=False)
+  return _blocks(codebook, chunk), _blocks(log_var, chunk), valid
+
+
+def _rows(n: int, chunk: int) -> int:
+  return max(1, min(n, _BLOCK_ELEMENTS // chunk))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _streamed(z, codebook, log_var, weight, chunk):
+  return _streamed_fwd(z, codebook, log_var, weight, chunk)[0]
+
+
+def _streamed_fwd(z, codebook, log_var, weight, chunk):
+  chunks = _codebook_chunks(codebook, log_var, chunk)
+
+  def rows(z_rows):
+    def step(carry, chunk_args):
+      top, norm, acc = carry
+      logits, _ = _chunk_logits(z_rows, *chunk_args, weight)
+      new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
+      scale = jnp.exp(top - new_top)
+      e = jnp.exp(logits - new_top[:, None])
+      acc = acc * scale[:, None] + jnp.matmul(e, chunk_args[0], precision=_PRECISION)
+      return (new_top, norm * scale + jnp.sum(e, axis=-1), acc), None
+    init = (jnp.full(z_rows.shape[:1], -jnp.inf), jnp.zeros(z_rows.shape[:1]),
+            jnp.zeros_like(z_rows))
+    (top, norm, acc), _ = jax.lax.scan(step, init, chunks)
+    return acc / norm[:, None], top + jnp.log(norm)
+
+  z_hat, lse = jax.lax.map(rows, _blocks(z, _rows(z.shape[0], chunk)))
+  z_hat = z_hat.reshape(-1, z.shape[-1])[:z.shape[0]]
+  lse = lse.reshape(-1)[:z.shape[0]]
+  return z_hat, (z, codebook, log_var, z_hat, lse)
+
+
+def _streamed_bwd(weight, chunk, residuals, g):
+  z, codebook, log_var, z_hat, lse = residuals
+  chunks = _codebook_chunks(codebook, log_var, chunk)
+  num_rows = _rows(z.shape[0], chunk)
+
+  def rows(grads, row_args):
+    z_rows, g_rows, z_hat_rows, lse_rows = row_args
+    g_dot_z_hat = jnp.sum(g_rows * z_hat_rows, axis=-1, keepdims=True)
+
+    def step(dz, chunk_args):
+      mu, lv, valid = chunk_args
+      logits, dist = _chunk_logits(z_rows, mu, lv, valid, weight)
+      probs = jnp.exp(logits - lse_rows[:, None])
+      # Softmax backward: dL/dlogit = p (g . mu_k - g . z_hat).
+      dlogits = probs * (jnp.matmul(g_rows, mu.T, precision=_PRECISION) - g_dot_z_hat)
+      de = dlogits * jnp.exp(-lv)  # Through -||z - mu||^2 / (2 sigma^2).
+      dz = dz - z_rows * jnp.sum(de, axis=-1, keepdims=True) + jnp.matmul(
+          de, mu, precision=_PRECISION)
+      dmu = (jnp.matmul(probs.T, g_rows, precision=_PRECISION)
+             + jnp.matmul(de.T, z_rows, precision=_PRECISION)
+             - jnp.sum(de, axis=0)[:, None] * mu)
+      dlv = jnp.sum(dlogits * (0.5 * dist * jnp.exp(-lv) - weight), axis=0)
+      return dz, (dmu, dlv)
+
+    dz, (dmu, dlv) = jax.lax.scan(step, jnp.zeros_like(z_rows), chunks)
+    return (grads[0] + dmu, grads[1] + dlv), dz
+
+  init = (jnp.zeros_like(chunks[0]), jnp.zeros_like(chunks[1]))
+  row_args = tuple(_blocks(x, num_rows) for x in (z, g, z_hat, lse))
+  (dmu, dlv), dz = jax.lax.scan(rows, init, row_args)
+  num_codewords = codebook.shape[0]
+  return (dz.reshape(-1, z.shape[-1])[:z.shape[0]],
+          dmu.reshape(-1, z.shape[-1])[:num_codewords],
+          dlv.reshape(-1)[:num_codewords])
+
+
+_streamed.defvjp(_streamed_fwd, _streamed_bwd)
 
 
 def straight_through(z: Array, z_q: Array) -> Array:
@@ -126,7 +290,7 @@ def straight_through(z: Array, z_q: Array) -> Array:
 
 
 def _mean_sq_norm(x: Array) -> Array:
-  return jnp.mean(jnp.sum(jnp.square(x), axis=-1))
+  return jnp.mean(jnp.sum(jnp.square(_f32(x)), axis=-1))
 
 
 def codebook_loss(z: Array, z_q: Array) -> Array:
@@ -196,47 +360,63 @@ def info_dropout_penalty(alpha: Array, max_alpha: float) -> Array:
   return -jnp.sum(jnp.log(alpha / max_alpha + 1e-3), axis=-1)
 
 
-def codebook_perplexity(assignments: Array) -> Array:
+def codebook_perplexity(assignments: Array, axis_name: Optional[str] = None) -> Array:
   """exp(entropy) of the average codeword assignment.
 
   Args:
     assignments: soft posteriors or one-hot vectors, shape ``(..., K)``.
+    axis_name: under ``shard_map``/``pmap``, average over that axis too.
 
   Returns:
     Scalar in [1, K]: the effective number of codewords in use.
   """
-  avg = jnp.mean(assignments.reshape(-1, assignments.shape[-1]), axis=0)
+  avg = jnp.mean(_f32(assignments).reshape(-1, assignments.shape[-1]), axis=0)
+  if axis_name is not None:
+    avg = jax.lax.pmean(avg, axis_name)
   return jnp.exp(-jnp.sum(avg * jnp.log(jnp.maximum(avg, 1e-10))))
 
 
-def codebook_usage(indices: Array, num_codewords: int) -> Array:
-  """Fraction of the ``num_codewords`` codewords hit by ``indices`` (any shape)."""
+def codebook_usage(indices: Array, num_codewords: int,
+                   axis_name: Optional[str] = None) -> Array:
+  """Fraction of the ``num_codewords`` codewords hit by ``indices`` (any
+  shape); under ``shard_map``/``pmap`` counted over ``axis_name`` too."""
   counts = jnp.zeros((num_codewords,)).at[indices.reshape(-1)].add(1.0)
+  if axis_name is not None:
+    counts = jax.lax.psum(counts, axis_name)
   return jnp.mean(counts > 0)
 
 
 def ema_codebook_update(cluster_size: Array, embed_sum: Array, z: Array,
-                        indices: Array, decay: float,
-                        eps: float = 1e-5) -> Tuple[Array, Array, Array]:
+                        assignments: Array, decay: float, eps: float = 1e-5,
+                        axis_name: Optional[str] = None) -> Tuple[Array, Array, Array]:
   """Exponential-moving-average codebook update (VQ-VAE paper, appendix A.1).
 
+  Hard assignments (one-hot) give the VQ-VAE update; soft posteriors give
+  each codeword the probability-weighted count and sum of the latents.
+
   Args:
-    cluster_size: EMA of codeword counts, shape ``(K,)``.
-    embed_sum: EMA of the sums of assigned latents, shape ``(K, d)``.
+    cluster_size: EMA of codeword counts, float32, shape ``(K,)``.
+    embed_sum: EMA of the sums of assigned latents, float32, ``(K, d)``.
     z: latents, shape ``(..., d)``; treated as constants.
-    indices: their codeword indices, shape ``(...)``.
+    assignments: one-hot or posterior weights, shape ``(..., K)``.
     decay: EMA decay in (0, 1).
     eps: Laplace smoothing of the counts.
+    axis_name: under ``shard_map``/``pmap``, the axis over which the batch
+      is split: counts and sums are summed over it, so that every device
+      takes the same step as one device on the whole batch.
 
   Returns:
-    ``(cluster_size, embed_sum, codebook)`` after one update.
+    ``(cluster_size, embed_sum, codebook)`` after one update, float32.
   """
   num_codewords = cluster_size.shape[0]
-  z = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1])
-  onehot = jax.nn.one_hot(indices.reshape(-1), num_codewords, dtype=z.dtype)
-  cluster_size = decay * cluster_size + (1 - decay) * jnp.sum(onehot, axis=0)
-  embed_sum = decay * embed_sum + (1 - decay) * jnp.matmul(
-      onehot.T, z, precision=_PRECISION)
+  z = _f32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  weights = _f32(jax.lax.stop_gradient(assignments)).reshape(-1, num_codewords)
+  counts = jnp.sum(weights, axis=0)
+  sums = jnp.matmul(weights.T, z, precision=_PRECISION)
+  if axis_name is not None:
+    counts, sums = jax.lax.psum((counts, sums), axis_name)
+  cluster_size = decay * cluster_size + (1 - decay) * counts
+  embed_sum = decay * embed_sum + (1 - decay) * sums
   total = jnp.sum(cluster_size)
   smoothed = (cluster_size + eps) / (total + num_codewords * eps) * total
   return cluster_size, embed_sum, embed_sum / smoothed[:, None]

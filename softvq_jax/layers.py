@@ -15,10 +15,13 @@ representation used downstream: z_e, or the mean for the VAE), the scalar
 the quantizers ``perplexity`` and ``usage``, the fraction of codewords used
 in the batch) and for the quantizers ``indices`` (hard) or ``probs`` (soft).
 
-The quantizers' codebook starts at TF1's unit scaling (``codebook_init=
-"uniform"``, the authors' choice) or, with ``codebook_init="data"``, at the
-encodings z_e of the first K examples of the batch the module is
-initialised on (``Module.init`` with K training images).
+The quantizers that take a given ``z`` (no head), for use in any model:
+``VectorQuantizer`` and ``SoftVectorQuantizer``. The paper's ``VQ`` and
+``SoftVQ`` own their heads and call the same cores (``quantize_hard``,
+``quantize_soft``). A codebook starts at TF1's unit scaling
+(``codebook_init="uniform"``, the authors' choice), at the encodings of the
+first K examples of the batch the module is initialised on (``"data"``), or
+at k-means centres of all of them (``"kmeans"``).
 
 Stochastic bottlenecks draw from the ``'noise'`` rng stream in training.
 """
@@ -30,14 +33,15 @@ import jax
 import jax.numpy as jnp
 
 from softvq_jax import bottlenecks as bn
+from softvq_jax import codebook_health as health
 
 Array = jax.Array
 Aux = Dict[str, Any]
 
 # The scalar diagnostics a bottleneck may put in its aux, logged with the loss.
 DIAGNOSTICS = ("kl", "penalty", "codebook_loss", "commitment_loss", "perplexity",
-               "usage")
-CODEBOOK_INITS = ("uniform", "data")
+               "usage", "dead_code_fraction")
+CODEBOOK_INITS = ("uniform", "data", "kmeans")
 
 glorot_uniform = nn.initializers.glorot_uniform()
 # TF1's uniform_unit_scaling_initializer for a (K, d) codebook: U(+-sqrt(3/K)).
@@ -54,12 +58,16 @@ def codebook_initializer(kind: str, z: Array) -> Callable[..., Array]:
   """The initialiser of a ``(K, d)`` codebook (``CODEBOOK_INITS``).
 
   Args:
-    kind: ``uniform`` (TF1's unit scaling) or ``data``: the first K vectors
-      of ``z``, the encodings of the batch the module is initialised on.
+    kind: ``uniform`` (TF1's unit scaling); ``data``: the first K vectors of
+      ``z``, the encodings of the batch the module is initialised on;
+      ``kmeans``: k-means++ and Lloyd on all of them (``codebook_health``).
     z: encodings, shape ``(..., d)``.
   """
   if kind == "uniform":
     return uniform_unit_scaling
+  if kind == "kmeans":
+    return lambda rng, shape, dtype=jnp.float32: health.kmeans_codebook(
+        rng, z, shape[0]).astype(dtype)
   if kind != "data":
     raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {kind!r}")
 
@@ -122,7 +130,7 @@ class InfoDropout(nn.Module):
 
 def _quantizer_outputs(z_e: Array, z_in: Array, z_q: Array, assignments: Array,
                        indices: Array, *, commitment: float, vq_weight: float,
-                       train_codebook: bool) -> Tuple[Array, Aux]:
+                       train_codebook: bool, axis_name: Optional[str]) -> Tuple[Array, Aux]:
   """Straight-through output and eq. (27)'s VQ terms, shared by both quantizers.
 
   Args:
@@ -135,6 +143,7 @@ def _quantizer_outputs(z_e: Array, z_in: Array, z_q: Array, assignments: Array,
     vq_weight: scale of the whole VQ term (the authors use 3.0 / 2.0 on
       per-element means; see configs).
     train_codebook: False when the codebook follows an EMA instead.
+    axis_name: the batch axis of ``shard_map``/``pmap`` for usage statistics.
   """
   commit = bn.commitment_loss(z_in, z_q, commitment)
   cb = bn.codebook_loss(z_in, z_q) if train_codebook else jnp.zeros_like(commit)
@@ -143,20 +152,195 @@ def _quantizer_outputs(z_e: Array, z_in: Array, z_q: Array, assignments: Array,
       "latent": z_e,
       "codebook_loss": cb,
       "commitment_loss": commit,
-      "perplexity": bn.codebook_perplexity(assignments),
-      "usage": bn.codebook_usage(indices, assignments.shape[-1]),
+      "perplexity": bn.codebook_perplexity(assignments, axis_name),
+      "usage": bn.codebook_usage(indices, assignments.shape[-1], axis_name),
       "indices": indices,
   }
   return bn.straight_through(z_in, z_q), aux
 
 
-class VQ(nn.Module):
-  """VQ-VAE: nearest-codeword quantization, eq. (1), straight-through.
+# The quantizer cores below take the module whose scope holds the codebook:
+# VectorQuantizer / SoftVectorQuantizer call them on themselves, and the
+# paper's VQ / SoftVQ (which own an encoder head) on themselves too, so that
+# the codebook of either lives directly under the module ("codebook").
 
-  With ``ema_decay`` set, the codebook lives in the ``'ema'`` collection and
-  follows exponential moving averages (VQ-VAE paper, appendix); the codebook
-  term of the loss is then dropped. Off by default; it needs
-  ``codebook_init="uniform"``.
+
+def _codebook(module: nn.Module, z: Array) -> Array:
+  """The module's codebook ``(K, d)``, ``d`` read from ``z``.
+
+  A ``'codebook'`` parameter trained by gradient, or with ``ema_decay`` the
+  ``'ema'`` collection's ``cluster_size``, ``embed_sum`` and ``codebook``
+  (float32 statistics). ``codebook_init`` sets where it starts.
+  """
+  shape = (module.num_codewords, z.shape[-1])
+  init = codebook_initializer(module.codebook_init, z)
+  if module.ema_decay is None:
+    return module.param("codebook", init, shape, module.param_dtype)
+  init_rng = module.make_rng("params") if module.is_initializing() else None
+  module.variable("ema", "cluster_size", jnp.ones, (module.num_codewords,))
+  embed_sum = module.variable("ema", "embed_sum", init, init_rng, shape)
+  return module.variable("ema", "codebook", lambda: embed_sum.value).value
+
+
+def _update_ema(module: nn.Module, z: Array, assignments: Array, train: bool) -> Aux:
+  """In training, the EMA codebook step and the restart of dead codewords.
+
+  Returns the aux entries it adds: ``dead_code_fraction`` for EMA codebooks
+  (the fraction whose EMA count is under ``dead_code_threshold``, or under
+  one assignment per step when that is 0), before the restart.
+  """
+  if module.ema_decay is None:
+    return {}
+  size = module.get_variable("ema", "cluster_size")
+  threshold = module.dead_code_threshold
+  dead = health.dead_codes(size, threshold if threshold > 0 else 1.0)
+  if not train:
+    return {"dead_code_fraction": jnp.mean(dead)}
+  if not module.is_mutable_collection("ema"):
+    raise ValueError("training with ema_decay updates the 'ema' collection: apply with "
+                     "mutable=['ema'] (or train=False)")
+  size, embed_sum, codebook = bn.ema_codebook_update(
+      size, module.get_variable("ema", "embed_sum"), z, assignments, module.ema_decay,
+      axis_name=module.axis_name)
+  if threshold > 0:
+    codebook = health.restart_dead_codes(module.make_rng("noise"), codebook, dead, z,
+                                         module.axis_name)
+    size = jnp.where(dead, threshold, size)
+    embed_sum = jnp.where(dead[:, None], codebook * threshold, embed_sum)
+  for name, value in (("cluster_size", size), ("embed_sum", embed_sum),
+                      ("codebook", codebook)):
+    module.put_variable("ema", name, value)
+  return {"dead_code_fraction": jnp.mean(dead)}
+
+
+def _check_quantizer(module: nn.Module) -> None:
+  if module.dead_code_threshold > 0 and module.ema_decay is None:
+    raise ValueError("dead_code_threshold restarts codewords of an EMA codebook; "
+                     "set ema_decay")
+
+
+def quantize_hard(module: nn.Module, z_e: Array, z: Array, *,
+                  train: bool) -> Tuple[Array, Aux]:
+  """The hard quantizer core: ``z`` (or its encoder's ``z_e``) to ``(z_q, aux)``."""
+  _check_quantizer(module)
+  codebook = _codebook(module, z)
+  z_q, indices = bn.hard_quantize(jax.lax.stop_gradient(z), codebook)
+  onehot = jax.nn.one_hot(indices, module.num_codewords, dtype=jnp.float32)
+  extra = _update_ema(module, z, onehot, train)
+  out, aux = _quantizer_outputs(
+      z_e, z, z_q, onehot, indices, commitment=module.commitment,
+      vq_weight=module.vq_weight, train_codebook=module.ema_decay is None,
+      axis_name=module.axis_name)
+  return out, {**aux, **extra}
+
+
+def quantize_soft(module: nn.Module, z_e: Array, z: Array, log_var: Optional[Array], *,
+                  train: bool) -> Tuple[Array, Aux]:
+  """The soft quantizer core, eqs. (5)-(7) and (27): noise, posterior mean.
+
+  ``log_var`` broadcasts against ``(..., K)``; None learns one per codeword
+  (a ``'log_var'`` parameter of shape ``(K,)``, starting at 0).
+  """
+  _check_quantizer(module)
+  codebook = _codebook(module, z)
+  z_in = z
+  if train:  # No test on noise_std: it may be traced (train.vmap_key).
+    z_in = z + module.noise_std * jax.random.normal(module.make_rng("noise"), z.shape,
+                                                    z.dtype)
+  if log_var is None:
+    log_var = module.param("log_var", nn.initializers.zeros, (module.num_codewords,),
+                           module.param_dtype)
+  z_hat, probs = bn.soft_quantize(jax.lax.stop_gradient(z_in), codebook, log_var,
+                                  module.normalizer)
+  extra = _update_ema(module, z_in, probs, train)
+  out, aux = _quantizer_outputs(
+      z_e, z_in, z_hat, probs, jnp.argmax(probs, axis=-1), commitment=module.commitment,
+      vq_weight=module.vq_weight, train_codebook=module.ema_decay is None,
+      axis_name=module.axis_name)
+  return out, {**aux, **extra, "probs": probs}
+
+
+def embed(module: nn.Module, indices: Array) -> Array:
+  """The codewords of ``indices`` ``(...)``: ``(..., d)``, in the module's dtype."""
+  collection = "params" if module.ema_decay is None else "ema"
+  codebook = module.get_variable(collection, "codebook")
+  return bn.lookup(codebook, indices).astype(module.dtype or codebook.dtype)
+
+
+class VectorQuantizer(nn.Module):
+  """Nearest-codeword quantization of a given ``z`` (eq. 1), straight-through.
+
+  ``(z, *, train) -> (z_q, aux)`` for ``z`` of shape ``(..., d)`` (``d`` is
+  read from ``z``; e.g. a tokenizer's ``(B, H, W, d)`` grid), with aux
+  ``loss`` (eq. 27's VQ terms), ``indices``, ``perplexity``, ``usage`` and,
+  with an EMA codebook, ``dead_code_fraction``. ``embed(indices)`` maps
+  indices back to codewords.
+
+  With ``ema_decay`` the codebook follows exponential moving averages in the
+  ``'ema'`` collection (apply with ``mutable=['ema']`` in training, which is
+  checked); ``dead_code_threshold > 0`` then restarts codewords whose EMA
+  count falls under it at random encodings of the batch (``'noise'`` rng).
+  Under ``shard_map``/``pmap`` give ``axis_name``: EMA statistics and usage
+  are summed over it. Arithmetic is float32 whatever ``z``'s dtype; outputs
+  come in ``dtype`` (default: ``z``'s).
+  """
+  num_codewords: int
+  commitment: float = 0.25
+  vq_weight: float = 1.0
+  ema_decay: Optional[float] = None
+  codebook_init: str = "uniform"  # One of CODEBOOK_INITS.
+  dead_code_threshold: float = 0.0
+  axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
+    z = z.astype(self.dtype or z.dtype)
+    return quantize_hard(self, z, z, train=train)
+
+  def embed(self, indices: Array) -> Array:
+    return embed(self, indices)
+
+
+class SoftVectorQuantizer(nn.Module):
+  """Soft quantization of a given ``z`` by the Bayesian estimator, eqs. (5)-(7).
+
+  ``(z, log_var=None, *, train) -> (z_hat, aux)``, as ``VectorQuantizer``
+  with aux ``probs`` too. ``log_var`` (log sigma_k^2, broadcastable against
+  ``(..., K)``) comes from the caller's head, or else is learned per
+  codeword. In training, ``noise_std`` white noise is added to ``z`` first
+  (the paper's z'_e). With ``ema_decay`` the EMA statistics are weighted by
+  the posterior.
+  """
+  num_codewords: int
+  noise_std: float = 0.0
+  commitment: float = 0.25
+  vq_weight: float = 1.0
+  normalizer: str = "paper"  # One of bottlenecks.NORMALIZERS.
+  ema_decay: Optional[float] = None
+  codebook_init: str = "uniform"  # One of CODEBOOK_INITS.
+  dead_code_threshold: float = 0.0
+  axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array, log_var: Optional[Array] = None, *,
+               train: bool) -> Tuple[Array, Aux]:
+    z = z.astype(self.dtype or z.dtype)
+    return quantize_soft(self, z, z, log_var, train=train)
+
+  def embed(self, indices: Array) -> Array:
+    return embed(self, indices)
+
+
+class VQ(nn.Module):
+  """VQ-VAE: a z_e head on the trunk, then ``VectorQuantizer``'s core.
+
+  With ``ema_decay`` set, the codebook follows exponential moving averages
+  (VQ-VAE paper, appendix); the codebook term of the loss is then dropped.
+  Off by default.
   """
   latent_dim: int
   num_codewords: int
@@ -164,34 +348,22 @@ class VQ(nn.Module):
   vq_weight: float = 1.0
   ema_decay: Optional[float] = None
   codebook_init: str = "uniform"
+  dead_code_threshold: float = 0.0
+  axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
-    shape = (self.num_codewords, self.latent_dim)
-    if self.ema_decay is None:
-      codebook = self.param("codebook", codebook_initializer(self.codebook_init, z), shape)
-    elif self.codebook_init != "uniform":
-      raise ValueError("an EMA codebook (ema_decay) needs codebook_init='uniform'")
-    else:
-      init_rng = self.make_rng("params") if self.is_initializing() else None
-      size = self.variable("ema", "cluster_size", jnp.ones, (self.num_codewords,))
-      embed_sum = self.variable("ema", "embed_sum", uniform_unit_scaling,
-                                init_rng, shape)
-      codebook_var = self.variable("ema", "codebook", lambda: embed_sum.value)
-      codebook = codebook_var.value
-    z_q, indices = bn.hard_quantize(jax.lax.stop_gradient(z), codebook)
-    if self.ema_decay is not None and train and self.is_mutable_collection("ema"):
-      size.value, embed_sum.value, codebook_var.value = bn.ema_codebook_update(
-          size.value, embed_sum.value, z, indices, self.ema_decay)
-    onehot = jax.nn.one_hot(indices, self.num_codewords, dtype=z.dtype)
-    return _quantizer_outputs(
-        z, z, z_q, onehot, indices, commitment=self.commitment,
-        vq_weight=self.vq_weight, train_codebook=self.ema_decay is None)
+    return quantize_hard(self, z, z, train=train)
+
+  def embed(self, indices: Array) -> Array:
+    return embed(self, indices)
 
 
 class SoftVQ(nn.Module):
-  """Soft VQ-VAE: noisy z'_e = z_e + eps, Bayesian estimator of eqs. (5)-(7).
+  """Soft VQ-VAE: z_e and log-variance heads, then ``SoftVectorQuantizer``'s core.
 
   The log-variances log sigma_k^2 come from a head of size K. The posterior
   is computed from sg(z'_e), so the codebook and the log-variance head learn
@@ -204,25 +376,18 @@ class SoftVQ(nn.Module):
   commitment: float = 0.25
   vq_weight: float = 1.0
   normalizer: str = "paper"
+  ema_decay: Optional[float] = None
   codebook_init: str = "uniform"
+  dead_code_threshold: float = 0.0
+  axis_name: Optional[str] = None
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
     log_var = dense(self.num_codewords, "log_var")(h)
-    codebook = self.param("codebook", codebook_initializer(self.codebook_init, z),
-                          (self.num_codewords, self.latent_dim))
-    z_in = z
-    if train:  # No test on noise_std: it may be traced (train.vmap_key).
-      z_in = z + self.noise_std * jax.random.normal(
-          self.make_rng("noise"), z.shape, z.dtype)
-    logits = bn.soft_assignment_logits(
-        jax.lax.stop_gradient(z_in), codebook, log_var, self.normalizer)
-    probs = jax.nn.softmax(logits, axis=-1)
-    z_hat = bn.posterior_mean(probs, codebook)
-    out, aux = _quantizer_outputs(
-        z, z_in, z_hat, probs, jnp.argmax(probs, axis=-1),
-        commitment=self.commitment, vq_weight=self.vq_weight,
-        train_codebook=True)
-    aux["probs"] = probs
-    return out, aux
+    return quantize_soft(self, z, z, log_var, train=train)
+
+  def embed(self, indices: Array) -> Array:
+    return embed(self, indices)

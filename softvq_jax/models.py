@@ -107,7 +107,9 @@ class BottleneckSpec:
 
 def _quantizer(c: Mapping[str, Any]) -> Dict[str, Any]:
   return dict(num_codewords=c["num_codewords"], commitment=c["commitment"],
-              vq_weight=c["vq_weight"], codebook_init=c["codebook_init"])
+              vq_weight=c["vq_weight"], ema_decay=c["ema_decay"],
+              codebook_init=c["codebook_init"],
+              dead_code_threshold=c["dead_code_threshold"])
 
 
 BOTTLENECKS = {
@@ -118,7 +120,7 @@ BOTTLENECKS = {
         lambda c: layers.InfoDropout(c["latent_dim"], beta=c["beta"],
                                      max_alpha=c["max_alpha"]), ("beta", "max_alpha")),
     "vq": BottleneckSpec(
-        lambda c: layers.VQ(c["latent_dim"], ema_decay=c["ema_decay"], **_quantizer(c)),
+        lambda c: layers.VQ(c["latent_dim"], **_quantizer(c)),
         ("commitment", "vq_weight")),
     "soft_vq": BottleneckSpec(
         lambda c: layers.SoftVQ(c["latent_dim"], noise_std=c["noise_std"],

@@ -39,15 +39,25 @@ def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTra
   return optax.adam(lr)
 
 
+# Training images per codeword that model.codebook_init='kmeans' clusters.
+KMEANS_IMAGES_PER_CODEWORD = 16
+
+
 def init_images(rng: jax.Array, images: jax.Array,
                 model_config: ml_collections.ConfigDict) -> jax.Array:
-  """The batch the model is initialised on: one blank image, or K training
-  images drawn without replacement for ``model.codebook_init = 'data'``
-  (the quantizer's codebook then starts at their encodings, see layers)."""
-  if model_config.codebook_init != "data":
+  """The batch the model is initialised on: one blank image, or training
+  images drawn without replacement for a data-dependent codebook
+  (``model.codebook_init``): K for ``data`` (the codebook starts at their
+  encodings), ``KMEANS_IMAGES_PER_CODEWORD`` x K (at most all) for
+  ``kmeans`` (at k-means centres of their encodings); see layers."""
+  init = model_config.codebook_init
+  if init == "uniform":
     return jnp.zeros((1,) + images.shape[1:], images.dtype)
-  pick = jax.random.choice(jax.random.fold_in(rng, 1), images.shape[0],
-                           (model_config.num_codewords,), replace=False)
+  count = model_config.num_codewords
+  if init == "kmeans":
+    count = min(images.shape[0], KMEANS_IMAGES_PER_CODEWORD * count)
+  pick = jax.random.choice(jax.random.fold_in(rng, 1), images.shape[0], (count,),
+                           replace=False)
   return images[pick]
 
 

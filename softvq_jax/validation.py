@@ -74,7 +74,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
               "eval.probe_learning_rate", "eval.batch_size"):
     _positive(c, key)
   for key in ("model.noise_std", "model.beta", "model.commitment",
-              "model.vq_weight", "model.max_alpha", "data.validation_size",
+              "model.vq_weight", "model.max_alpha", "model.dead_code_threshold",
+              "data.validation_size",
               "eval.num_clusters", "eval.tsne_points"):
     _positive(c, key, allow_zero=True)
   _validate_vmap(config)
@@ -85,10 +86,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if decay is not None and not 0 < decay < 1:
     raise InputError(f"config.model.ema_decay={decay!r} is not valid; "
                      "it must be in (0, 1), or None for no EMA")
-  if config.model.codebook_init == "data" and (
-      config.model.bottleneck not in ("vq", "soft_vq") or decay is not None):
-    raise InputError("config.model.codebook_init='data' needs a trained codebook: "
-                     "model.bottleneck vq or soft_vq, without model.ema_decay")
+  quantizer = config.model.bottleneck in ("vq", "soft_vq")
+  if config.model.codebook_init != "uniform" and not quantizer:
+    raise InputError(f"config.model.codebook_init={config.model.codebook_init!r} needs a "
+                     "codebook: model.bottleneck vq or soft_vq")
+  if config.model.dead_code_threshold > 0 and (not quantizer or decay is None):
+    raise InputError("config.model.dead_code_threshold > 0 restarts codewords of an EMA "
+                     "codebook: model.bottleneck vq or soft_vq with model.ema_decay")
   if config.model.recon == "bernoulli" and config.data.pixel_range != "unit":
     raise InputError("config.model.recon='bernoulli' needs config.data.pixel_range='unit'")
   if (config.data.name == "digits") != (config.data.source == "sklearn"):
@@ -104,8 +108,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Splits) -> None:
   """Raises ``InputError`` where ``config`` does not fit the loaded ``data``."""
-  if (config.model.codebook_init == "data"
-      and config.model.num_codewords > len(data.train_images)):
+  init = config.model.codebook_init
+  if init != "uniform" and config.model.num_codewords > len(data.train_images):
     raise InputError(f"config.model.num_codewords={config.model.num_codewords} is more than "
                      f"the {len(data.train_images)} training images that "
-                     "model.codebook_init='data' draws the codebook from")
+                     f"model.codebook_init={init!r} draws the codebook from")

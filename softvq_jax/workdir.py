@@ -39,6 +39,7 @@ TIMING_FILE = "timing.json"
 ADDED_KEYS = {
     "data.verify_md5": True,
     "model.codebook_init": "uniform",
+    "model.dead_code_threshold": 0.0,
     "train.num_seeds": 1,
     "train.vmap_key": "",
     "train.vmap_values": [],

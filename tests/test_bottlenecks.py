@@ -176,7 +176,8 @@ def test_codebook_usage():
 def test_ema_update_hand_computed():
   z = jnp.array([[2.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
   size, embed_sum, codebook = bn.ema_codebook_update(
-      jnp.ones(2), jnp.zeros((2, 2)), z, jnp.array([0, 0, 1]), decay=0.5, eps=0.0)
+      jnp.ones(2), jnp.zeros((2, 2)), z, jax.nn.one_hot(jnp.array([0, 0, 1]), 2), decay=0.5,
+      eps=0.0)
   np.testing.assert_allclose(size, [1.5, 1.0])
   np.testing.assert_allclose(embed_sum, [[3.0, 0.0], [0.0, 3.0]])
   np.testing.assert_allclose(codebook, [[2.0, 0.0], [0.0, 3.0]])

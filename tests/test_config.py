@@ -90,7 +90,8 @@ def test_locked_config_rejects_unknown_keys(tmp_path):
     ("data.source", "http", "choose one of tfds, files, sklearn"),
     ("data.dir", "/no/such/dir", "config.data.dir='/no/such/dir' is not a directory"),
     ("model.ema_decay", 1.5, "in \\(0, 1\\)"),
-    ("model.codebook_init", "kmeans", "choose one of uniform, data"),
+    ("model.codebook_init", "nope", "choose one of uniform, data, kmeans"),
+    ("model.dead_code_threshold", -1.0, "config.model.dead_code_threshold=-1.0 .* >= 0"),
 ])
 def test_validation_errors(key, value, message):
   config = digits.get_config()
@@ -100,12 +101,20 @@ def test_validation_errors(key, value, message):
     validation.validate_config(config, num_devices=4 if value == 30 else 1)
 
 
-@pytest.mark.parametrize("bottleneck,ema", [("vae", None), ("none", None), ("vq", 0.99)])
-def test_data_codebook_init_needs_a_trained_codebook(bottleneck, ema):
+@pytest.mark.parametrize("bottleneck,init", [("vae", "data"), ("none", "kmeans")])
+def test_data_codebook_init_needs_a_codebook(bottleneck, init):
+  config = digits.get_config()
+  config.model.bottleneck, config.model.codebook_init = bottleneck, init
+  with pytest.raises(InputError, match=f"codebook_init='{init}' needs a codebook"):
+    validation.validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("bottleneck,ema", [("soft_vq", None), ("vae", 0.99)])
+def test_dead_code_restart_needs_an_ema_codebook(bottleneck, ema):
   config = digits.get_config()
   config.model.bottleneck, config.model.ema_decay = bottleneck, ema
-  config.model.codebook_init = "data"
-  with pytest.raises(InputError, match="codebook_init='data' needs a trained codebook"):
+  config.model.dead_code_threshold = 0.5
+  with pytest.raises(InputError, match="dead_code_threshold > 0 restarts codewords of an EMA"):
     validation.validate_config(config, num_devices=1)
 
 

@@ -198,9 +198,8 @@ def test_data_codebook_init_takes_the_first_encodings_of_the_init_batch(module):
 
 @pytest.mark.parametrize("module,h_shape,message", [
     (layers.SoftVQ(D, K, codebook_init="data"), (3, 7), "at least 10 encodings"),
-    (layers.VQ(D, K, ema_decay=0.9, codebook_init="data"), (12, 7),
-     "EMA codebook .* needs codebook_init='uniform'"),
-    (layers.VQ(D, K, codebook_init="kmeans"), (12, 7), "codebook_init must be one of"),
+    (layers.VQ(D, K, dead_code_threshold=0.5), (12, 7), "set ema_decay"),
+    (layers.VQ(D, K, codebook_init="nope"), (12, 7), "codebook_init must be one of"),
 ])
 def test_codebook_init_errors(module, h_shape, message):
   with pytest.raises(ValueError, match=message):

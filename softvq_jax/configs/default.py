@@ -56,8 +56,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.max_alpha = 0.7  # Upper bound of information dropout's noise scale.
   model.commitment = 0.25  # beta of eq. (27), the commitment weight (vq, soft_vq).
   model.vq_weight = 1.0  # Scale of eq. (27)'s VQ terms (vq, soft_vq).
-  model.codebook_init = "uniform"  # vq, soft_vq: uniform (TF1 unit scaling) | data (see layers).
-  model.ema_decay = config_dict.placeholder(float)  # vq: EMA codebook decay; None = off.
+  model.codebook_init = "uniform"  # vq, soft_vq: uniform (TF1 unit scaling) | data | kmeans.
+  model.ema_decay = config_dict.placeholder(float)  # vq, soft_vq: EMA codebook decay; None = off.
+  model.dead_code_threshold = 0.0  # EMA codebooks: restart codewords under this count; 0 = off.
   model.recon = "nmse"  # Reconstruction term: nmse | bernoulli.
   model.output_activation = "sigmoid"  # Decoder output: sigmoid | identity.
 

@@ -1,0 +1,101 @@
+"""Codebook health as pure, jit-safe functions: k-means initialisation, dead
+codewords and their restart.
+
+The quantizer modules (``softvq_jax.layers``) wire them in:
+``codebook_init="kmeans"`` runs ``kmeans_codebook`` on the encodings of the
+initialisation batch, and ``dead_code_threshold`` restarts the codewords
+whose EMA count falls under it with ``restart_dead_codes``.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from softvq_jax import bottlenecks as bn
+
+Array = jax.Array
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def _f32(x: Array) -> Array:
+  return jnp.asarray(x).astype(jnp.float32)
+
+
+def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
+                    num_iters: int = 10) -> Array:
+  """A codebook from k-means on encodings: k-means++ seeding, then Lloyd.
+
+  Traceable (fixed shapes and loop counts), so it can run inside a
+  module's initialiser under jit.
+
+  Args:
+    rng: PRNG key of the seeding.
+    z: encodings, shape ``(..., d)``, at least ``num_codewords`` of them.
+    num_codewords: K.
+    num_iters: Lloyd iterations after the seeding.
+
+  Returns:
+    Float32 centres, shape ``(K, d)``. A centre left without points keeps
+    its previous position.
+  """
+  z = _f32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  first = jax.random.randint(jax.random.fold_in(rng, 0), (), 0, z.shape[0])
+  centres = jnp.zeros((num_codewords, z.shape[-1]), jnp.float32).at[0].set(z[first])
+  nearest = jnp.sum(jnp.square(z - z[first]), axis=-1)
+
+  def seed(k, carry):  # k-means++: the next centre with probability ~ D(x)^2.
+    centres, nearest = carry
+    logits = jnp.log(jnp.maximum(nearest, 1e-30))
+    pick = jax.random.categorical(jax.random.fold_in(rng, k), logits)
+    nearest = jnp.minimum(nearest, jnp.sum(jnp.square(z - z[pick]), axis=-1))
+    return centres.at[k].set(z[pick]), nearest
+
+  centres, _ = jax.lax.fori_loop(1, num_codewords, seed, (centres, nearest))
+
+  def lloyd(_, centres):
+    onehot = jax.nn.one_hot(jnp.argmin(bn.squared_distances(z, centres), axis=-1),
+                            num_codewords, dtype=jnp.float32)
+    counts = jnp.sum(onehot, axis=0)
+    sums = jnp.matmul(onehot.T, z, precision=_PRECISION)
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+
+  return jax.lax.fori_loop(0, num_iters, lloyd, centres)
+
+
+def kmeans_inertia(z: Array, codebook: Array) -> Array:
+  """Mean squared distance of encodings ``(..., d)`` to their nearest codeword."""
+  return jnp.mean(jnp.min(bn.squared_distances(z, codebook), axis=-1))
+
+
+def restart_dead_codes(rng: Array, codebook: Array, dead: Array, z: Array,
+                       axis_name: Optional[str] = None) -> Array:
+  """Replaces the ``dead`` codewords by random encodings of the batch.
+
+  Args:
+    rng: PRNG key of the draw (the step's), the same on every device.
+    codebook: shape ``(K, d)``.
+    dead: boolean mask, shape ``(K,)``.
+    z: the batch's encodings, shape ``(..., d)``.
+    axis_name: under ``shard_map``/``pmap``, the batch axis: each codeword
+      draws its encoding from a random device's shard, the same on every
+      device, so the codebooks stay identical.
+
+  Returns:
+    The codebook, dead rows replaced, in the codebook's dtype.
+  """
+  z = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1])
+  rows = jax.random.randint(jax.random.fold_in(rng, 0), codebook.shape[:1], 0, z.shape[0])
+  candidates = z[rows]
+  if axis_name is not None:  # Each codeword takes the candidate of a random shard.
+    shard = jax.random.randint(jax.random.fold_in(rng, 1), codebook.shape[:1], 0,
+                               jax.lax.psum(1, axis_name))
+    mine = (shard == jax.lax.axis_index(axis_name))[:, None]
+    candidates = jax.lax.psum(jnp.where(mine, candidates, 0), axis_name)
+  return jnp.where(dead[:, None], candidates.astype(codebook.dtype), codebook)
+
+
+def dead_codes(cluster_size: Array, threshold: float) -> Array:
+  """The codewords whose EMA count (``cluster_size``, ``(K,)``) is under
+  ``threshold``: a boolean mask, shape ``(K,)``."""
+  return cluster_size < threshold
