@@ -23,8 +23,17 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 * ``soft_quantize_n<N>_k<K>_d<d>_{ms,temp_mib}`` and ``..._matmuls_ms``: the
   forward-and-gradient time and peak temporary memory of ``soft_quantize``,
   and the time of its two matmuls alone (z C^T then P C, forward and gradient);
+* ``soft_quantize{,_chunked}_k<K>_d256_{ms,temp_mib}``: the dense and the
+  streaming (``soft_quantize_chunked``, chunks of 1024) soft quantizer,
+  forward and gradient with a per-codeword variance: time at N = 4096 and
+  compiled temporaries at N = 65536;
+* ``{vector,soft_vector}_quantizer_32x16x16x256_k8192_{float32,bfloat16}_ms``:
+  ``layers.VectorQuantizer`` / ``SoftVectorQuantizer`` forward and gradient
+  on a tokenizer's latent grid;
 * ``mnist_eval_seconds``: the evaluation suite at MNIST size (K-means with 100
   initialisations on 10000 x 64, probe on 60000 x 64, 30000 steps).
+
+``--parts`` runs a subset: training, kernels, quantizers, evaluation.
 """
 
 import functools
@@ -41,12 +50,15 @@ import optax
 
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
+from softvq_jax import layers
 from softvq_jax import models
 from softvq_jax import steps as steps_lib
 from softvq_jax.configs import default
 
 flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
+flags.DEFINE_list("parts", ["training", "kernels", "quantizers", "evaluation"],
+                  "Which parts to run.")
 FLAGS = flags.FLAGS
 BOTTLENECKS = ("none", "vae", "info_dropout", "vq", "soft_vq")
 
@@ -204,6 +216,42 @@ def kernel_grid(lines, grid, repeats):
     emit(lines, tag + "_temp_mib", memory.temp_size_in_bytes / 2 ** 20, "MiB")
 
 
+def chunked_vs_dense(lines, repeats, d=256, timed_n=4096, memory_n=65536):
+  """The dense and streaming soft quantizers at large K: time and memory."""
+  rng = np.random.default_rng(0)
+  for k in (4096, 16384):
+    for name, fn in (("soft_quantize", lambda *a: bottlenecks.soft_quantize(*a)[0]),
+                     ("soft_quantize_chunked", bottlenecks.soft_quantize_chunked)):
+      kernel = jax.jit(jax.grad(lambda z, c, v, fn=fn: jnp.sum(fn(z, c, v)),
+                                argnums=(0, 1, 2)))
+      z = jnp.asarray(rng.normal(size=(timed_n, d)), jnp.float32)
+      codebook = jnp.asarray(rng.normal(size=(k, d)), jnp.float32)
+      log_var = jnp.zeros((k,), jnp.float32)
+      tag = f"{name}_k{k}_d{d}"
+      emit(lines, tag + f"_n{timed_n}_ms",
+           1000 * best_time(kernel, z, codebook, log_var, repeats=repeats), "ms")
+      shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((memory_n, d), (k, d), (k,))]
+      memory = kernel.lower(*shapes).compile().memory_analysis()
+      emit(lines, tag + f"_n{memory_n}_temp_mib", memory.temp_size_in_bytes / 2 ** 20, "MiB")
+
+
+def quantizer_modules(lines, repeats, shape=(32, 16, 16, 256), k=8192):
+  """The quantizer modules on a tokenizer's latent grid, float32 and bfloat16."""
+  for name, module in (("vector_quantizer", layers.VectorQuantizer(k)),
+                       ("soft_vector_quantizer", layers.SoftVectorQuantizer(k))):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      z = jax.random.normal(jax.random.key(0), shape, dtype)
+      params = module.init({"params": jax.random.key(1)}, z, train=False)["params"]
+
+      def loss(params, z, module=module):
+        z_q, aux = module.apply({"params": params}, z, train=True,
+                                rngs={"noise": jax.random.key(2)})
+        return jnp.sum(z_q.astype(jnp.float32)) + aux["loss"]
+      grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+      tag = f"{name}_{'x'.join(map(str, shape))}_k{k}_{jnp.dtype(dtype).name}"
+      emit(lines, tag + "_ms", 1000 * best_time(grad, params, z, repeats=repeats), "ms")
+
+
 def mnist_evaluation(lines):
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(10, 64)) * 3
@@ -219,18 +267,24 @@ def mnist_evaluation(lines):
 def main(_):
   lines = []
   repeats = 2 if FLAGS.quick else 5
-  peak = matmul_peak(lines, repeats)
-  bandwidth = memory_bandwidth(lines, repeats)
-  mlp_training(lines, peak, bandwidth, steps=100 if FLAGS.quick else 500, repeats=repeats)
-  bottleneck_layers(lines, steps=200, repeats=repeats)
-  adam_update(lines, steps=100, repeats=repeats)
-  if FLAGS.quick:
-    grid = [(4096, 1024, 64)]
-  else:
-    grid = [(n, k, d) for n in (4096, 16384, 65536) for k in (256, 1024, 4096)
-            for d in (64, 256)]
-  kernel_grid(lines, grid, min(repeats, 3))
-  mnist_evaluation(lines)
+  if "training" in FLAGS.parts:
+    peak = matmul_peak(lines, repeats)
+    bandwidth = memory_bandwidth(lines, repeats)
+    mlp_training(lines, peak, bandwidth, steps=100 if FLAGS.quick else 500, repeats=repeats)
+    bottleneck_layers(lines, steps=200, repeats=repeats)
+    adam_update(lines, steps=100, repeats=repeats)
+  if "kernels" in FLAGS.parts:
+    if FLAGS.quick:
+      grid = [(4096, 1024, 64)]
+    else:
+      grid = [(n, k, d) for n in (4096, 16384, 65536) for k in (256, 1024, 4096)
+              for d in (64, 256)]
+    kernel_grid(lines, grid, min(repeats, 3))
+    chunked_vs_dense(lines, min(repeats, 3))
+  if "quantizers" in FLAGS.parts:
+    quantizer_modules(lines, min(repeats, 3))
+  if "evaluation" in FLAGS.parts:
+    mnist_evaluation(lines)
   emit(lines, "devices", jax.device_count(), jax.devices()[0].device_kind)
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

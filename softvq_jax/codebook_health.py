@@ -77,20 +77,21 @@ def restart_dead_codes(rng: Array, codebook: Array, dead: Array, z: Array,
     codebook: shape ``(K, d)``.
     dead: boolean mask, shape ``(K,)``.
     z: the batch's encodings, shape ``(..., d)``.
-    axis_name: under ``shard_map``/``pmap``, the batch axis: each codeword
-      draws its encoding from a random device's shard, the same on every
-      device, so the codebooks stay identical.
+    axis_name: under ``shard_map``/``pmap``, the batch axis (equal shards in
+      axis order): each codeword draws a row of the whole batch and takes it
+      from the shard that holds it, so every device gets the same codebook,
+      and the same one as a single device on the whole batch.
 
   Returns:
     The codebook, dead rows replaced, in the codebook's dtype.
   """
   z = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1])
-  rows = jax.random.randint(jax.random.fold_in(rng, 0), codebook.shape[:1], 0, z.shape[0])
-  candidates = z[rows]
-  if axis_name is not None:  # Each codeword takes the candidate of a random shard.
-    shard = jax.random.randint(jax.random.fold_in(rng, 1), codebook.shape[:1], 0,
-                               jax.lax.psum(1, axis_name))
-    mine = (shard == jax.lax.axis_index(axis_name))[:, None]
+  rows = z.shape[0]
+  total = rows * jax.lax.psum(1, axis_name) if axis_name is not None else rows
+  picks = jax.random.randint(rng, codebook.shape[:1], 0, total)
+  candidates = z[picks % rows]
+  if axis_name is not None:
+    mine = (picks // rows == jax.lax.axis_index(axis_name))[:, None]
     candidates = jax.lax.psum(jnp.where(mine, candidates, 0), axis_name)
   return jnp.where(dead[:, None], candidates.astype(codebook.dtype), codebook)
 

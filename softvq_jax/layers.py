@@ -142,7 +142,8 @@ def _quantizer_outputs(z_e: Array, z_in: Array, z_q: Array, assignments: Array,
     commitment: beta of eq. (27).
     vq_weight: scale of the whole VQ term (the authors use 3.0 / 2.0 on
       per-element means; see configs).
-    train_codebook: False when the codebook follows an EMA instead.
+    train_codebook: False when the term would train nothing (a hard
+      quantizer's EMA codebook).
     axis_name: the batch axis of ``shard_map``/``pmap`` for usage statistics.
   """
   commit = bn.commitment_loss(z_in, z_q, commitment)
@@ -219,6 +220,23 @@ def _check_quantizer(module: nn.Module) -> None:
                      "set ema_decay")
 
 
+def _log_var_initializer(z: Array, codebook: Array) -> Callable[..., Array]:
+  """Per-codeword log sigma_k^2 starting at the initialisation batch's mean
+  squared distance to its nearest codeword, per dimension (at least 1e-6).
+
+  That is the maximum-likelihood variance of an isotropic mixture with hard
+  assignments, so the posterior starts as sharp as the codebook fits the
+  data. A start much wider than the clusters (sigma = 1 on small latents)
+  makes every posterior near-uniform, and a posterior-weighted EMA then
+  pulls every codeword to the mean of the data.
+  """
+  def init(rng, shape, dtype=jnp.float32):
+    del rng
+    variance = health.kmeans_inertia(z, codebook) / z.shape[-1]
+    return jnp.full(shape, jnp.log(jnp.maximum(variance, 1e-6)), dtype)
+  return init
+
+
 def quantize_hard(module: nn.Module, z_e: Array, z: Array, *,
                   train: bool) -> Tuple[Array, Aux]:
   """The hard quantizer core: ``z`` (or its encoder's ``z_e``) to ``(z_q, aux)``."""
@@ -239,7 +257,7 @@ def quantize_soft(module: nn.Module, z_e: Array, z: Array, log_var: Optional[Arr
   """The soft quantizer core, eqs. (5)-(7) and (27): noise, posterior mean.
 
   ``log_var`` broadcasts against ``(..., K)``; None learns one per codeword
-  (a ``'log_var'`` parameter of shape ``(K,)``, starting at 0).
+  (a ``'log_var'`` parameter of shape ``(K,)``, see ``_log_var_initializer``).
   """
   _check_quantizer(module)
   codebook = _codebook(module, z)
@@ -248,15 +266,15 @@ def quantize_soft(module: nn.Module, z_e: Array, z: Array, log_var: Optional[Arr
     z_in = z + module.noise_std * jax.random.normal(module.make_rng("noise"), z.shape,
                                                     z.dtype)
   if log_var is None:
-    log_var = module.param("log_var", nn.initializers.zeros, (module.num_codewords,),
-                           module.param_dtype)
+    log_var = module.param("log_var", _log_var_initializer(z, codebook),
+                           (module.num_codewords,), module.param_dtype)
   z_hat, probs = bn.soft_quantize(jax.lax.stop_gradient(z_in), codebook, log_var,
                                   module.normalizer)
   extra = _update_ema(module, z_in, probs, train)
+  # The codebook term trains the variances (and a codebook without EMA).
   out, aux = _quantizer_outputs(
       z_e, z_in, z_hat, probs, jnp.argmax(probs, axis=-1), commitment=module.commitment,
-      vq_weight=module.vq_weight, train_codebook=module.ema_decay is None,
-      axis_name=module.axis_name)
+      vq_weight=module.vq_weight, train_codebook=True, axis_name=module.axis_name)
   return out, {**aux, **extra, "probs": probs}
 
 
@@ -267,7 +285,25 @@ def embed(module: nn.Module, indices: Array) -> Array:
   return bn.lookup(codebook, indices).astype(module.dtype or codebook.dtype)
 
 
-class VectorQuantizer(nn.Module):
+class QuantizerOptions(nn.Module, kw_only=True):
+  """The keyword-only options of every quantizer module (their docstrings)."""
+  commitment: float = 0.25  # beta of eq. (27).
+  vq_weight: float = 1.0  # Scale of eq. (27)'s VQ terms.
+  ema_decay: Optional[float] = None  # EMA codebook decay; None: trained by gradient.
+  codebook_init: str = "uniform"  # One of CODEBOOK_INITS.
+  dead_code_threshold: float = 0.0  # EMA count under which a codeword restarts; 0: off.
+  axis_name: Optional[str] = None  # The batch axis under shard_map / pmap.
+  dtype: Optional[Any] = None  # Of the outputs; None: the input's.
+  param_dtype: Any = jnp.float32  # Of the codebook and learned variances.
+
+
+class SoftOptions(QuantizerOptions, kw_only=True):
+  """``QuantizerOptions`` and the soft quantizer's own."""
+  noise_std: float = 0.0  # Std of the white noise on z in training (z'_e).
+  normalizer: str = "paper"  # One of bottlenecks.NORMALIZERS.
+
+
+class VectorQuantizer(QuantizerOptions):
   """Nearest-codeword quantization of a given ``z`` (eq. 1), straight-through.
 
   ``(z, *, train) -> (z_q, aux)`` for ``z`` of shape ``(..., d)`` (``d`` is
@@ -285,14 +321,6 @@ class VectorQuantizer(nn.Module):
   come in ``dtype`` (default: ``z``'s).
   """
   num_codewords: int
-  commitment: float = 0.25
-  vq_weight: float = 1.0
-  ema_decay: Optional[float] = None
-  codebook_init: str = "uniform"  # One of CODEBOOK_INITS.
-  dead_code_threshold: float = 0.0
-  axis_name: Optional[str] = None
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
@@ -303,7 +331,7 @@ class VectorQuantizer(nn.Module):
     return embed(self, indices)
 
 
-class SoftVectorQuantizer(nn.Module):
+class SoftVectorQuantizer(SoftOptions):
   """Soft quantization of a given ``z`` by the Bayesian estimator, eqs. (5)-(7).
 
   ``(z, log_var=None, *, train) -> (z_hat, aux)``, as ``VectorQuantizer``
@@ -311,19 +339,9 @@ class SoftVectorQuantizer(nn.Module):
   ``(..., K)``) comes from the caller's head, or else is learned per
   codeword. In training, ``noise_std`` white noise is added to ``z`` first
   (the paper's z'_e). With ``ema_decay`` the EMA statistics are weighted by
-  the posterior.
+  the posterior, and eq. (27)'s codebook term still trains the variances.
   """
   num_codewords: int
-  noise_std: float = 0.0
-  commitment: float = 0.25
-  vq_weight: float = 1.0
-  normalizer: str = "paper"  # One of bottlenecks.NORMALIZERS.
-  ema_decay: Optional[float] = None
-  codebook_init: str = "uniform"  # One of CODEBOOK_INITS.
-  dead_code_threshold: float = 0.0
-  axis_name: Optional[str] = None
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: Array, log_var: Optional[Array] = None, *,
@@ -335,7 +353,7 @@ class SoftVectorQuantizer(nn.Module):
     return embed(self, indices)
 
 
-class VQ(nn.Module):
+class VQ(QuantizerOptions):
   """VQ-VAE: a z_e head on the trunk, then ``VectorQuantizer``'s core.
 
   With ``ema_decay`` set, the codebook follows exponential moving averages
@@ -344,14 +362,6 @@ class VQ(nn.Module):
   """
   latent_dim: int
   num_codewords: int
-  commitment: float = 0.25
-  vq_weight: float = 1.0
-  ema_decay: Optional[float] = None
-  codebook_init: str = "uniform"
-  dead_code_threshold: float = 0.0
-  axis_name: Optional[str] = None
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
@@ -362,7 +372,7 @@ class VQ(nn.Module):
     return embed(self, indices)
 
 
-class SoftVQ(nn.Module):
+class SoftVQ(SoftOptions):
   """Soft VQ-VAE: z_e and log-variance heads, then ``SoftVectorQuantizer``'s core.
 
   The log-variances log sigma_k^2 come from a head of size K. The posterior
@@ -372,16 +382,6 @@ class SoftVQ(nn.Module):
   """
   latent_dim: int
   num_codewords: int
-  noise_std: float = 0.0
-  commitment: float = 0.25
-  vq_weight: float = 1.0
-  normalizer: str = "paper"
-  ema_decay: Optional[float] = None
-  codebook_init: str = "uniform"
-  dead_code_threshold: float = 0.0
-  axis_name: Optional[str] = None
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:

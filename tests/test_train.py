@@ -193,3 +193,23 @@ def test_partly_finished_seeds_are_refused(tiny_config, tmp_path):
   with pytest.raises(InputError, match="finished runs for some of its runs only"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
   assert not (tmp_path / "seed_1").exists()
+
+
+def test_kmeans_init_ema_and_dead_code_restart_train_end_to_end(tiny_config, tmp_path):
+  tiny_config.model.codebook_init = "kmeans"
+  tiny_config.model.ema_decay, tiny_config.model.dead_code_threshold = 0.9, 0.5
+  results = train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert 0 < results["clustering_acc"] <= 100
+  records = read_jsonl(tmp_path / "metrics.jsonl")
+  assert all(0 <= r["dead_code_fraction"] <= 1 and r["codebook_loss"] > 0 for r in records)
+  # The k-means codebook starts among the encodings: none is far from all of them.
+  model = models.make_model(tiny_config.model, (8, 8, 1))
+  images = jnp.asarray(np.random.default_rng(0).random((600, 8, 8, 1)), jnp.float32)
+  init = steps.init_images(jax.random.key(0), images, tiny_config.model)
+  assert init.shape == (steps.KMEANS_IMAGES_PER_CODEWORD * 32, 8, 8, 1)
+  variables = model.init({"params": jax.random.key(0)}, init, train=False)
+  codebook = variables["ema"]["bottleneck"]["codebook"]
+  encodings = model.apply(variables, init, method=models.Autoencoder.encode)
+  inertia = lambda c: float(jnp.mean(jnp.min(jnp.sum(
+      jnp.square(encodings[:, None] - c[None]), -1), -1)))
+  assert inertia(codebook) < inertia(encodings[:32])
