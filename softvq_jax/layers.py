@@ -237,22 +237,21 @@ def _log_var_initializer(z: Array, codebook: Array) -> Callable[..., Array]:
   return init
 
 
-def quantize_hard(module: nn.Module, z_e: Array, z: Array, *,
-                  train: bool) -> Tuple[Array, Aux]:
-  """The hard quantizer core: ``z`` (or its encoder's ``z_e``) to ``(z_q, aux)``."""
+def quantize_hard(module: nn.Module, z: Array, *, train: bool) -> Tuple[Array, Aux]:
+  """The hard quantizer core: ``z`` to ``(z_q, aux)``, eqs. (1) and (27)."""
   _check_quantizer(module)
   codebook = _codebook(module, z)
   z_q, indices = bn.hard_quantize(jax.lax.stop_gradient(z), codebook)
   onehot = jax.nn.one_hot(indices, module.num_codewords, dtype=jnp.float32)
   extra = _update_ema(module, z, onehot, train)
   out, aux = _quantizer_outputs(
-      z_e, z, z_q, onehot, indices, commitment=module.commitment,
+      z, z, z_q, onehot, indices, commitment=module.commitment,
       vq_weight=module.vq_weight, train_codebook=module.ema_decay is None,
       axis_name=module.axis_name)
   return out, {**aux, **extra}
 
 
-def quantize_soft(module: nn.Module, z_e: Array, z: Array, log_var: Optional[Array], *,
+def quantize_soft(module: nn.Module, z: Array, log_var: Optional[Array], *,
                   train: bool) -> Tuple[Array, Aux]:
   """The soft quantizer core, eqs. (5)-(7) and (27): noise, posterior mean.
 
@@ -273,7 +272,7 @@ def quantize_soft(module: nn.Module, z_e: Array, z: Array, log_var: Optional[Arr
   extra = _update_ema(module, z_in, probs, train)
   # The codebook term trains the variances (and a codebook without EMA).
   out, aux = _quantizer_outputs(
-      z_e, z_in, z_hat, probs, jnp.argmax(probs, axis=-1), commitment=module.commitment,
+      z, z_in, z_hat, probs, jnp.argmax(probs, axis=-1), commitment=module.commitment,
       vq_weight=module.vq_weight, train_codebook=True, axis_name=module.axis_name)
   return out, {**aux, **extra, "probs": probs}
 
@@ -325,7 +324,7 @@ class VectorQuantizer(QuantizerOptions):
   @nn.compact
   def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = z.astype(self.dtype or z.dtype)
-    return quantize_hard(self, z, z, train=train)
+    return quantize_hard(self, z, train=train)
 
   def embed(self, indices: Array) -> Array:
     return embed(self, indices)
@@ -347,7 +346,7 @@ class SoftVectorQuantizer(SoftOptions):
   def __call__(self, z: Array, log_var: Optional[Array] = None, *,
                train: bool) -> Tuple[Array, Aux]:
     z = z.astype(self.dtype or z.dtype)
-    return quantize_soft(self, z, z, log_var, train=train)
+    return quantize_soft(self, z, log_var, train=train)
 
   def embed(self, indices: Array) -> Array:
     return embed(self, indices)
@@ -366,7 +365,7 @@ class VQ(QuantizerOptions):
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
-    return quantize_hard(self, z, z, train=train)
+    return quantize_hard(self, z, train=train)
 
   def embed(self, indices: Array) -> Array:
     return embed(self, indices)
@@ -387,7 +386,7 @@ class SoftVQ(SoftOptions):
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
     log_var = dense(self.num_codewords, "log_var")(h)
-    return quantize_soft(self, z, z, log_var, train=train)
+    return quantize_soft(self, z, log_var, train=train)
 
   def embed(self, indices: Array) -> Array:
     return embed(self, indices)
