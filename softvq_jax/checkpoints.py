@@ -20,10 +20,15 @@ class Managers:
   """The checkpoint managers of runs whose states share a leading run axis."""
 
   def __init__(self, workdirs: List[str], max_to_keep: int):
+    # Each manager saves the same steps at once: in a multi-process run their
+    # barriers need names of their own (orbax keys them by step otherwise).
     self._managers = [ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
-        for workdir in workdirs]
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"run{i}")))
+        for i, workdir in enumerate(workdirs)]
 
   def restore(self, state: steps.TrainState, sharding) -> steps.TrainState:
     """The latest step that every run's checkpoints hold and can read.

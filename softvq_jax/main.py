@@ -8,16 +8,19 @@
 Bad input (an invalid key, missing data, a workdir of another config) ends in
 a one-line error and exit status 2 before anything is written; a non-finite
 loss ends in a one-line error naming the step and exit status 1.
+
+Several processes: start the same command in each with ``--distributed``
+(``softvq_jax.distributed``).
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging
-import jax
 from ml_collections import config_flags
 
+from softvq_jax import distributed
 from softvq_jax import train
 from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError
@@ -26,8 +29,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally FILE:PRESETS.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_bool("distributed", False,
-                  "Call jax.distributed.initialize() first, for multi-host runs.")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,11 +37,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   workdir_lib.quiet_orbax_logging()
-  if FLAGS.distributed:
-    jax.distributed.initialize()
-  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
   try:
+    distributed.initialize_from_flags()
+    distributed.check_same("config and workdir", FLAGS.config.to_json_best_effort(
+        sort_keys=True) + "\n" + os.path.abspath(FLAGS.workdir))
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -37,6 +37,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from softvq_jax import distributed
 from softvq_jax import results
 from softvq_jax import runs
 from softvq_jax import train
@@ -55,6 +56,7 @@ flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers
 flags.DEFINE_integer("shard", 0, "This launcher's shard, in [0, num_shards).")
 flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values of a "
                   "family together (train.num_seeds, train.vmap_key).")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 Member = Tuple[runs.Point, ml_collections.ConfigDict]
@@ -200,6 +202,10 @@ def main(argv):
   module = load_config_module(path)
   failed = []
   try:
+    distributed.initialize_from_flags()
+    distributed.check_same("config, sweep and workdir", "\n".join((
+        FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
+        os.path.abspath(FLAGS.workdir), f"{FLAGS.shard}/{FLAGS.num_shards}")))
     points = module.get_sweep(FLAGS.sweep)
     if not FLAGS.aggregate_only:
       if not 0 <= FLAGS.shard < FLAGS.num_shards:
@@ -218,9 +224,11 @@ def main(argv):
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
   }
   prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
-  results.write_tables(table, prefix)
-  results.write_tsne(points, FLAGS.workdir, prefix + "_tsne.png", FLAGS.config.eval.tsne_points)
-  print(results.markdown(table))
+  if jax.process_index() == 0:
+    results.write_tables(table, prefix)
+    results.write_tsne(points, FLAGS.workdir, prefix + "_tsne.png",
+                       FLAGS.config.eval.tsne_points)
+    print(results.markdown(table))
   if failed:
     print(f"error: non-finite loss in {len(failed)} runs: {', '.join(failed)}", file=sys.stderr)
     sys.exit(1)
