@@ -13,8 +13,9 @@ On CPU, JAX's gloo collectives are selected (the default has none across
 processes). A process that stops answering makes the others stop after
 ``--heartbeat_timeout`` seconds with JAX's error, instead of hanging.
 ``check_same`` then makes sure that every process was started with the same
-config and workdir. Process 0 writes results, metrics and figures; every
-process takes part in the orbax checkpoints, as orbax requires.
+config and workdir. Process 0 evaluates and writes results, metrics and
+figures; every process takes part in training and in the orbax checkpoints,
+as orbax requires.
 """
 
 import dataclasses

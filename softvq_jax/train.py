@@ -203,6 +203,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   Returns:
     The metrics of eval.json; for several runs a list, in ``runs_of`` order.
+    In a multi-process run only process 0 evaluates; the others get None.
   """
   runs, finished = prepare_runs(config, workdir)
   if finished is None:
@@ -216,8 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     state = train_loop(state, program, runs, config.train, managers)
     timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
               "trained_steps": config.train.num_steps - start_step}
+    # Evaluation is local work: process 0 does it and writes the results.
     finished = [evaluate_run(run, data, steps.run_slice(state, i), timing)
-                for i, run in enumerate(runs)]
+                if jax.process_index() == 0 else None for i, run in enumerate(runs)]
   return finished if len(runs) > 1 else finished[0]
 
 
@@ -230,14 +232,14 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
 
 
 def _write_results(run: Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
-  if jax.process_index() == 0:
-    workdir_lib.write_results(run.workdir, results, timing)
+  workdir_lib.write_results(run.workdir, results, timing)
   logging.info("eval of seed %d: %s", run.config.seed, json.dumps(results))
 
 
 def evaluate_run(run: Run, data: input_pipeline.Splits, state: steps.TrainState,
                  timing: Dict[str, Any]) -> Dict[str, Any]:
-  """Evaluates one trained run and writes its results, latents and figures."""
+  """Evaluates one trained run and writes its results, latents and figures
+  (on process 0 alone in a multi-process run)."""
   t0, config = time.time(), run.config
   model = models.make_model(config.model, data.image_shape)
   variables = {"params": state.params, **state.model_state}
@@ -246,14 +248,13 @@ def evaluate_run(run: Run, data: input_pipeline.Splits, state: steps.TrainState,
   results = evaluation.evaluate(train_z, data.train_labels, eval_z, data.eval_labels,
                                 config.eval, data.num_classes, config.seed)
   results["eval_split"] = data.eval_split
-  if jax.process_index() == 0:
-    if config.eval.figures:
-      figures.write_all(run.workdir, model, variables, data, eval_z,
-                        title=f"{config.model.bottleneck} on {config.data.name} "
-                        f"({data.eval_split})", tsne_points=config.eval.tsne_points,
-                        seed=config.seed)
-    np.savez(os.path.join(run.workdir, "latents.npz"), latents=eval_z,
-             labels=data.eval_labels, split=data.eval_split)
+  if config.eval.figures:
+    figures.write_all(run.workdir, model, variables, data, eval_z,
+                      title=f"{config.model.bottleneck} on {config.data.name} "
+                      f"({data.eval_split})", tsne_points=config.eval.tsne_points,
+                      seed=config.seed)
+  np.savez(os.path.join(run.workdir, "latents.npz"), latents=eval_z,
+           labels=data.eval_labels, split=data.eval_split)
   _write_results(run, results, {
       **timing, "eval_seconds": time.time() - t0, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind})
@@ -261,11 +262,14 @@ def evaluate_run(run: Run, data: input_pipeline.Splits, state: steps.TrainState,
 
 
 def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """The paper's "Raw Data" row: the evaluation suite on the flattened pixels."""
+  """The paper's "Raw Data" row: the evaluation suite on the flattened pixels
+  (process 0 alone; the others return None)."""
   runs, finished = prepare_runs(config, workdir)
   if finished is not None:
     return finished[0]
   data = load_data(config, runs)
+  if jax.process_index() != 0:
+    return None  # Process 0 evaluates and writes.
   t0 = time.time()
   results = evaluation.evaluate(data.train_images, data.train_labels, data.eval_images,
                                 data.eval_labels, config.eval, data.num_classes,

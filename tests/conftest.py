@@ -1,9 +1,25 @@
-"""Shared fixtures: a tiny, fast digits config."""
+"""Shared fixtures: a tiny, fast digits config; one compilation cache."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
+
+# Many tests (and the launchers they start as subprocesses, which inherit the
+# environment) compile the same small programs: JAX's persistent cache
+# compiles each once per test session. Set before JAX is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="softvq_jax_tests_")
+  os.environ["SOFTVQ_JAX_TEST_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_sessionfinish(session):
+  """The session that made the cache (not an xdist worker) removes it."""
+  if not hasattr(session.config, "workerinput") and "SOFTVQ_JAX_TEST_CACHE" in os.environ:
+    shutil.rmtree(os.environ["SOFTVQ_JAX_TEST_CACHE"], ignore_errors=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # For `from configs import ...`.

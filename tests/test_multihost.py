@@ -18,8 +18,8 @@ from softvq_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ("--config=configs/digits.py", "--config.model.mlp_hidden=(64, 64)",
-        "--config.train.num_steps=300", "--config.train.log_every=50",
-        "--config.train.checkpoint_every=100", "--config.eval.figures=False",
+        "--config.train.num_steps=100", "--config.train.log_every=25",
+        "--config.train.checkpoint_every=50", "--config.eval.figures=False",
         "--config.eval.kmeans_inits=3", "--config.eval.probe_steps=200")
 
 
@@ -30,8 +30,10 @@ def free_port():
 
 
 def env(devices):
+  # One thread per process: several processes share the test machine's cores.
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+              "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 def start(module, args, num_processes=2, devices=2, port=None):
@@ -64,8 +66,8 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   eval.json and checkpoints of 1 process x 4 devices, to float rounding.
 
   Uninterrupted, 300 steps on 2 processes are bit-identical to 1 process;
-  the resumed pair differs in the last digits (about 1e-6 relative in the
-  step-300 checkpoint here). Over longer runs the cross-process all-reduce,
+  the resumed pair may differ in the last digits (about 1e-6 relative in a
+  step-300 checkpoint). Over longer runs the cross-process all-reduce,
   summing in another order, makes the losses drift apart by about 1e-5
   relative (from step 500 on in a 900-step run).
   """
@@ -76,7 +78,7 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   assert single.returncode == 0, single.stderr[-2000:]
   processes = start("softvq_jax.main", [*ARGS, f"--workdir={killed}"])
   deadline = time.time() + 180
-  while not (killed / "checkpoints" / "100").exists() and time.time() < deadline:
+  while not (killed / "checkpoints" / "50").exists() and time.time() < deadline:
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGKILL)
   t0 = time.time()
@@ -95,17 +97,17 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]]
   for a, b in zip(*logs):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
-  assert sorted(os.listdir(killed / "checkpoints")) == ["200", "300"]
-  a, b = restore(reference, 300), restore(killed, 300)
+  assert sorted(os.listdir(killed / "checkpoints")) == ["100", "50"]
+  a, b = restore(reference, 100), restore(killed, 100)
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
 def test_sweep_runs_one_family_across_two_processes(tmp_path):
   args = ["--config=configs/digits.py:quick", "--sweep=table1", f"--workdir={tmp_path}",
           "--config.model.mlp_hidden=(16,)", "--config.eval.figures=False",
-          "--config.train.num_steps=40"]
+          "--config.train.num_steps=20"]
   # Shard 2 of 8 of the digits table1 is the vae family: seeds 0, 1, 2 vmapped.
   codes, errors = finish(start("softvq_jax.sweep", [*args, "--num_shards=8", "--shard=2"]))
   assert codes == [0, 0], errors[0][-2000:] + errors[1][-2000:]

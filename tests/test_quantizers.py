@@ -29,7 +29,6 @@ def _data(n, k, d, scale=1.0, seed=0):
 
 @pytest.mark.parametrize("n,k,d,chunk,normalizer", [
     (37, 50, 5, 16, "paper"),  # Both N and K padded.
-    (64, 40, 8, 40, "notebook"),  # One chunk.
     (9, 7, 3, 1024, "paper"),  # Chunk larger than K.
     (300, 96, 16, 32, "notebook"),
 ])
@@ -234,7 +233,8 @@ def test_tokenizer_example_agrees_on_one_device_jit_and_shard_map():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "experiments/tokenizer_example.py", "--mode=all", "--steps=20"],
+      [sys.executable, "experiments/tokenizer_example.py", "--mode=all", "--steps=10",
+       "--num_codewords=8"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-3000:]
   gaps = [line for line in result.stdout.splitlines() if " vs single: " in line]
