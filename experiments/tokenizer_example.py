@@ -23,7 +23,6 @@ float rounding; the largest parameter difference grows with the steps
 whose gradient is near zero by a full step in a direction set by rounding.
 """
 
-import functools
 from typing import Optional
 
 from absl import app
