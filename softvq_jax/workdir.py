@@ -11,8 +11,10 @@
   matches only the value that keeps the earlier behaviour.
 * ``metrics.jsonl`` and ``tensorboard/``: one record per logged step. On
   resume, records past the restored checkpoint are dropped, so the log of a
-  resumed run reads like an uninterrupted one.
-* JSON results are written to a temporary file and renamed into place.
+  resumed run reads like an uninterrupted one; a torn line (a crash
+  mid-append) is dropped with a warning.
+* JSON results are written to a temporary file and renamed into place, with
+  the usual umask-derived mode (readable by others on a shared workdir).
 """
 
 import json
@@ -63,15 +65,23 @@ def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` to ``path`` atomically (temporary file, then rename)."""
+def _write_atomic(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` by a temporary file and a rename, with the
+  mode a plain ``open`` gives (0666 less the umask; mkstemp's is 0600)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)
   with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes ``obj`` to ``path`` atomically (temporary file, then rename)."""
+  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> Optional[Any]:
@@ -135,6 +145,26 @@ def quiet_orbax_logging() -> None:
   logging.get_absl_handler().python_handler.addFilter(_not_orbax_info)
 
 
+def _records_until(path: str, step: int) -> list:
+  """The lines of ``path`` up to ``step``: a torn or foreign line (a crash
+  mid-append leaves one) is dropped with a warning."""
+  if not os.path.exists(path):
+    return []
+  kept = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      try:
+        record_step = json.loads(line)["step"]
+      except (ValueError, KeyError, TypeError):
+        if line.strip():
+          logging.warning("%s:%d is not a metrics record (%r); dropped", path, number,
+                          line[:80])
+        continue
+      if record_step <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  return kept
+
+
 class MetricsLog:
   """metrics.jsonl, TensorBoard scalars and a console progress line."""
 
@@ -143,14 +173,7 @@ class MetricsLog:
     if not enabled:
       return
     self.path = os.path.join(workdir, METRICS_FILE)
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-    fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    _write_atomic(self.path, "".join(_records_until(self.path, start_step)))
     self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
                                              purge_step=start_step + 1 if start_step else None)
 
