@@ -25,12 +25,13 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# Distances feed exponentials: float32 operands (``_f32``) at full float32
+# Distances feed exponentials: float32 operands (``as_float32``) at full float32
 # precision on every backend (HIGHEST alone does not upcast bfloat16).
-_PRECISION = jax.lax.Precision.HIGHEST
+PRECISION = jax.lax.Precision.HIGHEST
 
 
-def _f32(x: Array) -> Array:
+def as_float32(x: Array) -> Array:
+  """``x`` as a float32 array (the arithmetic dtype of every function here)."""
   return jnp.asarray(x).astype(jnp.float32)
 
 # Variants of the Gaussian normaliser in the soft assignment: the paper's
@@ -49,8 +50,8 @@ def squared_distances(z: Array, codebook: Array) -> Array:
     Non-negative float32 squared distances, shape ``(..., K)``. Memory is
     O(N K); no ``(..., K, d)`` intermediate is built.
   """
-  z, codebook = _f32(z), _f32(codebook)
-  cross = jnp.matmul(z, codebook.T, precision=_PRECISION)
+  z, codebook = as_float32(z), as_float32(codebook)
+  cross = jnp.matmul(z, codebook.T, precision=PRECISION)
   z_sq = jnp.sum(jnp.square(z), axis=-1, keepdims=True)
   c_sq = jnp.sum(jnp.square(codebook), axis=-1)
   return jnp.maximum(z_sq - 2.0 * cross + c_sq, 0.0)
@@ -114,7 +115,7 @@ def soft_assignment_logits(z: Array, codebook: Array, log_var: Array,
     p(mu_k | z).
   """
   norm_weight = _normalizer_weight(normalizer, z.shape[-1])
-  log_var = _f32(log_var)
+  log_var = as_float32(log_var)
   dist = squared_distances(z, codebook)
   return -0.5 * dist * jnp.exp(-log_var) - norm_weight * log_var
 
@@ -129,7 +130,7 @@ def posterior_mean(probs: Array, codebook: Array) -> Array:
   Returns:
     Convex combination of the codewords, float32, shape ``(..., d)``.
   """
-  return jnp.matmul(_f32(probs), _f32(codebook), precision=_PRECISION)
+  return jnp.matmul(as_float32(probs), as_float32(codebook), precision=PRECISION)
 
 
 def soft_quantize(z: Array, codebook: Array, log_var: Array,
@@ -187,8 +188,8 @@ def soft_quantize_chunked(z: Array, codebook: Array, log_var: Array,
     raise ValueError(f"log_var must have shape (K,) = {codebook.shape[:1]}, "
                      f"got {log_var.shape}")
   weight = _normalizer_weight(normalizer, z.shape[-1])
-  flat = _f32(z).reshape(-1, z.shape[-1])
-  z_hat = _streamed(flat, _f32(codebook), _f32(log_var), weight,
+  flat = as_float32(z).reshape(-1, z.shape[-1])
+  z_hat = _streamed(flat, as_float32(codebook), as_float32(log_var), weight,
                     max(1, min(chunk_size, codebook.shape[0])))
   return z_hat.reshape(z.shape).astype(z.dtype)
 
@@ -232,7 +233,7 @@ def _streamed_fwd(z, codebook, log_var, weight, chunk):
       new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
       scale = jnp.exp(top - new_top)
       e = jnp.exp(logits - new_top[:, None])
-      acc = acc * scale[:, None] + jnp.matmul(e, chunk_args[0], precision=_PRECISION)
+      acc = acc * scale[:, None] + jnp.matmul(e, chunk_args[0], precision=PRECISION)
       return (new_top, norm * scale + jnp.sum(e, axis=-1), acc), None
     init = (jnp.full(z_rows.shape[:1], -jnp.inf), jnp.zeros(z_rows.shape[:1]),
             jnp.zeros_like(z_rows))
@@ -259,12 +260,12 @@ def _streamed_bwd(weight, chunk, residuals, g):
       logits, dist = _chunk_logits(z_rows, mu, lv, valid, weight)
       probs = jnp.exp(logits - lse_rows[:, None])
       # Softmax backward: dL/dlogit = p (g . mu_k - g . z_hat).
-      dlogits = probs * (jnp.matmul(g_rows, mu.T, precision=_PRECISION) - g_dot_z_hat)
+      dlogits = probs * (jnp.matmul(g_rows, mu.T, precision=PRECISION) - g_dot_z_hat)
       de = dlogits * jnp.exp(-lv)  # Through -||z - mu||^2 / (2 sigma^2).
       dz = dz - z_rows * jnp.sum(de, axis=-1, keepdims=True) + jnp.matmul(
-          de, mu, precision=_PRECISION)
-      dmu = (jnp.matmul(probs.T, g_rows, precision=_PRECISION)
-             + jnp.matmul(de.T, z_rows, precision=_PRECISION)
+          de, mu, precision=PRECISION)
+      dmu = (jnp.matmul(probs.T, g_rows, precision=PRECISION)
+             + jnp.matmul(de.T, z_rows, precision=PRECISION)
              - jnp.sum(de, axis=0)[:, None] * mu)
       dlv = jnp.sum(dlogits * (0.5 * dist * jnp.exp(-lv) - weight), axis=0)
       return dz, (dmu, dlv)
@@ -290,7 +291,7 @@ def straight_through(z: Array, z_q: Array) -> Array:
 
 
 def _mean_sq_norm(x: Array) -> Array:
-  return jnp.mean(jnp.sum(jnp.square(_f32(x)), axis=-1))
+  return jnp.mean(jnp.sum(jnp.square(as_float32(x)), axis=-1))
 
 
 def codebook_loss(z: Array, z_q: Array) -> Array:
@@ -370,7 +371,7 @@ def codebook_perplexity(assignments: Array, axis_name: Optional[str] = None) -> 
   Returns:
     Scalar in [1, K]: the effective number of codewords in use.
   """
-  avg = jnp.mean(_f32(assignments).reshape(-1, assignments.shape[-1]), axis=0)
+  avg = jnp.mean(as_float32(assignments).reshape(-1, assignments.shape[-1]), axis=0)
   if axis_name is not None:
     avg = jax.lax.pmean(avg, axis_name)
   return jnp.exp(-jnp.sum(avg * jnp.log(jnp.maximum(avg, 1e-10))))
@@ -409,10 +410,10 @@ def ema_codebook_update(cluster_size: Array, embed_sum: Array, z: Array,
     ``(cluster_size, embed_sum, codebook)`` after one update, float32.
   """
   num_codewords = cluster_size.shape[0]
-  z = _f32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-  weights = _f32(jax.lax.stop_gradient(assignments)).reshape(-1, num_codewords)
+  z = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  weights = as_float32(jax.lax.stop_gradient(assignments)).reshape(-1, num_codewords)
   counts = jnp.sum(weights, axis=0)
-  sums = jnp.matmul(weights.T, z, precision=_PRECISION)
+  sums = jnp.matmul(weights.T, z, precision=PRECISION)
   if axis_name is not None:
     counts, sums = jax.lax.psum((counts, sums), axis_name)
   cluster_size = decay * cluster_size + (1 - decay) * counts

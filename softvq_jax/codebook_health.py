@@ -15,11 +15,6 @@ import jax.numpy as jnp
 from softvq_jax import bottlenecks as bn
 
 Array = jax.Array
-_PRECISION = jax.lax.Precision.HIGHEST
-
-
-def _f32(x: Array) -> Array:
-  return jnp.asarray(x).astype(jnp.float32)
 
 
 def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
@@ -39,7 +34,7 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
     Float32 centres, shape ``(K, d)``. A centre left without points keeps
     its previous position.
   """
-  z = _f32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   first = jax.random.randint(jax.random.fold_in(rng, 0), (), 0, z.shape[0])
   centres = jnp.zeros((num_codewords, z.shape[-1]), jnp.float32).at[0].set(z[first])
   nearest = jnp.sum(jnp.square(z - z[first]), axis=-1)
@@ -57,7 +52,7 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
     onehot = jax.nn.one_hot(jnp.argmin(bn.squared_distances(z, centres), axis=-1),
                             num_codewords, dtype=jnp.float32)
     counts = jnp.sum(onehot, axis=0)
-    sums = jnp.matmul(onehot.T, z, precision=_PRECISION)
+    sums = jnp.matmul(onehot.T, z, precision=bn.PRECISION)
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
 
   return jax.lax.fori_loop(0, num_iters, lloyd, centres)
