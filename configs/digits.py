@@ -12,7 +12,8 @@ NUM_PIXELS = 64
 PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=32,
                             soft_vq_codewords=32, steps=3000,
                             soft_vq_steps=3000,
-                            info_dropout_beta=0.5 / LATENT_DIM)
+                            info_dropout_beta=0.5 / LATENT_DIM,
+                            soft_vq_normalizer="notebook")
 
 
 def get_config(args=None):
@@ -25,6 +26,7 @@ def get_config(args=None):
   config.model.latent_dim = LATENT_DIM
   config.model.num_codewords = PAPER.soft_vq_codewords
   config.model.noise_std = 0.01
+  config.model.normalizer = PAPER.soft_vq_normalizer
   config.model.commitment = 2.5
   config.model.vq_weight = 3.0 * NUM_PIXELS / LATENT_DIM
   config.model.output_activation = "sigmoid"

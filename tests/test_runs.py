@@ -107,6 +107,7 @@ def old_layout_finished_run(sweep_dir, name, config):
     (mnist, "variants", "soft_vq_vae/authors_code/seed_0"),
     (mnist, "codebook", "soft_vq_vae/num_codewords_64/seed_2"),
     (mnist, "chosen", "soft_vq_vae/normalizer_notebook/seed_0"),
+    (mnist, "table1", "soft_vq_vae_eq5/seed_2"),
     (cifar10, "table2", "cifar10/beta_vae/seed_0"),
 ])
 def test_runs_laid_out_the_old_way_are_found_finished(tmp_path, monkeypatch, module,

@@ -26,8 +26,10 @@ def small_points(module, name, keep):
 
 def test_table_sweeps_cover_rows_and_seeds():
   points = mnist.get_sweep("table1")
-  assert len(points) == 7 * 3
-  assert [p.row for p in points[:7]] == list(mnist.PAPER_RESULTS["mnist"])
+  assert len(points) == 8 * 3  # The paper's 7 rows and soft_vq_vae_eq5.
+  assert [p.row for p in points[:8]] == list(mnist.PAPER_RESULTS["mnist"])
+  normalizers = {p.row: p.config_overrides().get("model.normalizer") for p in points}
+  assert (normalizers["soft_vq_vae"], normalizers["soft_vq_vae_eq5"]) == ("notebook", "paper")
   assert {p.config_overrides()["seed"] for p in points} == {0, 1, 2}
   vq = next(p for p in points if p.row == "vq_vae")
   assert vq.config_overrides()["model.num_codewords"] == 128

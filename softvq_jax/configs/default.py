@@ -15,7 +15,9 @@ the per-dataset ``PaperValues``):
   info_dropout  information dropout with the authors' penalty weight
   vq_vae        VQ-VAE, K = 128 (MNIST) or 512 (SVHN, CIFAR-10)
   soft_vq_vae   soft VQ-VAE, K = 128 (MNIST) or 32 with the early stop at
-                10000 steps (SVHN, CIFAR-10)
+                10000 steps (SVHN, CIFAR-10), with the normaliser that
+                produced the paper's number (``PaperValues.soft_vq_normalizer``)
+  soft_vq_vae_eq5  the soft VQ-VAE row with eq. (5) as printed (sigma^-d)
 """
 
 import dataclasses
@@ -36,6 +38,7 @@ class PaperValues:
   steps: int  # Training steps of every row but soft VQ-VAE.
   soft_vq_steps: int  # Training steps of the soft VQ-VAE row (early stop).
   info_dropout_beta: float  # Information-dropout penalty weight.
+  soft_vq_normalizer: str  # Soft weights of the soft VQ-VAE row (bottlenecks.NORMALIZERS).
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -94,12 +97,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
-PRESETS = ("ae", "vae", "beta_vae", "info_dropout", "vq_vae", "soft_vq_vae")
+PRESETS = ("ae", "vae", "beta_vae", "info_dropout", "vq_vae", "soft_vq_vae",
+           "soft_vq_vae_eq5")
 
 
 def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
   """The dotted-key overrides of the paper's row ``name`` (module docstring)."""
-  steps = {"train.num_steps": values.steps}
+  soft_vq = {"model.bottleneck": "soft_vq", "model.num_codewords": values.soft_vq_codewords}
   rows = {
       "ae": {"model.bottleneck": "none"},
       "vae": {"model.bottleneck": "vae", "model.beta": 1.0},
@@ -107,14 +111,13 @@ def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
       "info_dropout": {"model.bottleneck": "info_dropout",
                        "model.beta": values.info_dropout_beta},
       "vq_vae": {"model.bottleneck": "vq", "model.num_codewords": values.vq_codewords},
-      "soft_vq_vae": {"model.bottleneck": "soft_vq",
-                      "model.num_codewords": values.soft_vq_codewords},
+      "soft_vq_vae": {**soft_vq, "model.normalizer": values.soft_vq_normalizer},
+      "soft_vq_vae_eq5": {**soft_vq, "model.normalizer": "paper"},
   }
   if name not in rows:
     raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
-  if name == "soft_vq_vae":
-    steps = {"train.num_steps": values.soft_vq_steps}
-  return {**rows[name], **steps}
+  steps = values.soft_vq_steps if name.startswith("soft_vq_vae") else values.steps
+  return {**rows[name], "train.num_steps": steps}
 
 
 def apply_args(config: ml_collections.ConfigDict, args: str | None,
