@@ -33,12 +33,20 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 * ``mnist_eval_seconds``: the evaluation suite at MNIST size (K-means with 100
   initialisations on 10000 x 64, probe on 60000 x 64, 30000 steps).
 
-``--parts`` runs a subset: training, kernels, quantizers, evaluation.
+* ``load_<dataset>_<source>_seconds``: ``input_pipeline.load`` of a whole
+  dataset into scaled float32 arrays: real MNIST from the official files
+  (``--mnist_dir``, md5 check on and off), CIFAR-10-sized binary files
+  (60000 random records written to a temporary folder), and tfds's prepared
+  array_record data where ``--tfds_data_dir`` holds it.
+
+``--parts`` runs a subset: training, kernels, quantizers, evaluation, loading.
 """
 
 import functools
 import json
+import os
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -50,6 +58,7 @@ import optax
 
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
+from softvq_jax import input_pipeline
 from softvq_jax import layers
 from softvq_jax import models
 from softvq_jax import steps as steps_lib
@@ -57,8 +66,12 @@ from softvq_jax.configs import default
 
 flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
-flags.DEFINE_list("parts", ["training", "kernels", "quantizers", "evaluation"],
+flags.DEFINE_list("parts", ["training", "kernels", "quantizers", "evaluation", "loading"],
                   "Which parts to run.")
+flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist",
+                    "The official MNIST files, for the loading part.")
+flags.DEFINE_string("tfds_data_dir", None,
+                    "A tfds data_dir with prepared mnist / cifar10, for the loading part.")
 FLAGS = flags.FLAGS
 BOTTLENECKS = ("none", "vae", "info_dropout", "vq", "soft_vq")
 
@@ -264,6 +277,36 @@ def mnist_evaluation(lines):
   emit(lines, "mnist_eval_seconds", time.perf_counter() - t0, "s")
 
 
+def _time_load(lines, name, data_config):
+  t0 = time.perf_counter()
+  splits = input_pipeline.load(data_config)
+  emit(lines, f"load_{name}_seconds", time.perf_counter() - t0, "s")
+  return splits
+
+
+def loading(lines):
+  config = default.get_base_config().data
+  if os.path.isdir(FLAGS.mnist_dir):
+    config.name, config.source, config.dir = "mnist", "files", FLAGS.mnist_dir
+    for verify in (True, False):
+      config.verify_md5 = verify
+      _time_load(lines, f"mnist_files{'_md5' if verify else ''}", config)
+  with tempfile.TemporaryDirectory() as directory:
+    rng = np.random.default_rng(0)
+    for names in input_pipeline.CIFAR_FILES.values():
+      for name in names:
+        records = rng.integers(0, 256, (input_pipeline.CIFAR_PER_FILE,
+                                        input_pipeline.CIFAR_RECORD), np.uint8)
+        records[:, 0] %= 10
+        records.tofile(os.path.join(directory, name))
+    config.name, config.source, config.dir = "cifar10", "files", directory
+    _time_load(lines, "cifar10_files", config)
+  if FLAGS.tfds_data_dir:
+    for name in ("mnist", "cifar10"):
+      config.name, config.source, config.dir = name, "tfds", FLAGS.tfds_data_dir
+      _time_load(lines, f"{name}_tfds", config)
+
+
 def main(_):
   lines = []
   repeats = 2 if FLAGS.quick else 5
@@ -285,6 +328,8 @@ def main(_):
     quantizer_modules(lines, min(repeats, 3))
   if "evaluation" in FLAGS.parts:
     mnist_evaluation(lines)
+  if "loading" in FLAGS.parts:
+    loading(lines)
   emit(lines, "devices", jax.device_count(), jax.devices()[0].device_kind)
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

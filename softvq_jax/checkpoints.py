@@ -3,10 +3,19 @@
 Each run keeps ``checkpoints/<step>`` in its own workdir, holding the
 ``TrainState`` of that run alone, so that a run trained with others reads
 exactly like one trained alone and can be resumed either way.
+
+* A checkpoint that cannot be read (a torn or damaged file; orbax raises a
+  bare ``Exception`` for some) is skipped with a warning for the one before.
+* A save that fails (a full disk) stops the run with ``RunStopped`` naming
+  the last good checkpoint; training never goes on past it.
+* Each checkpoint records the device count that wrote it: resuming on
+  another count is allowed (data parallelism computes the same sums) but
+  warned about, since the rest of the run is then not bit-identical.
 """
 
+import contextlib
 import os
-from typing import List
+from typing import List, Optional
 
 from absl import logging
 import jax
@@ -14,6 +23,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from softvq_jax import steps
+from softvq_jax.errors import RunStopped
 
 
 class Managers:
@@ -43,24 +53,71 @@ class Managers:
       try:
         restored = [m.restore(step, args=ocp.args.StandardRestore(target))
                     for m in self._managers]
-      except (OSError, ValueError, KeyError) as e:
-        logging.warning("checkpoint %d unreadable (%s); trying an older one", step, e)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax reports a damaged array file with a bare Exception.
+        logging.warning("checkpoint %d is unreadable (%s); trying an older one", step,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
         continue
       logging.info("resumed from the checkpoints at step %d", step)
+      self._warn_on_device_change(step)
       stack = lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs)
       return jax.jit(stack, out_shardings=sharding)(*restored)
     return state
 
+  def _warn_on_device_change(self, step: int) -> None:
+    metadata = self._managers[0].metadata(step).custom_metadata or {}
+    saved = metadata.get("devices")
+    if saved is not None and saved != jax.device_count():
+      logging.warning("the checkpoint at step %d was written on %d devices and resumes on "
+                      "%d: the rest of the run is not bit-identical to an uninterrupted "
+                      "one", step, saved, jax.device_count())
+
   def save(self, step: int, state: steps.TrainState) -> None:
-    """Saves each run's slice of ``state`` (asynchronously) at ``step``."""
-    for i, manager in enumerate(self._managers):
-      manager.save(step, args=ocp.args.StandardSave(steps.run_slice(state, i)))
+    """Saves each run's slice of ``state`` (asynchronously) at ``step``.
+
+    Raises:
+      RunStopped: this save, or the previous one, failed.
+    """
+    with self._stop_on_failure(step):
+      for i, manager in enumerate(self._managers):
+        manager.save(step, args=ocp.args.StandardSave(steps.run_slice(state, i)),
+                     custom_metadata={"devices": jax.device_count()})
 
   def wait(self) -> None:
-    """Blocks until every pending save is on disk."""
-    for manager in self._managers:
-      manager.wait_until_finished()
+    """Blocks until every pending save is on disk.
 
-  def latest_step(self):
-    """The newest saved step of the first run, None if none."""
-    return self._managers[0].latest_step()
+    Raises:
+      RunStopped: a pending save failed.
+    """
+    with self._stop_on_failure(None):
+      for manager in self._managers:
+        manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _stop_on_failure(self, step):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      for manager in self._managers:  # Earlier saves still in flight may succeed.
+        try:
+          manager.wait_until_finished()
+        except Exception:  # pylint: disable=broad-except
+          pass  # The failure reported below covers it.
+      where = self._managers[0].directory
+      what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
+      raise RunStopped(
+          f"saving {what} in {where} failed ({type(e).__name__}: "
+          f"{str(e).splitlines()[0] if str(e) else ''}); check the space left on its "
+          f"disk. {self.last_good()}") from e
+
+  def latest_step(self) -> Optional[int]:
+    """The newest step that every run's checkpoints hold, None if none."""
+    common = set.intersection(*(set(m.all_steps()) for m in self._managers))
+    return max(common, default=None)
+
+  def last_good(self) -> str:
+    """Where a rerun of the same command resumes, as a sentence."""
+    step = self.latest_step()
+    if step is None:
+      return "No checkpoint was saved yet: a rerun starts from step 0."
+    return f"The last good checkpoint is at step {step}: rerun the same command to resume."

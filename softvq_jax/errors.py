@@ -1,4 +1,4 @@
-"""The error type of bad user input."""
+"""The error types that reach the user as one line (``softvq_jax.cli``)."""
 
 
 class InputError(ValueError):
@@ -8,3 +8,8 @@ class InputError(ValueError):
   and exit with status 2. It is raised before any work starts, and before
   anything in the workdir is written.
   """
+
+
+class RunStopped(RuntimeError):
+  """A run that stopped on its way (a checkpoint that could not be saved):
+  the message names the cause and the last good checkpoint."""

@@ -6,14 +6,21 @@ gathered on device inside the jitted train step (see ``train.py``), so the
 input pipeline is never the bottleneck.
 
 Sources (``config.data.source``):
-  tfds     ``tfds.data_source`` (array_record, no TensorFlow): mnist,
-           svhn_cropped, cifar10; ``data.dir`` is the tfds data_dir.
-  files    the official distribution files in ``data.dir``, for machines
-           without internet: MNIST idx .gz, the CIFAR-10 binary version
-           (``*_batch*.bin``), SVHN ``{train,test}_32x32.mat`` via scipy.
-           Nothing is unpickled. MNIST and SVHN files are md5-checked
-           against the official sums (``data.verify_md5``); every file is
-           checked for its header, shape and label range.
+  tfds     tfds's array_record data source: mnist, svhn_cropped, cifar10;
+           ``data.dir`` is the tfds data_dir. Reading prepared data needs no
+           TensorFlow; preparing it (the first use, with internet) does:
+           ``pip install -e '.[tfds]'``. Without it an unprepared dataset
+           stops with one line that says so. Always array_record, with or
+           without ``data.dir``; a split is read in one bulk request.
+  files    the official distribution files in ``data.dir``: MNIST idx .gz,
+           the CIFAR-10 binary version (``*_batch*.bin``), SVHN
+           ``{train,test}_32x32.mat`` via scipy. No TensorFlow, nothing
+           unpickled. With ``data.download`` the missing files are fetched
+           from the official servers (or ``data.download_url``) and checked
+           against their sizes and sha256 (``softvq_jax.download``). MNIST
+           and SVHN files are md5-checked against the official sums
+           (``data.verify_md5``); every file is checked for its header,
+           shape and label range.
   sklearn  scikit-learn's 8x8 digits (1797 images shipped with the package),
            split 1437 / 360 by a fixed permutation.
 """
@@ -21,15 +28,19 @@ Sources (``config.data.source``):
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import os
+import tarfile
 from typing import Dict, Tuple
 
+from absl import logging
 import ml_collections
 import numpy as np
 import scipy.io
 import sklearn.datasets
 import tensorflow_datasets as tfds
 
+from softvq_jax import download
 from softvq_jax.errors import InputError
 
 DATASETS = ("mnist", "svhn_cropped", "cifar10", "digits")
@@ -52,6 +63,32 @@ SVHN_FILES = {
 CIFAR_FILES = {
     "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
     "test": ("test_batch.bin",),
+}
+# The official files of data.download: base URL and (name, bytes, sha256), as
+# tfds's url_checksums record them. MNIST from the Google mirror that tfds
+# uses (the same files as yann.lecun.com, md5s above); CIFAR-10's binary
+# version, whose *.bin members are extracted into data.dir.
+DOWNLOADS = {
+    "mnist": ("https://storage.googleapis.com/cvdf-datasets/mnist/", (
+        download.RemoteFile("train-images-idx3-ubyte.gz", 9912422,
+                            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        download.RemoteFile("train-labels-idx1-ubyte.gz", 28881,
+                            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        download.RemoteFile("t10k-images-idx3-ubyte.gz", 1648877,
+                            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        download.RemoteFile("t10k-labels-idx1-ubyte.gz", 4542,
+                            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    )),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/", (
+        download.RemoteFile("cifar-10-binary.tar.gz", 170052171,
+                            "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),
+    )),
+    "svhn_cropped": ("http://ufldl.stanford.edu/housenumbers/", (
+        download.RemoteFile("train_32x32.mat", 182040794,
+                            "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8"),
+        download.RemoteFile("test_32x32.mat", 64275384,
+                            "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b"),
+    )),
 }
 CIFAR_RECORD = 1 + 32 * 32 * 3
 CIFAR_PER_FILE = 10000
@@ -92,6 +129,8 @@ def _existing(directory: str, name: str, md5: str | None, verify: bool) -> str:
   path = os.path.join(directory, name)
   if not os.path.isfile(path):
     raise InputError(f"data file missing: {path}")
+  if not os.access(path, os.R_OK):
+    raise InputError(f"data file unreadable: {path} (permission denied)")
   if verify and md5 is not None and _md5(path) != md5:
     raise InputError(f"data file corrupt: {path} does not have the official md5 {md5}"
                      " (set data.verify_md5=False for non-official files)")
@@ -128,6 +167,12 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, what: str) -> Raw:
 def _mnist_files(directory: str, verify: bool) -> Dict[str, Raw]:
   arrays = {key: read_idx(_existing(directory, name, md5, verify))
             for key, (name, md5) in MNIST_FILES.items()}
+  for key, array in arrays.items():
+    expected = "(N, 28, 28)" if key.endswith("images") else "(N,)"
+    if array.shape[1:] != ((28, 28) if key.endswith("images") else ()):
+      raise InputError(f"data file corrupt: {os.path.join(directory, MNIST_FILES[key][0])} "
+                       f"holds an array of shape {array.shape}, not the {expected} of "
+                       f"mnist {key.replace('_', ' ')}")
   return {split: _check_pair(arrays[f"{split}_images"][..., None],
                              arrays[f"{split}_labels"], f"mnist {split}")
           for split in ("train", "test")}
@@ -169,15 +214,71 @@ def _svhn_files(directory: str, verify: bool) -> Dict[str, Raw]:
   return out
 
 
+def _extract_cifar(tarball: str, directory: str) -> None:
+  """The CIFAR-10 binary tarball's ``*.bin`` files into ``directory``, each
+  through a temporary name (no other member is written)."""
+  wanted = {name for names in CIFAR_FILES.values() for name in names}
+  with tarfile.open(tarball, "r:gz") as archive:
+    for member in archive.getmembers():
+      name = os.path.basename(member.name)
+      if member.isfile() and name in wanted:
+        target = os.path.join(directory, name)
+        with archive.extractfile(member) as source, open(target + ".tmp", "wb") as f:
+          f.write(source.read())
+        os.replace(target + ".tmp", target)
+
+
+def download_missing(data_config: ml_collections.ConfigDict) -> None:
+  """Fetches the official files of ``data.name`` that ``data.dir`` lacks."""
+  directory = data_config.dir
+  base_url, remotes = DOWNLOADS[data_config.name]
+  base_url = data_config.download_url or base_url
+  os.makedirs(directory, exist_ok=True)
+  for remote in remotes:
+    if data_config.name == "cifar10":
+      if all(os.path.exists(os.path.join(directory, n)) for names in CIFAR_FILES.values()
+             for n in names):
+        continue
+      _extract_cifar(download.fetch(base_url, remote, directory), directory)
+    elif not os.path.exists(os.path.join(directory, remote.name)):
+      download.fetch(base_url, remote, directory)
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+  """The dataset's tfds builder, array_record, prepared (needs TensorFlow)."""
+  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  if not builder.is_prepared():
+    if importlib.util.find_spec("tensorflow") is None:
+      raise InputError(
+          f"tfds has not prepared {name} in {builder.data_dir}, and preparing it needs "
+          "TensorFlow: pip install -e '.[tfds]', or use config.data.source=files with "
+          "config.data.download=True, which needs no TensorFlow")
+    builder.download_and_prepare()
+  return builder
+
+
 def _tfds(name: str, data_dir: str | None) -> Dict[str, Raw]:
-  out = {}
-  for split in ("train", "test"):
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
-    examples = [source[i] for i in range(len(source))]
-    images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
-    labels = np.asarray([e["label"] for e in examples])
-    out[split] = _check_pair(images, labels, f"{name} {split}")
-  return out
+  """Both splits of a tfds dataset; every tfds failure is an ``InputError``."""
+  try:
+    builder = _tfds_builder(name, data_dir)
+    out = {}
+    for split in ("train", "test"):
+      source = builder.as_data_source(split=split)
+      examples = source.__getitems__(range(len(source)))  # One bulk read.
+      images = np.stack([e["image"] for e in examples]).astype(np.uint8)
+      labels = np.asarray([e["label"] for e in examples])
+      out[split] = (images, labels)
+  except InputError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    logging.debug("tfds failed", exc_info=True)
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "file format is already set" in message.lower():
+      message += ("; this folder holds TFRecord data from an earlier tfds.load, and this "
+                  "library reads array_record: set config.data.dir to another folder")
+    raise InputError(f"tfds could not load {name} (data_dir "
+                     f"{data_dir or 'default'}): {type(e).__name__}: {message}") from None
+  return {split: _check_pair(*raw, f"{name} {split}") for split, raw in out.items()}
 
 
 def _digits() -> Tuple[Dict[str, Raw], float]:
@@ -197,6 +298,8 @@ def load_raw(data_config: ml_collections.ConfigDict) -> Tuple[Dict[str, Raw], fl
     return _digits()
   if c.source == "tfds":
     return _tfds(c.name, c.dir), 255.0
+  if c.download:
+    download_missing(c)
   loaders = {"mnist": _mnist_files, "cifar10": _cifar_files,
              "svhn_cropped": _svhn_files}
   return loaders[c.name](c.dir, c.verify_md5), 255.0

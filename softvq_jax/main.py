@@ -6,24 +6,25 @@
       --workdir=/tmp/mnist_vq
 
 Bad input (an invalid key, missing data, a workdir of another config) ends in
-a one-line error and exit status 2 before anything is written; a non-finite
-loss ends in a one-line error naming the step and exit status 1.
+a one-line error and exit status 2 before anything is written; a run that
+stops on its way (a non-finite loss, a failed checkpoint save, Ctrl-C) ends
+in one line naming the last good checkpoint (``softvq_jax.cli``). One
+launcher at a time holds a workdir (``workdir.lock``).
 
 Several processes: start the same command in each with ``--distributed``
 (``softvq_jax.distributed``).
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from softvq_jax import cli
 from softvq_jax import distributed
 from softvq_jax import train
 from softvq_jax import workdir as workdir_lib
-from softvq_jax.errors import InputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally FILE:PRESETS.",
@@ -37,18 +38,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   workdir_lib.quiet_orbax_logging()
-  try:
-    distributed.initialize_from_flags()
-    distributed.check_same("config and workdir", FLAGS.config.to_json_best_effort(
-        sort_keys=True) + "\n" + os.path.abspath(FLAGS.workdir))
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except InputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except FloatingPointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  distributed.initialize_from_flags()
+  distributed.check_same("config and workdir", FLAGS.config.to_json_best_effort(
+      sort_keys=True) + "\n" + os.path.abspath(FLAGS.workdir))
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,11 +12,12 @@ and never parses a directory name back.
 
 import copy
 import dataclasses
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import ml_collections
 
 from softvq_jax import models
+from softvq_jax.errors import InputError
 
 Pairs = Tuple[Tuple[str, Any], ...]  # Dotted config keys and values, hashable.
 
@@ -80,18 +81,30 @@ def make_quick(config: ml_collections.ConfigDict) -> None:
   config.eval.tsne_points = 100
 
 
-def point_config(base: ml_collections.ConfigDict, point: Point,
-                 quick: bool = False) -> ml_collections.ConfigDict:
+def point_config(base: ml_collections.ConfigDict, point: Point, quick: bool = False,
+                 command_line: Optional[Mapping[str, Any]] = None
+                 ) -> ml_collections.ConfigDict:
   """The config of one point: ``base`` with the point's overrides.
 
   ``quick`` (from ``--config=FILE:quick``) shrinks every point to a smoke
-  test after the presets have set their step counts.
+  test after the presets have set their step counts; ``command_line`` (the
+  user's ``--config.*`` overrides, already in ``base``) applies last, so that
+  it wins over the presets and ``quick`` as it does for a single run.
+
+  Raises:
+    InputError: ``command_line`` sets a key that the point sweeps.
   """
+  command_line = dict(command_line or {})
+  clash = sorted(set(command_line) & {key for key, _ in point.swept})
+  if clash:
+    raise InputError(f"--config.{clash[0]} is swept by this sweep; drop it from the "
+                     "command line")
   config = copy.deepcopy(base)
   with config.unlocked():
     apply_overrides(config, point.config_overrides())
     if quick:
       make_quick(config)
+    apply_overrides(config, {key: base[key] for key in command_line})
   return config
 
 

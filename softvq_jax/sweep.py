@@ -6,7 +6,7 @@
 
 Sweeps are defined in the config file by ``get_sweep(name)``, a list of
 ``runs.Point``s; the command-line ``--config.*`` overrides apply to every
-point. Each point runs in ``WORKDIR/<workdir.point_dir(point)>``. Finished
+point, after its preset (a key that the sweep varies cannot be overridden). Each point runs in ``WORKDIR/<workdir.point_dir(point)>``. Finished
 runs are skipped and unfinished ones resume, so re-running the command
 continues an interrupted sweep. Every point's config is validated before the
 first run starts.
@@ -21,6 +21,9 @@ sweep; each writes the tables of all runs finished so far
 (``softvq_jax.results``), and ``--aggregate_only`` rewrites them at the end.
 
 The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
+Each point's run holds its workdir's lock while it runs: a second sweep
+over the same workdir skips the points that the first one is running, and
+says so (``workdir.lock``).
 """
 
 import copy
@@ -28,7 +31,7 @@ import dataclasses
 import importlib.util
 import os
 import sys
-from typing import Dict, Hashable, List, Sequence, Tuple
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -37,13 +40,14 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from softvq_jax import cli
 from softvq_jax import distributed
 from softvq_jax import results
 from softvq_jax import runs
 from softvq_jax import train
 from softvq_jax import validation
 from softvq_jax import workdir as workdir_lib
-from softvq_jax.errors import InputError
+from softvq_jax.errors import InputError, RunStopped
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file of the sweep.",
@@ -148,7 +152,8 @@ def _latest_checkpoint(run_dir: str) -> int:
 
 
 def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
-         quick: bool = False, vmap_seeds: bool = True) -> List[Launch]:
+         quick: bool = False, vmap_seeds: bool = True,
+         command_line: Optional[Mapping[str, Any]] = None) -> List[Launch]:
   """The launches of a sweep, in the order of its points.
 
   Unfinished points of one family (``runs.family``) whose latest checkpoints
@@ -157,10 +162,12 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
   one launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``)
   that resumes them together; ``train`` writes each run into the point's own
   workdir. Finished points (skipped) and ``raw`` points are launches alone.
+  ``command_line`` (the ``--config.*`` overrides) applies to every point
+  after its own overrides (``runs.point_config``).
   """
   groups: Dict[Hashable, List[Member]] = {}
   for i, point in enumerate(points):
-    config = runs.point_config(base, point, quick)
+    config = runs.point_config(base, point, quick, command_line)
     run_dir = os.path.join(workdir, workdir_lib.point_dir(point))
     alone = (not vmap_seeds or point.raw
              or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
@@ -171,25 +178,28 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
 
 
 def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
-        quick: bool = False, vmap_seeds: bool = True) -> List[str]:
+        quick: bool = False, vmap_seeds: bool = True,
+        command_line: Optional[Mapping[str, Any]] = None) -> List[str]:
   """Runs every point of the sweep that is not finished yet (see ``plan``).
 
-  A run whose loss turns non-finite does not stop the sweep: it is logged,
-  left out of the tables, and its names returned among the failures.
+  A run whose loss turns non-finite, or whose workdir another launcher holds,
+  does not stop the sweep: it is logged, left out of the tables, and its
+  names returned among the failures.
   """
-  launches = plan(base, points, workdir, quick, vmap_seeds)
+  validation.validate_workdir(workdir)
+  launches = plan(base, points, workdir, quick, vmap_seeds, command_line)
   for launch in launches:
     validation.validate_config(launch.config, jax.device_count())
   failed = []
   for i, launch in enumerate(launches):
     logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
-    if launch.raw:
-      train.evaluate_pixels(launch.config, launch.workdir)
-      continue
     try:
-      train.train_and_evaluate(launch.config, launch.workdir)
-    except FloatingPointError as e:
-      logging.error("sweep launch %s failed: %s", ", ".join(launch.names), e)
+      if launch.raw:
+        train.evaluate_pixels(launch.config, launch.workdir)
+      else:
+        train.train_and_evaluate(launch.config, launch.workdir)
+    except (FloatingPointError, workdir_lib.Locked) as e:
+      logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
       failed.extend(launch.names)
   return failed
 
@@ -201,21 +211,21 @@ def main(argv):
   path, _, args = FLAGS["config"].config_filename.partition(":")
   module = load_config_module(path)
   failed = []
+  distributed.initialize_from_flags()
+  distributed.check_same("config, sweep and workdir", "\n".join((
+      FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
+      os.path.abspath(FLAGS.workdir), f"{FLAGS.shard}/{FLAGS.num_shards}")))
   try:
-    distributed.initialize_from_flags()
-    distributed.check_same("config, sweep and workdir", "\n".join((
-        FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
-        os.path.abspath(FLAGS.workdir), f"{FLAGS.shard}/{FLAGS.num_shards}")))
     points = module.get_sweep(FLAGS.sweep)
-    if not FLAGS.aggregate_only:
-      if not 0 <= FLAGS.shard < FLAGS.num_shards:
-        raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
-      failed = run(FLAGS.config, shard_points(points, FLAGS.shard, FLAGS.num_shards),
-                   FLAGS.workdir, quick="quick" in args.split(","),
-                   vmap_seeds=FLAGS.vmap_seeds)
-  except (InputError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except ValueError as e:
+    raise InputError(str(e)) from e
+  if not FLAGS.aggregate_only:
+    if not 0 <= FLAGS.shard < FLAGS.num_shards:
+      raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
+    failed = run(FLAGS.config, shard_points(points, FLAGS.shard, FLAGS.num_shards),
+                 FLAGS.workdir, quick="quick" in args.split(","),
+                 vmap_seeds=FLAGS.vmap_seeds,
+                 command_line=config_flags.get_override_values(FLAGS["config"]))
   table = results.aggregate(points, FLAGS.workdir, getattr(module, "PAPER_RESULTS", {}))
   table["protocol"] = {
       "command": " ".join(sys.argv),
@@ -230,9 +240,9 @@ def main(argv):
                        FLAGS.config.eval.tsne_points)
     print(results.markdown(table))
   if failed:
-    print(f"error: non-finite loss in {len(failed)} runs: {', '.join(failed)}", file=sys.stderr)
-    sys.exit(1)
+    raise RunStopped(f"{len(failed)} runs not finished (a non-finite loss, or another "
+                     f"launcher holds them; see the log): {', '.join(failed)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -2,10 +2,12 @@
 
 Design (the jittable step itself is ``softvq_jax.steps``):
 * ``train_and_evaluate`` composes named steps: ``prepare_runs`` (validate
-  the config, check the workdirs), ``load_data`` (load, check the config
-  against the data, write the configs), ``build_program`` (model, optimizer,
+  the config and the workdir, check the runs' workdirs), ``load_data`` (load,
+  check the config against the data), then under the workdirs' locks
+  (``workdir.lock``) ``write_configs``, ``build_program`` (model, optimizer,
   mesh and keys; the jitted init and steps), restore or init
-  (``checkpoints``), ``train_loop`` and ``evaluate_run`` per run.
+  (``checkpoints``), ``train_loop`` and ``evaluate_run`` per run. Nothing is
+  written before the locks are held and every check has passed.
 * Data parallelism uses a 1-D ``jax.sharding.Mesh`` over all devices: state
   and data are replicated, the global batch is sharded over the ``data``
   axis and XLA inserts the gradient all-reduce. The same code runs on many
@@ -69,38 +71,52 @@ def runs_of(config: ml_collections.ConfigDict, workdir: str) -> List[Run]:
 
 def prepare_runs(config: ml_collections.ConfigDict,
                  workdir: str) -> Tuple[List[Run], Optional[List[Dict[str, Any]]]]:
-  """Validates ``config`` and its runs, and checks their workdirs.
+  """Validates ``config``, its runs and the workdir, and checks the runs' workdirs.
 
   Returns:
     The runs, and the stored results of each when every run is finished
     (None otherwise).
 
   Raises:
-    InputError: an invalid config, a workdir of another config, or only
-      some of the runs finished.
+    InputError: an invalid config or workdir, a workdir of another config,
+      or only some of the runs finished.
   """
   validation.validate_config(config, jax.device_count())
+  validation.validate_workdir(workdir)
   runs = runs_of(config, workdir)
   for run in runs:
     validation.validate_config(run.config, jax.device_count())
+  return runs, finished_results(runs, workdir)
+
+
+def finished_results(runs: List[Run], workdir: str) -> Optional[List[Dict[str, Any]]]:
+  """The stored results of every run, None if none is finished.
+
+  Raises:
+    InputError: a workdir of another config, or only some runs finished.
+  """
   finished = [workdir_lib.check(run.config, run.workdir) for run in runs]
   if all(f is not None for f in finished):
     logging.info("%s already holds finished runs of this config", workdir)
-    return runs, finished
+    return finished
   if any(f is not None for f in finished):
     raise InputError(f"{workdir} holds finished runs for some of its runs only; train "
                      "the others alone (--config.seed, the swept key), or use a new --workdir")
-  return runs, None
+  return None
 
 
-def load_data(config: ml_collections.ConfigDict, runs: List[Run]) -> input_pipeline.Splits:
-  """Loads the data, checks the config against it, then writes each run's config."""
+def load_data(config: ml_collections.ConfigDict, num_runs: int) -> input_pipeline.Splits:
+  """Loads the data and checks the config against it (nothing is written)."""
   data = input_pipeline.load(config.data)
-  validation.validate_data(config, data)
+  validation.validate_data(config, data, num_runs)
+  return data
+
+
+def write_configs(runs: List[Run]) -> None:
+  """Each run's config.json: the first write of a run (process 0 alone)."""
   if jax.process_index() == 0:
     for run in runs:
       workdir_lib.write_config(run.config, run.workdir)
-  return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,12 +174,32 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
 
   Raises:
     FloatingPointError: a non-finite step; the last good checkpoint is kept.
+    RunStopped: a checkpoint could not be saved.
+    KeyboardInterrupt: Ctrl-C, once the pending saves are on disk; its
+      message names the step a rerun resumes from.
   """
-  num_steps, log_every = train_config.num_steps, train_config.log_every
-  checkpoint_every = train_config.checkpoint_every
   step = int(state.step[0])
   logs = [workdir_lib.MetricsLog(run.workdir, step, enabled=jax.process_index() == 0)
           for run in runs]
+  try:
+    state = _train_chunks(state, program, runs, train_config, managers, logs)
+  except KeyboardInterrupt:
+    managers.wait()
+    raise KeyboardInterrupt(f"stopped by Ctrl-C. {managers.last_good()}") from None
+  finally:
+    for log in logs:
+      log.close()
+  managers.wait()
+  return state
+
+
+def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
+                  train_config: ml_collections.ConfigDict, managers: checkpoints.Managers,
+                  logs: List[workdir_lib.MetricsLog]) -> steps.TrainState:
+  """``train_loop``'s loop: jitted chunks of steps up to each log or checkpoint."""
+  num_steps, log_every = train_config.num_steps, train_config.log_every
+  checkpoint_every = train_config.checkpoint_every
+  step = int(state.step[0])
   while step < num_steps:
     chunk_end = min(num_steps, (step // log_every + 1) * log_every,
                     (step // checkpoint_every + 1) * checkpoint_every)
@@ -177,7 +213,7 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
       raise FloatingPointError(
           "non-finite loss or gradient at step "
           + ", ".join(f"{r} ({d})" if len(runs) > 1 else str(r) for d, r in bad)
-          + f"; stopped, the last good checkpoint is at step {managers.latest_step()}")
+          + f"; stopped. {managers.last_good()}")
     rate = (chunk_end - step) / (time.time() - t0)
     step = chunk_end
     if step % log_every == 0 or step == num_steps:
@@ -187,9 +223,6 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
                   eta=(num_steps - step) / rate)
     if step % checkpoint_every == 0 or step == num_steps:
       managers.save(step, state)
-  managers.wait()
-  for log in logs:
-    log.close()
   return state
 
 
@@ -207,20 +240,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """
   runs, finished = prepare_runs(config, workdir)
   if finished is None:
-    data = load_data(config, runs)
-    program = build_program(config, data, runs)
-    managers = checkpoints.Managers([run.workdir for run in runs],
-                                    config.train.max_checkpoints)
-    state = managers.restore(program.init(program.init_rngs, program.images),
-                             program.sharding)
-    start_step, t_start = int(state.step[0]), time.time()
-    state = train_loop(state, program, runs, config.train, managers)
-    timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
-              "trained_steps": config.train.num_steps - start_step}
-    # Evaluation is local work: process 0 does it and writes the results.
-    finished = [evaluate_run(run, data, steps.run_slice(state, i), timing)
-                if jax.process_index() == 0 else None for i, run in enumerate(runs)]
+    data = load_data(config, len(runs))
+    with workdir_lib.lock([run.workdir for run in runs], enabled=jax.process_index() == 0):
+      # Another launcher may have finished them since prepare_runs looked.
+      finished = finished_results(runs, workdir) or _train_and_evaluate(config, data, runs)
   return finished if len(runs) > 1 else finished[0]
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+                        runs: List[Run]) -> List:
+  """``train_and_evaluate`` of runs that are not finished, under their locks."""
+  write_configs(runs)
+  program = build_program(config, data, runs)
+  managers = checkpoints.Managers([run.workdir for run in runs],
+                                  config.train.max_checkpoints)
+  state = managers.restore(program.init(program.init_rngs, program.images),
+                           program.sharding)
+  start_step, t_start = int(state.step[0]), time.time()
+  state = train_loop(state, program, runs, config.train, managers)
+  timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
+            "trained_steps": config.train.num_steps - start_step}
+  # Evaluation is local work: process 0 does it and writes the results.
+  return [evaluate_run(run, data, steps.run_slice(state, i), timing)
+          if jax.process_index() == 0 else None for i, run in enumerate(runs)]
 
 
 def encode(model: models.Autoencoder, variables, images: np.ndarray,
@@ -267,13 +309,20 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
   runs, finished = prepare_runs(config, workdir)
   if finished is not None:
     return finished[0]
-  data = load_data(config, runs)
   if jax.process_index() != 0:
     return None  # Process 0 evaluates and writes.
+  data = load_data(config, 1)
+  with workdir_lib.lock([workdir]):
+    return (finished_results(runs, workdir) or [_evaluate_pixels(config, data, runs[0])])[0]
+
+
+def _evaluate_pixels(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+                     run: Run) -> Dict[str, Any]:
+  write_configs([run])
   t0 = time.time()
   results = evaluation.evaluate(data.train_images, data.train_labels, data.eval_images,
                                 data.eval_labels, config.eval, data.num_classes,
                                 config.seed)
   results["eval_split"] = data.eval_split
-  _write_results(runs[0], results, {"train_seconds": 0.0, "eval_seconds": time.time() - t0})
+  _write_results(run, results, {"train_seconds": 0.0, "eval_seconds": time.time() - t0})
   return results

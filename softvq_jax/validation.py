@@ -3,19 +3,25 @@
 ``train_and_evaluate`` also validates the config of every run it trains
 together (each seed, each value of ``train.vmap_key``).
 
-``validate_config`` (the config alone) and ``validate_data`` (the config
-against the loaded data) raise ``InputError`` with a one-line message that
-names the key, its value and the valid range or choices.
+``validate_config`` (the config alone), ``validate_workdir`` and
+``validate_data`` (the config against the loaded data: image size, cluster
+count, a memory estimate) raise ``InputError`` with a one-line message that
+names the key, its value and the valid range or choices. All of them run
+before anything is written.
 """
 
+import math
 import os
 
+import jax
 import ml_collections
+import numpy as np
 
 from softvq_jax import bottlenecks
 from softvq_jax import input_pipeline
 from softvq_jax import layers
 from softvq_jax import models
+from softvq_jax import steps
 from softvq_jax.errors import InputError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -30,9 +36,17 @@ def _choice(config, key: str, choices) -> None:
 
 def _positive(config, key: str, allow_zero: bool = False) -> None:
   value = config[key]
-  if value is None or not (value >= 0 if allow_zero else value > 0):
+  if (value is None or not (value >= 0 if allow_zero else value > 0)
+      or not math.isfinite(value)):
     bound = ">= 0" if allow_zero else "> 0"
-    raise InputError(f"config.{key}={value!r} is not valid; it must be {bound}")
+    raise InputError(f"config.{key}={value!r} is not valid; it must be finite and {bound}")
+
+
+def _sizes(config, key: str) -> None:
+  values = tuple(config[key])
+  if not values or not all(isinstance(v, int) and v > 0 for v in values):
+    raise InputError(f"config.{key}={values!r} is not valid; it must list layer sizes, "
+                     "each an integer > 0")
 
 
 def _validate_vmap(config: ml_collections.ConfigDict) -> None:
@@ -76,8 +90,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   for key in ("model.noise_std", "model.beta", "model.commitment",
               "model.vq_weight", "model.max_alpha", "model.dead_code_threshold",
               "data.validation_size",
-              "eval.num_clusters", "eval.tsne_points"):
+              "eval.num_clusters", "eval.tsne_points", "seed"):
     _positive(c, key, allow_zero=True)
+  _sizes(c, "model.mlp_hidden")
+  _sizes(c, "model.cnn_channels")
   _validate_vmap(config)
   if config.train.batch_size % num_devices:
     raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "
@@ -102,12 +118,82 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.data.source == "files" and not config.data.dir:
     raise InputError("config.data.dir is missing; data.source='files' needs the "
                      "folder of the official files")
-  if config.data.dir and not os.path.isdir(config.data.dir):
+  if (config.data.download or config.data.download_url) and config.data.source != "files":
+    raise InputError("config.data.download and config.data.download_url need "
+                     f"config.data.source='files', not {config.data.source!r}")
+  url = config.data.download_url
+  if url and not url.startswith(("http://", "https://")):
+    raise InputError(f"config.data.download_url={url!r} is not an http:// or https:// URL")
+  if config.data.dir and os.path.exists(config.data.dir) and not os.path.isdir(
+      config.data.dir):
     raise InputError(f"config.data.dir={config.data.dir!r} is not a directory")
+  if config.data.dir and not config.data.download and not os.path.isdir(config.data.dir):
+    raise InputError(f"config.data.dir={config.data.dir!r} is not a directory (set "
+                     "config.data.download=True to fetch the official files into it)")
 
 
-def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Splits) -> None:
+def validate_workdir(workdir: str) -> None:
+  """Raises ``InputError`` for a workdir that cannot be a directory we write."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir={workdir} is a file, not a directory")
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise InputError(f"--workdir={workdir}: {existing} is not writable")
+
+
+def available_memory() -> int:
+  """Bytes of memory of the first device (the host's RAM on CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_estimate(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+                    num_runs: int) -> int:
+  """A lower bound of the bytes a training program needs on one device.
+
+  Per run trained together: the parameters, their gradients, Adam's two
+  moments and the step's updated parameters and moments (7 copies), and for
+  a codebook the (batch, K) distances, weights and their gradients; once:
+  the training split. Computed from shapes alone (``jax.eval_shape``).
+  """
+  model = models.make_model(config.model, data.image_shape)
+  optimizer = steps.make_optimizer(config.train)
+  images = jax.ShapeDtypeStruct(data.train_images.shape, np.float32)
+  key = jax.random.key(0)
+  state = jax.eval_shape(lambda x: steps.init_state(
+      key, model, optimizer, steps.init_images(key, x, config.model)), images)
+  param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
+  per_run = 7 * param_bytes
+  if config.model.bottleneck in ("vq", "soft_vq"):
+    per_run += 4 * config.train.batch_size * config.model.num_codewords * 4
+  return num_runs * per_run + data.train_images.size * 4
+
+
+def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+                  num_runs: int = 1) -> None:
   """Raises ``InputError`` where ``config`` does not fit the loaded ``data``."""
+  if config.model.network == "cnn":
+    factor = 2 ** len(config.model.cnn_channels)
+    height, width = data.image_shape[:2]
+    if height % factor or width % factor:
+      raise InputError(f"config.model.network='cnn' with {len(config.model.cnn_channels)} "
+                       f"stride-2 layers needs image sides divisible by {factor}; "
+                       f"{config.data.name} images are {height}x{width}")
+  clusters = config.eval.num_clusters or data.num_classes
+  if clusters > len(data.eval_images):
+    raise InputError(f"config.eval.num_clusters={clusters} is more than the "
+                     f"{len(data.eval_images)} images of the {data.eval_split} split")
+  need, have = memory_estimate(config, data, num_runs), available_memory()
+  if need > have:
+    raise InputError(f"the model needs at least {need / 2**30:.1f} GiB (parameters, "
+                     f"gradients and Adam moments of {num_runs} run(s), and the data) but "
+                     f"the device has {have / 2**30:.1f} GiB; reduce "
+                     "config.model.num_codewords, the layer sizes or the runs trained "
+                     "together")
   init = config.model.codebook_init
   if init != "uniform" and config.model.num_codewords > len(data.train_images):
     raise InputError(f"config.model.num_codewords={config.model.num_codewords} is more than "

@@ -15,13 +15,20 @@
   mid-append) is dropped with a warning.
 * JSON results are written to a temporary file and renamed into place, with
   the usual umask-derived mode (readable by others on a shared workdir).
+* ``lock``: one launcher at a time trains in a workdir. The lock is an
+  ``flock`` on ``.lock``, which names its holder (host, pid); the kernel
+  releases it when the holder dies, so a killed run never blocks a rerun.
 """
 
+import contextlib
+import datetime
+import fcntl
 import json
 import logging as std_logging
 import os
+import socket
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 from absl import logging
 import ml_collections
@@ -34,11 +41,14 @@ CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.json"
+LOCK_FILE = ".lock"
 
 # Config keys added after runs were published, with the value that keeps the
 # behaviour from before each key existed. Every key added to the config goes
 # here, so that the workdirs of earlier runs stay finished runs.
 ADDED_KEYS = {
+    "data.download": False,
+    "data.download_url": "",
     "data.verify_md5": True,
     "model.codebook_init": "uniform",
     "model.dead_code_threshold": 0.0,
@@ -195,3 +205,41 @@ class MetricsLog:
   def close(self) -> None:
     if self.enabled:
       self.writer.close()
+
+
+class Locked(InputError):
+  """Another live launcher holds the workdir."""
+
+
+@contextlib.contextmanager
+def _lock_one(workdir: str) -> Iterator[None]:
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+      raise Locked(f"workdir {workdir} is in use by {holder}; wait for it to end, or "
+                   "use another --workdir") from None
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} "
+                 f"(since {started})\n".encode())
+    yield
+  finally:
+    os.close(fd)  # Releases the flock.
+
+
+@contextlib.contextmanager
+def lock(workdirs: Sequence[str], enabled: bool = True) -> Iterator[None]:
+  """Holds the lock of every workdir in ``workdirs`` (``enabled``: process 0
+  of a multi-process run locks for all).
+
+  Raises:
+    Locked: another live process holds one of them (nothing is written).
+  """
+  with contextlib.ExitStack() as stack:
+    for workdir in workdirs if enabled else ():
+      stack.enter_context(_lock_one(workdir))
+    yield

@@ -14,7 +14,7 @@ from softvq_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ("--config=configs/digits.py", "--config.model.mlp_hidden=(64, 64)",
-        "--config.train.num_steps=1500", "--config.train.log_every=100",
+        "--config.train.num_steps=900", "--config.train.log_every=100",
         "--config.train.checkpoint_every=300", "--config.eval.figures=False",
         "--config.eval.kmeans_inits=5", "--config.eval.probe_steps=500")
 
@@ -29,7 +29,7 @@ def test_sigkill_then_restart_gives_identical_eval(tmp_path):
   process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
-  while not (killed / "checkpoints" / "600").exists() and time.time() < deadline:
+  while not (killed / "checkpoints" / "300").exists() and time.time() < deadline:
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
   process.wait()
@@ -37,7 +37,7 @@ def test_sigkill_then_restart_gives_identical_eval(tmp_path):
   subprocess.run(command(killed), cwd=ROOT, check=True, capture_output=True, timeout=300)
   assert (killed / "eval.json").read_bytes() == (reference / "eval.json").read_bytes()
   steps = lambda run: [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
-  assert steps(killed) == steps(reference) == list(range(100, 1600, 100))
+  assert steps(killed) == steps(reference) == list(range(100, 1000, 100))
 
 
 @pytest.mark.parametrize("value,refused", [(1, False), (2, True)])

@@ -132,17 +132,6 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_pat
   assert not (tmp_path / "eval.json").exists()
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path):
-  expected = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
-  run = tmp_path / "damaged"
-  train.train_and_evaluate(tiny_config, str(run))
-  os.remove(run / "eval.json")
-  for path in (run / "checkpoints" / "20").rglob("*"):
-    if path.is_file():
-      path.write_bytes(b"garbage")
-  assert train.train_and_evaluate(tiny_config, str(run)) == expected
-
-
 @pytest.mark.parametrize("bottleneck,num_seeds,key,values,run_dirs", [
     ("soft_vq", 2, "", (), ["seed_0", "seed_1"]),
     ("soft_vq", 1, "model.noise_std", (0.0, 0.5),

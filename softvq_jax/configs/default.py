@@ -70,6 +70,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.source = "tfds"  # tfds | files | sklearn.
   data.dir = config_dict.placeholder(str)  # tfds data_dir, or the folder of files.
   data.verify_md5 = True  # files: check the known md5 sums of the official files.
+  data.download = False  # files: fetch missing official files into data.dir (no TensorFlow).
+  data.download_url = ""  # files: base URL of a mirror for data.download; "" = official.
   data.pixel_range = "unit"  # unit ([0, 1]) | centered ([-0.5, 0.5]).
   data.validation_size = 0  # >0: hold out this many train images, evaluate on them.
 
