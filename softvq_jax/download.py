@@ -33,8 +33,9 @@ class RemoteFile:
   sha256: str  # Hex digest.
 
 
-def sha256_of(path: str) -> str:
-  digest = hashlib.sha256()
+def digest_of(path: str, algorithm: str = "sha256") -> str:
+  """The hex digest of a file, read in 1 MiB blocks."""
+  digest = hashlib.new(algorithm)
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
@@ -121,14 +122,16 @@ def fetch(base_url: str, remote: RemoteFile, directory: str,
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
       reason = getattr(e, "reason", None) or e
       kept = os.path.getsize(part) if os.path.exists(part) else 0
+      then = (f"{kept} of {remote.size} bytes are kept in {part}, and rerunning the same "
+              "command resumes them" if kept else
+              "nothing was written; check the network, or config.data.download_url")
       raise InputError(f"download of {url} failed ({type(e).__name__}: {reason}); "
-                       f"{kept} of {remote.size} bytes are kept in {part}, and rerunning "
-                       "the same command resumes them") from None
+                       + then) from None
   size = os.path.getsize(part)
   if size != remote.size:
     raise InputError(f"download of {url} ended early: {size} of {remote.size} bytes in "
                      f"{part}; rerunning the same command resumes it")
-  digest = sha256_of(part)
+  digest = digest_of(part)
   if digest != remote.sha256:
     os.remove(part)
     raise InputError(f"download of {url} is corrupt: sha256 {digest}, expected "

@@ -27,7 +27,6 @@ Sources (``config.data.source``):
 
 import dataclasses
 import gzip
-import hashlib
 import importlib.util
 import os
 import tarfile
@@ -117,21 +116,13 @@ class Splits:
     return tuple(self.train_images.shape[1:])
 
 
-def _md5(path: str) -> str:
-  digest = hashlib.md5()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _existing(directory: str, name: str, md5: str | None, verify: bool) -> str:
   path = os.path.join(directory, name)
   if not os.path.isfile(path):
     raise InputError(f"data file missing: {path}")
   if not os.access(path, os.R_OK):
     raise InputError(f"data file unreadable: {path} (permission denied)")
-  if verify and md5 is not None and _md5(path) != md5:
+  if verify and md5 is not None and download.digest_of(path, "md5") != md5:
     raise InputError(f"data file corrupt: {path} does not have the official md5 {md5}"
                      " (set data.verify_md5=False for non-official files)")
   return path
@@ -244,11 +235,16 @@ def download_missing(data_config: ml_collections.ConfigDict) -> None:
       download.fetch(base_url, remote, directory)
 
 
+def tensorflow_available() -> bool:
+  """Whether TensorFlow, which tfds needs to prepare a dataset, is installed."""
+  return importlib.util.find_spec("tensorflow") is not None
+
+
 def _tfds_builder(name: str, data_dir: str | None):
   """The dataset's tfds builder, array_record, prepared (needs TensorFlow)."""
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
-    if importlib.util.find_spec("tensorflow") is None:
+    if not tensorflow_available():
       raise InputError(
           f"tfds has not prepared {name} in {builder.data_dir}, and preparing it needs "
           "TensorFlow: pip install -e '.[tfds]', or use config.data.source=files with "

@@ -179,9 +179,7 @@ def test_cifar_tarball_yields_its_bin_files_only(tmp_path):
 
 
 def test_unprepared_tfds_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
-  real_find_spec = input_pipeline.importlib.util.find_spec
-  monkeypatch.setattr(input_pipeline.importlib.util, "find_spec",
-                      lambda name: None if name == "tensorflow" else real_find_spec(name))
+  monkeypatch.setattr(input_pipeline, "tensorflow_available", lambda: False)
   with pytest.raises(InputError, match=r"pip install -e '.\[tfds\]', or use "
                      r"config.data.source=files with config.data.download=True"):
     input_pipeline._tfds("mnist", str(tmp_path))  # pylint: disable=protected-access

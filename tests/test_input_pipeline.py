@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 import tensorflow_datasets as tfds
+from tensorflow_datasets.testing import mocking as tfds_mocking
 
 from softvq_jax import input_pipeline
 from softvq_jax.errors import InputError
@@ -18,7 +19,7 @@ SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "da
 def data_config(**overrides):
   config = ml_collections.ConfigDict(dict(
       name="mnist", source="files", dir=None, verify_md5=False, pixel_range="unit",
-      validation_size=0))
+      validation_size=0, download=False, download_url=""))
   config.update(overrides)
   return config
 
@@ -140,7 +141,13 @@ def test_svhn_corrupt_mat(tmp_path):
 
 @pytest.mark.parametrize("name,shape", [
     ("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3)), ("svhn_cropped", (32, 32, 3))])
-def test_tfds_data_source(name, shape):
+def test_tfds_data_source(name, shape, monkeypatch):
+  # mock_data makes preparing a no-op; the real one needs TensorFlow.
+  monkeypatch.setattr(input_pipeline, "tensorflow_available", lambda: True)
+  # tfds's mock sets __getitems__ to a partial that gets no self: give it one
+  # that takes the keys first, as the real data source's method does.
+  monkeypatch.setattr(tfds_mocking, "_getitems",
+                      lambda keys, generator: [generator[k] for k in keys])
   with tfds.testing.mock_data(num_examples=7):
     data = input_pipeline.load(data_config(name=name, source="tfds"))
   assert data.train_images.shape == (7,) + shape and data.eval_images.shape == (7,) + shape
