@@ -6,7 +6,9 @@ Scales: accuracies (``clustering_acc``, ``probe_acc``) are in percent
 
 * Clustering: K-means with ``eval.kmeans_inits`` initialisations (the paper
   uses 100) on the evaluation split's latents, keeping the run with the best
-  inertia; accuracy by Hungarian matching of clusters to classes, NMI as
+  inertia (``eval.kmeans_backend``: ``jax``, all inits in one program on the
+  device, ``softvq_jax.kmeans``; or ``sklearn``, float64 on the host);
+  accuracy by Hungarian matching of clusters to classes, NMI as
   2 I(y, y') / (H(y) + H(y')), and ARI.
 * Linear probe: the paper's classifier, one dense layer with a softmax,
   trained with Adam on the training split's latents (standardised with the
@@ -25,6 +27,10 @@ import optax
 import scipy.optimize
 import sklearn.cluster
 import sklearn.metrics
+
+from softvq_jax import kmeans as kmeans_lib
+
+KMEANS_BACKENDS = ("jax", "sklearn")
 
 
 def clustering_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -50,11 +56,16 @@ def nmi(y_true: np.ndarray, y_pred: np.ndarray) -> float:
       y_true, y_pred, average_method="arithmetic"))
 
 
-def kmeans(latents: np.ndarray, num_clusters: int, num_inits: int,
-           seed: int) -> np.ndarray:
+def kmeans(latents: np.ndarray, num_clusters: int, num_inits: int, seed: int,
+           backend: str = "jax") -> np.ndarray:
   """Cluster ids ``(N,)`` of the best-inertia run of ``num_inits`` K-means."""
-  km = sklearn.cluster.KMeans(num_clusters, n_init=num_inits, random_state=seed)
-  return km.fit_predict(np.asarray(latents, np.float64))
+  if backend == "jax":
+    fit = kmeans_lib.kmeans(jax.random.key(seed), latents, num_clusters, num_inits)
+    return np.asarray(fit.labels)
+  if backend == "sklearn":
+    km = sklearn.cluster.KMeans(num_clusters, n_init=num_inits, random_state=seed)
+    return km.fit_predict(np.asarray(latents, np.float64))
+  raise ValueError(f"kmeans backend must be one of {KMEANS_BACKENDS}, got {backend!r}")
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps", "batch_size"))
@@ -112,7 +123,7 @@ def evaluate(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
   train_x = np.asarray(train_x, np.float32).reshape(len(train_x), -1)
   eval_x = np.asarray(eval_x, np.float32).reshape(len(eval_x), -1)
   clusters = kmeans(eval_x, eval_config.num_clusters or num_classes,
-                    eval_config.kmeans_inits, seed)
+                    eval_config.kmeans_inits, seed, eval_config.kmeans_backend)
   return {
       "clustering_acc": clustering_accuracy(eval_y, clusters),
       "nmi": nmi(eval_y, clusters),

@@ -49,9 +49,10 @@ uniform_unit_scaling = nn.initializers.variance_scaling(
     1.0, "fan_in", "uniform", in_axis=0, out_axis=1)
 
 
-def dense(features: int, name: str) -> nn.Dense:
-  """A Glorot-uniform dense layer, the initialisation of the paper."""
-  return nn.Dense(features, kernel_init=glorot_uniform, name=name)
+def dense(features: int, name: str, dtype: Optional[Any] = None) -> nn.Dense:
+  """A Glorot-uniform dense layer, the initialisation of the paper; ``dtype``
+  is its computation's (None: the inputs' and float32 parameters' promotion)."""
+  return nn.Dense(features, kernel_init=glorot_uniform, dtype=dtype, name=name)
 
 
 def codebook_initializer(kind: str, z: Array) -> Callable[..., Array]:

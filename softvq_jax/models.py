@@ -30,6 +30,7 @@ Array = jax.Array
 
 NETWORKS = ("mlp", "cnn")
 RECONSTRUCTIONS = ("nmse", "bernoulli")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity")
 # What ``Autoencoder.loss`` reports: its terms, then the bottleneck's diagnostics.
 METRICS = ("loss", "recon", "bottleneck_loss") + layers.DIAGNOSTICS
@@ -74,7 +75,7 @@ class Autoencoder(nn.Module):
 
   def __call__(self, x: Array, *, train: bool) -> Tuple[Array, Dict[str, Any]]:
     z, aux = self.bottleneck(self.encoder(x), train=train)
-    return self.decoder(z), aux
+    return self.decoder(z).astype(jnp.float32), aux
 
   def encode(self, x: Array) -> Array:
     """The downstream latent (z_e, or the VAE mean) of images x, ``(B, d)``."""
@@ -155,19 +156,23 @@ def make_bottleneck(model_config: ml_collections.ConfigDict,
 
 
 def make_model(model_config: ml_collections.ConfigDict, image_shape: Tuple[int, int, int],
-               scalars: Optional[Mapping[str, Any]] = None) -> Autoencoder:
+               scalars: Optional[Mapping[str, Any]] = None,
+               compute_dtype: str = "float32") -> Autoencoder:
   """The Autoencoder of ``model_config`` for images of ``image_shape`` (H, W, C).
 
   ``scalars`` replace bottleneck scalars of the config (``make_bottleneck``).
+  ``compute_dtype`` (``COMPUTE_DTYPES``, ``train.compute_dtype``) is that of
+  the encoder trunk's and decoder's activations and matmuls; parameters, the
+  bottleneck's arithmetic and the loss stay float32.
   """
-  image_shape = tuple(image_shape)
+  image_shape, dtype = tuple(image_shape), COMPUTE_DTYPES[compute_dtype]
   if model_config.network == "mlp":
-    encoder = networks.MLPEncoder(tuple(model_config.mlp_hidden))
-    decoder = networks.MLPDecoder(image_shape, tuple(reversed(model_config.mlp_hidden)))
+    encoder = networks.MLPEncoder(tuple(model_config.mlp_hidden), dtype)
+    decoder = networks.MLPDecoder(image_shape, tuple(reversed(model_config.mlp_hidden)), dtype)
   elif model_config.network == "cnn":
     channels = tuple(model_config.cnn_channels)
-    encoder = networks.CNNEncoder(channels)
-    decoder = networks.CNNDecoder(image_shape, tuple(reversed(channels))[:-1])
+    encoder = networks.CNNEncoder(channels, dtype)
+    decoder = networks.CNNDecoder(image_shape, tuple(reversed(channels))[:-1], dtype)
   else:
     raise ValueError(f"model.network must be one of {NETWORKS}, got {model_config.network!r}")
   return Autoencoder(encoder, make_bottleneck(model_config, scalars), decoder,

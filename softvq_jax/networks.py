@@ -10,14 +10,17 @@
 Encoders map images ``(B, H, W, C)`` to features ``(B, F)``; decoders map
 latents ``(B, d)`` to pre-activation outputs ``(B, H, W, C)`` (logits for a
 Bernoulli likelihood, or values passed through the model's output
-activation). All weights are Glorot-uniform, biases zero.
+activation). All weights are Glorot-uniform, biases zero. ``dtype`` is the
+computation's (``train.compute_dtype``: bfloat16 activations and matmuls);
+parameters stay float32.
 """
 
 import math
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from softvq_jax.layers import dense, glorot_uniform
 
@@ -27,12 +30,13 @@ Array = jax.Array
 class MLPEncoder(nn.Module):
   """Flattens images and applies ReLU dense layers of sizes ``hidden``."""
   hidden: Sequence[int] = (500, 500, 2000)
+  dtype: Any = jnp.float32  # Of the computation.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = x.reshape(x.shape[:-3] + (-1,))
     for i, features in enumerate(self.hidden):
-      h = nn.relu(dense(features, f"dense_{i}")(h))
+      h = nn.relu(dense(features, f"dense_{i}", self.dtype)(h))
     return h
 
 
@@ -40,26 +44,29 @@ class MLPDecoder(nn.Module):
   """ReLU dense layers of sizes ``hidden``, then a linear layer to the image."""
   image_shape: Tuple[int, int, int]
   hidden: Sequence[int] = (2000, 500, 500)
+  dtype: Any = jnp.float32  # Of the computation.
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     h = z
     for i, features in enumerate(self.hidden):
-      h = nn.relu(dense(features, f"dense_{i}")(h))
-    out = dense(math.prod(self.image_shape), "output")(h)
+      h = nn.relu(dense(features, f"dense_{i}", self.dtype)(h))
+    out = dense(math.prod(self.image_shape), "output", self.dtype)(h)
     return out.reshape(out.shape[:-1] + tuple(self.image_shape))
 
 
 class CNNEncoder(nn.Module):
   """3x3 stride-2 'same' convolutions with ReLU, then flatten."""
   channels: Sequence[int] = (64, 128, 256, 512)
+  dtype: Any = jnp.float32  # Of the computation.
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     h = x
     for i, features in enumerate(self.channels):
       h = nn.relu(nn.Conv(features, (3, 3), strides=(2, 2), padding="SAME",
-                          kernel_init=glorot_uniform, name=f"conv_{i}")(h))
+                          kernel_init=glorot_uniform, dtype=self.dtype,
+                          name=f"conv_{i}")(h))
     return h.reshape(h.shape[:-3] + (-1,))
 
 
@@ -71,6 +78,7 @@ class CNNDecoder(nn.Module):
   """
   image_shape: Tuple[int, int, int]
   channels: Sequence[int] = (512, 256, 128)
+  dtype: Any = jnp.float32  # Of the computation.
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
@@ -79,11 +87,12 @@ class CNNDecoder(nn.Module):
     if height % factor or width % factor:
       raise ValueError(f"image size {height}x{width} is not divisible by {factor}")
     grid = (height // factor, width // factor, self.channels[0])
-    h = nn.relu(dense(grid[0] * grid[1] * grid[2], "project")(z))
+    h = nn.relu(dense(grid[0] * grid[1] * grid[2], "project", self.dtype)(z))
     h = h.reshape(h.shape[:-1] + grid)
     for i, features in enumerate(tuple(self.channels) + (out_channels,)):
       h = nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME",
-                           kernel_init=glorot_uniform, name=f"deconv_{i}")(h)
+                           kernel_init=glorot_uniform, dtype=self.dtype,
+                           name=f"deconv_{i}")(h)
       if i < len(self.channels):
         h = nn.relu(h)
     return h

@@ -136,7 +136,8 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
                   runs: List[Run]) -> Program:
   """The model, optimizer, mesh and keys, and the jitted init and steps."""
   num_runs = len(runs)
-  model_fn = functools.partial(models.make_model, config.model, data.image_shape)
+  model_fn = functools.partial(models.make_model, config.model, data.image_shape,
+                               compute_dtype=config.train.compute_dtype)
   optimizer = steps.make_optimizer(config.train)
   keys = jnp.stack([jnp.stack(jax.random.split(jax.random.key(run.config.seed)))
                     for run in runs])
@@ -283,7 +284,8 @@ def evaluate_run(run: Run, data: input_pipeline.Splits, state: steps.TrainState,
   """Evaluates one trained run and writes its results, latents and figures
   (on process 0 alone in a multi-process run)."""
   t0, config = time.time(), run.config
-  model = models.make_model(config.model, data.image_shape)
+  model = models.make_model(config.model, data.image_shape,
+                            compute_dtype=config.train.compute_dtype)
   variables = {"params": state.params, **state.model_state}
   train_z = encode(model, variables, data.train_images, config.eval.batch_size)
   eval_z = encode(model, variables, data.eval_images, config.eval.batch_size)

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from softvq_jax import bottlenecks
+from softvq_jax import evaluation
 from softvq_jax import input_pipeline
 from softvq_jax import layers
 from softvq_jax import models
@@ -81,6 +82,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
   _choice(c, "train.lr_schedule", LR_SCHEDULES)
   _choice(c, "model.codebook_init", layers.CODEBOOK_INITS)
+  _choice(c, "eval.kmeans_backend", evaluation.KMEANS_BACKENDS)
+  _choice(c, "train.compute_dtype", models.COMPUTE_DTYPES)
   for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",
               "train.batch_size", "train.learning_rate", "train.log_every",
               "train.checkpoint_every", "train.max_checkpoints", "train.num_seeds",

@@ -1,10 +1,12 @@
 """Tests of the clustering metrics and the linear probe."""
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from softvq_jax import evaluation
+from softvq_jax import kmeans as kmeans_lib
 
 
 @pytest.mark.parametrize("y_true,y_pred,expected", [
@@ -39,7 +41,8 @@ def blobs(seed, n=300, d=5, classes=3, spread=0.3):
 
 def eval_config(**kw):
   config = ml_collections.ConfigDict(dict(kmeans_inits=5, num_clusters=0, probe_steps=300,
-                                          probe_batch_size=64, probe_learning_rate=0.01))
+                                          probe_batch_size=64, probe_learning_rate=0.01,
+                                          kmeans_backend="jax"))
   config.update(kw)
   return config
 
@@ -63,13 +66,40 @@ def test_probe_on_random_labels_is_near_chance():
   assert 20.0 < acc < 30.0
 
 
-def test_kmeans_keeps_best_inertia():
+def inertia(x, ids):
+  """Sum of squared distances to the cluster means, in float64."""
+  x = np.asarray(x, np.float64)
+  return sum(((x[ids == c] - x[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
+
+
+@pytest.mark.parametrize("backend", evaluation.KMEANS_BACKENDS)
+def test_kmeans_keeps_best_inertia(backend):
   x, _ = blobs(2, classes=4, spread=1.5)
-  many = evaluation.kmeans(x, 4, num_inits=20, seed=0)
-  inertia = lambda ids: sum(((x[ids == c] - x[ids == c].mean(0)) ** 2).sum()
-                            for c in np.unique(ids))
-  single = [evaluation.kmeans(x, 4, num_inits=1, seed=s) for s in range(5)]
-  assert inertia(many) <= min(inertia(s) for s in single) + 1e-3
+  many = evaluation.kmeans(x, 4, num_inits=20, seed=0, backend=backend)
+  single = [evaluation.kmeans(x, 4, num_inits=1, seed=s, backend=backend) for s in range(5)]
+  assert inertia(x, many) <= min(inertia(x, s) for s in single) + 1e-3
+
+
+@pytest.mark.parametrize("n,d,k", [(500, 2, 4), (300, 64, 25)])
+def test_jax_kmeans_matches_sklearn_inertia(n, d, k):
+  x, labels = blobs(0, n=n, d=d, classes=k, spread=2.0)
+  ours = evaluation.kmeans(x, k, num_inits=10, seed=0, backend="jax")
+  theirs = evaluation.kmeans(x, k, num_inits=10, seed=0, backend="sklearn")
+  assert inertia(x, ours) <= 1.005 * inertia(x, theirs)
+  assert evaluation.clustering_accuracy(labels, ours) >= evaluation.clustering_accuracy(
+      labels, theirs) - 2.0
+
+
+def test_jax_kmeans_returns_consistent_labels_and_inertia():
+  x, _ = blobs(1, n=400, d=8, classes=5, spread=1.0)
+  fit = kmeans_lib.kmeans(jax.random.key(3), x, 5, num_inits=4)
+  distances = ((x[:, None].astype(np.float64) - np.asarray(fit.centres)[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(np.asarray(fit.labels), distances.argmin(-1))
+  np.testing.assert_allclose(float(fit.inertia), distances.min(-1).sum(), rtol=1e-4)
+  # A centre is the mean of its points (Lloyd's fixed point, to the tolerance).
+  for c in range(5):
+    np.testing.assert_allclose(np.asarray(fit.centres)[c], x[fit.labels == c].mean(0),
+                               atol=1e-2)
 
 
 def test_probe_ignores_features_constant_in_training():

@@ -184,6 +184,29 @@ def test_model_encode_returns_latent():
   np.testing.assert_allclose(z, h @ expected["kernel"] + expected["bias"], atol=1e-6)
 
 
+@pytest.mark.parametrize("network", ["mlp", "cnn"])
+def test_bfloat16_compute_keeps_float32_params_quantizer_and_loss(network):
+  config = ml_collections.ConfigDict(dict(
+      bottleneck="soft_vq", network=network, mlp_hidden=(16,), cnn_channels=(4, 8),
+      latent_dim=3, num_codewords=5, noise_std=0.0, normalizer="paper", commitment=0.25,
+      vq_weight=1.0, ema_decay=None, codebook_init="uniform", dead_code_threshold=0.0,
+      recon="nmse", output_activation="sigmoid"))
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  models_ = {dtype: models.make_model(config, (8, 8, 1), compute_dtype=dtype)
+             for dtype in ("float32", "bfloat16")}
+  variables = models_["float32"].init(RNGS, x, train=False)
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  trunk = models_["bfloat16"].apply(variables, x,
+                                    method=lambda m, x: m.encoder(x))
+  assert trunk.dtype == jnp.bfloat16
+  losses = {dtype: model.apply(variables, x, pixel_var=0.1, method=models.Autoencoder.loss,
+                               rngs={"noise": jax.random.key(1)})
+            for dtype, model in models_.items()}
+  assert losses["bfloat16"][0].dtype == jnp.float32
+  assert losses["bfloat16"][1]["perplexity"].dtype == jnp.float32
+  assert float(losses["bfloat16"][0]) == pytest.approx(float(losses["float32"][0]), rel=2e-2)
+
+
 @pytest.mark.parametrize("module", [layers.VQ(D, K, codebook_init="data"),
                                     layers.SoftVQ(D, K, codebook_init="data")])
 def test_data_codebook_init_takes_the_first_encodings_of_the_init_batch(module):

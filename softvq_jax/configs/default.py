@@ -80,6 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.batch_size = 32  # Global batch, split across devices.
   train.learning_rate = 3e-4  # Adam learning rate.
   train.lr_schedule = "constant"  # constant | cosine (decay to 0 over num_steps).
+  train.compute_dtype = "float32"  # float32 | bfloat16 (trunk activations; params stay f32).
   train.log_every = 500  # Steps between metrics lines (and per dispatch).
   train.checkpoint_every = 5000  # Steps between orbax checkpoints.
   train.max_checkpoints = 2  # Checkpoints kept on disk.
@@ -89,6 +90,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.kmeans_inits = 100  # K-means initialisations; the best inertia is kept.
+  ev.kmeans_backend = "jax"  # K-means: jax (all inits on the device) | sklearn (float64, host).
   ev.num_clusters = 0  # K-means clusters; 0 = the number of classes.
   ev.probe_steps = 30000  # Adam steps of the linear probe.
   ev.probe_batch_size = 128  # Linear-probe batch size.
