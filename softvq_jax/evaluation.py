@@ -7,7 +7,9 @@ Scales: accuracies (``clustering_acc``, ``probe_acc``) are in percent
 * Clustering: K-means with ``eval.kmeans_inits`` initialisations (the paper
   uses 100) on the evaluation split's latents, keeping the run with the best
   inertia (``eval.kmeans_backend``: ``jax``, all inits in one program on the
-  device, ``softvq_jax.kmeans``; or ``sklearn``, float64 on the host);
+  device, ``softvq_jax.kmeans``; ``sklearn``, float64 on the host; ``auto``,
+  the default: ``jax`` on an accelerator, ``sklearn`` on a CPU, where it is
+  faster: experiments/results/benchmark_cpu_evaluation.jsonl);
   accuracy by Hungarian matching of clusters to classes, NMI as
   2 I(y, y') / (H(y) + H(y')), and ARI.
 * Linear probe: the paper's classifier, one dense layer with a softmax,
@@ -30,7 +32,7 @@ import sklearn.metrics
 
 from softvq_jax import kmeans as kmeans_lib
 
-KMEANS_BACKENDS = ("jax", "sklearn")
+KMEANS_BACKENDS = ("auto", "jax", "sklearn")
 
 
 def clustering_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -59,6 +61,8 @@ def nmi(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def kmeans(latents: np.ndarray, num_clusters: int, num_inits: int, seed: int,
            backend: str = "jax") -> np.ndarray:
   """Cluster ids ``(N,)`` of the best-inertia run of ``num_inits`` K-means."""
+  if backend == "auto":
+    backend = "sklearn" if jax.default_backend() == "cpu" else "jax"
   if backend == "jax":
     fit = kmeans_lib.kmeans(jax.random.key(seed), latents, num_clusters, num_inits)
     return np.asarray(fit.labels)

@@ -31,6 +31,7 @@ import dataclasses
 import importlib.util
 import os
 import sys
+import time
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 from absl import app
@@ -210,7 +211,7 @@ def main(argv):
   workdir_lib.quiet_orbax_logging()
   path, _, args = FLAGS["config"].config_filename.partition(":")
   module = load_config_module(path)
-  failed = []
+  failed, t_start = [], time.time()
   distributed.initialize_from_flags()
   distributed.check_same("config, sweep and workdir", "\n".join((
       FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
@@ -232,6 +233,7 @@ def main(argv):
       "config": workdir_lib.config_dict(FLAGS.config),
       "sweep": FLAGS.sweep,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "launcher_seconds": time.time() - t_start,  # This launcher's wall time, all runs.
   }
   prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
   if jax.process_index() == 0:

@@ -268,10 +268,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
 
 def encode(model: models.Autoencoder, variables, images: np.ndarray,
            batch_size: int) -> np.ndarray:
-  """Downstream latents ``(N, d)`` of ``images`` in batches."""
-  fn = jax.jit(functools.partial(model.apply, method=models.Autoencoder.encode))
-  return np.concatenate([np.asarray(fn(variables, images[i:i + batch_size]))
-                         for i in range(0, len(images), batch_size)])
+  """Downstream latents ``(N, d)`` of ``images``: one jitted program that maps
+  the model over batches (the last one zero-padded) on the device."""
+  count = len(images)
+  padded = np.concatenate([images, np.zeros(((-count) % batch_size,) + images.shape[1:],
+                                            images.dtype)])
+  batches = padded.reshape((-1, batch_size) + images.shape[1:])
+  apply = functools.partial(model.apply, method=models.Autoencoder.encode)
+  latents = jax.jit(lambda v, x: jax.lax.map(functools.partial(apply, v), x))(
+      variables, batches)
+  return np.asarray(latents).reshape(len(padded), -1)[:count]
 
 
 def _write_results(run: Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ ADDED_KEYS = {
     "data.download": False,
     "data.download_url": "",
     "data.verify_md5": True,
-    "eval.kmeans_backend": "sklearn",
+    "eval.kmeans_backend": "auto",  # Earlier runs, all on CPU, used sklearn: auto's choice.
     "model.codebook_init": "uniform",
     "model.dead_code_threshold": 0.0,
     "train.compute_dtype": "float32",

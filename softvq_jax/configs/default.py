@@ -90,7 +90,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.kmeans_inits = 100  # K-means initialisations; the best inertia is kept.
-  ev.kmeans_backend = "jax"  # K-means: jax (all inits on the device) | sklearn (float64, host).
+  ev.kmeans_backend = "auto"  # K-means: jax (on device) | sklearn (host) | auto (jax off CPU).
   ev.num_clusters = 0  # K-means clusters; 0 = the number of classes.
   ev.probe_steps = 30000  # Adam steps of the linear probe.
   ev.probe_batch_size = 128  # Linear-probe batch size.
