@@ -35,3 +35,19 @@ def tiny_config():
   config.eval.figures = False
   config.eval.batch_size = 512
   return config
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  """``tfds.testing.mock_data(num_examples=N)`` as ``mock_tfds(N)``, made to
+  work with this library's tfds reader: preparing is a no-op under the mock
+  (the real one needs TensorFlow), and the mock's ``__getitems__``, a partial
+  that gets no self, is given one that takes the keys first, as the real data
+  source's method does."""
+  from softvq_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets import testing as tfds_testing  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.testing import mocking  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(input_pipeline, "tensorflow_available", lambda: True)
+  monkeypatch.setattr(mocking, "_getitems",
+                      lambda keys, generator: [generator[k] for k in keys])
+  return lambda num_examples: tfds_testing.mock_data(num_examples=num_examples)

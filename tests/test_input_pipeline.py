@@ -7,8 +7,6 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.io
-import tensorflow_datasets as tfds
-from tensorflow_datasets.testing import mocking as tfds_mocking
 
 from softvq_jax import input_pipeline
 from softvq_jax.errors import InputError
@@ -141,14 +139,8 @@ def test_svhn_corrupt_mat(tmp_path):
 
 @pytest.mark.parametrize("name,shape", [
     ("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3)), ("svhn_cropped", (32, 32, 3))])
-def test_tfds_data_source(name, shape, monkeypatch):
-  # mock_data makes preparing a no-op; the real one needs TensorFlow.
-  monkeypatch.setattr(input_pipeline, "tensorflow_available", lambda: True)
-  # tfds's mock sets __getitems__ to a partial that gets no self: give it one
-  # that takes the keys first, as the real data source's method does.
-  monkeypatch.setattr(tfds_mocking, "_getitems",
-                      lambda keys, generator: [generator[k] for k in keys])
-  with tfds.testing.mock_data(num_examples=7):
+def test_tfds_data_source(name, shape, mock_tfds):
+  with mock_tfds(7):
     data = input_pipeline.load(data_config(name=name, source="tfds"))
   assert data.train_images.shape == (7,) + shape and data.eval_images.shape == (7,) + shape
   assert 0.0 <= data.train_images.min() and data.train_images.max() <= 1.0

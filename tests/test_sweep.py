@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import cifar10, digits, mnist
 from softvq_jax import results
@@ -93,14 +92,14 @@ def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypat
   assert [r["model"] for r in table["rows"]] == ["vae"]
 
 
-def test_table2_sweep_on_mock_data(tmp_path):
+def test_table2_sweep_on_mock_data(tmp_path, mock_tfds):
   config = cifar10.get_config()
   config.model.cnn_channels = (4, 4, 4, 4)
   config.model.latent_dim = 8
   config.eval.figures = False
   rows = {"svhn_cropped": "soft_vq_vae", "cifar10": "ae"}  # Both datasets and kinds.
   points = small_points(cifar10, "table2", lambda p: p.seed == 0 and rows[p.dataset] == p.row)
-  with tfds.testing.mock_data(num_examples=24):
+  with mock_tfds(24):
     sweep.run(config, points, str(tmp_path), quick=True)
   table = results.aggregate(points, str(tmp_path), cifar10.PAPER_RESULTS)
   assert {(r["dataset"], r["model"]) for r in table["rows"]} == set(rows.items())
