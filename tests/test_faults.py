@@ -12,14 +12,18 @@ import sys
 
 from absl import flags
 from ml_collections import config_flags
+import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
+from softvq_jax import checkpoints
 from softvq_jax import cli
 from softvq_jax import input_pipeline
 from softvq_jax import runs
+from softvq_jax import steps
 from softvq_jax import sweep
 from softvq_jax import train
 from softvq_jax import validation
@@ -228,15 +232,21 @@ def test_unreadable_data_file_is_refused(fake_mnist, monkeypatch):
     input_pipeline._mnist_files(str(fake_mnist), verify=False)
 
 
-def test_resuming_on_another_device_count_warns(tiny_config, tmp_path, caplog):
-  train.train_and_evaluate(tiny_config, str(tmp_path))
-  os.remove(tmp_path / "eval.json")
-  metadata = tmp_path / "checkpoints" / "20" / "_CHECKPOINT_METADATA"
+def test_resuming_on_another_device_count_warns(tmp_path, caplog):
+  state = steps.TrainState(step=jnp.full((1,), 10, jnp.int32),
+                           params={"w": jnp.ones((1, 3))}, opt_state={}, model_state={})
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  managers = checkpoints.Managers([str(tmp_path)], max_to_keep=2)
+  managers.save(10, state)
+  managers.wait()
+  metadata = tmp_path / "checkpoints" / "10" / "_CHECKPOINT_METADATA"
   stored = json.loads(metadata.read_text())
+  assert stored["custom_metadata"] == {"devices": jax.device_count()}
   stored["custom_metadata"]["devices"] = 99
   metadata.write_text(json.dumps(stored))
   with caplog.at_level(logging.WARNING):
-    train.train_and_evaluate(tiny_config, str(tmp_path))
+    restored = checkpoints.Managers([str(tmp_path)], max_to_keep=2).restore(state, sharding)
+  assert int(restored.step[0]) == 10
   assert "written on 99 devices" in caplog.text
 
 
