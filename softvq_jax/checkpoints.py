@@ -15,6 +15,7 @@ exactly like one trained alone and can be resumed either way.
 
 import contextlib
 import os
+import re
 from typing import List, Optional
 
 from absl import logging
@@ -24,6 +25,10 @@ import orbax.checkpoint as ocp
 
 from softvq_jax import steps
 from softvq_jax.errors import RunStopped
+
+# The usual causes of a failed save, as the OS words them inside orbax's errors.
+_OS_ERRORS = re.compile(r"No space left on device|Disk quota exceeded|"
+                        r"Read-only file system|Permission denied")
 
 
 class Managers:
@@ -78,7 +83,7 @@ class Managers:
     Raises:
       RunStopped: this save, or the previous one, failed.
     """
-    with self._stop_on_failure(step):
+    with self._stop_on_failure():
       for i, manager in enumerate(self._managers):
         manager.save(step, args=ocp.args.StandardSave(steps.run_slice(state, i)),
                      custom_metadata={"devices": jax.device_count()})
@@ -89,26 +94,28 @@ class Managers:
     Raises:
       RunStopped: a pending save failed.
     """
-    with self._stop_on_failure(None):
+    with self._stop_on_failure():
       for manager in self._managers:
         manager.wait_until_finished()
 
   @contextlib.contextmanager
-  def _stop_on_failure(self, step):
+  def _stop_on_failure(self):
+    """Turns a failed save (this one, or an earlier asynchronous one) into
+    ``RunStopped``, once every save still in flight has ended."""
     try:
       yield
     except Exception as e:  # pylint: disable=broad-except
-      for manager in self._managers:  # Earlier saves still in flight may succeed.
+      for manager in self._managers:
         try:
           manager.wait_until_finished()
+          manager.close()
         except Exception:  # pylint: disable=broad-except
           pass  # The failure reported below covers it.
-      where = self._managers[0].directory
-      what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
-      raise RunStopped(
-          f"saving {what} in {where} failed ({type(e).__name__}: "
-          f"{str(e).splitlines()[0] if str(e) else ''}); check the space left on its "
-          f"disk. {self.last_good()}") from e
+      cause = _OS_ERRORS.search(str(e))
+      cause = cause[0] if cause else (str(e).splitlines() or [type(e).__name__])[0]
+      raise RunStopped(f"saving a checkpoint in {self._managers[0].directory} failed "
+                       f"({cause}); check the space and permissions of its disk. "
+                       f"{self.last_good()}") from e
 
   def latest_step(self) -> Optional[int]:
     """The newest step that every run's checkpoints hold, None if none."""

@@ -59,8 +59,8 @@ def test_a_failed_save_stops_the_run_naming_the_last_good_checkpoint(
     return save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_at_step_20)
-  with pytest.raises(RunStopped, match=r"step 20 .*No space left on device.*"
-                     r"last good checkpoint is at step 10"):
+  with pytest.raises(RunStopped, match=r"saving a checkpoint in .* failed \(No space left "
+                     r"on device\).*last good checkpoint is at step 10"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
   assert not (tmp_path / "eval.json").exists()
