@@ -69,6 +69,28 @@ def _validate_vmap(config: ml_collections.ConfigDict) -> None:
                        f"the values of {key} must be numbers >= 0")
 
 
+def _validate_data_keys(data: ml_collections.ConfigDict) -> None:
+  """The ``config.data`` keys that depend on each other and on the disk."""
+  if (data.name == "digits") != (data.source == "sklearn"):
+    raise InputError(f"config.data.source={data.source!r} cannot load "
+                     f"config.data.name={data.name!r}; digits comes from "
+                     "sklearn and sklearn has only digits")
+  if data.source == "files" and not data.dir:
+    raise InputError("config.data.dir is missing; config.data.source='files' needs the "
+                     "folder of the official files")
+  if (data.download or data.download_url) and data.source != "files":
+    raise InputError("config.data.download and config.data.download_url need "
+                     f"config.data.source='files', not {data.source!r}")
+  url = data.download_url
+  if url and not url.startswith(("http://", "https://")):
+    raise InputError(f"config.data.download_url={url!r} is not an http:// or https:// URL")
+  if data.dir and os.path.exists(data.dir) and not os.path.isdir(data.dir):
+    raise InputError(f"config.data.dir={data.dir!r} is not a directory")
+  if data.dir and not data.download and not os.path.isdir(data.dir):
+    raise InputError(f"config.data.dir={data.dir!r} is not a directory (set "
+                     "config.data.download=True to fetch the official files into it)")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ``InputError`` for the first invalid key of ``config``."""
   c = config  # ConfigDict answers dotted keys: c["model.latent_dim"].
@@ -114,25 +136,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                      "codebook: model.bottleneck vq or soft_vq with model.ema_decay")
   if config.model.recon == "bernoulli" and config.data.pixel_range != "unit":
     raise InputError("config.model.recon='bernoulli' needs config.data.pixel_range='unit'")
-  if (config.data.name == "digits") != (config.data.source == "sklearn"):
-    raise InputError(f"config.data.source={config.data.source!r} cannot load "
-                     f"config.data.name={config.data.name!r}; digits comes from "
-                     "sklearn and sklearn has only digits")
-  if config.data.source == "files" and not config.data.dir:
-    raise InputError("config.data.dir is missing; data.source='files' needs the "
-                     "folder of the official files")
-  if (config.data.download or config.data.download_url) and config.data.source != "files":
-    raise InputError("config.data.download and config.data.download_url need "
-                     f"config.data.source='files', not {config.data.source!r}")
-  url = config.data.download_url
-  if url and not url.startswith(("http://", "https://")):
-    raise InputError(f"config.data.download_url={url!r} is not an http:// or https:// URL")
-  if config.data.dir and os.path.exists(config.data.dir) and not os.path.isdir(
-      config.data.dir):
-    raise InputError(f"config.data.dir={config.data.dir!r} is not a directory")
-  if config.data.dir and not config.data.download and not os.path.isdir(config.data.dir):
-    raise InputError(f"config.data.dir={config.data.dir!r} is not a directory (set "
-                     "config.data.download=True to fetch the official files into it)")
+  _validate_data_keys(config.data)
 
 
 def validate_workdir(workdir: str) -> None:
