@@ -70,7 +70,10 @@ class Managers:
     return state
 
   def _warn_on_device_change(self, step: int) -> None:
-    metadata = self._managers[0].metadata(step).custom_metadata or {}
+    try:
+      metadata = self._managers[0].metadata(step).custom_metadata or {}
+    except Exception:  # pylint: disable=broad-except
+      return  # A checkpoint from before the device count was recorded.
     saved = metadata.get("devices")
     if saved is not None and saved != jax.device_count():
       logging.warning("the checkpoint at step %d was written on %d devices and resumes on "

@@ -239,7 +239,8 @@ def lock(workdirs: Sequence[str], enabled: bool = True) -> Iterator[None]:
   of a multi-process run locks for all).
 
   Raises:
-    Locked: another live process holds one of them (nothing is written).
+    Locked: another live process holds one of them (nothing but the lock
+      files is written).
   """
   with contextlib.ExitStack() as stack:
     for workdir in workdirs if enabled else ():
