@@ -86,9 +86,11 @@ def _validate_data_keys(data: ml_collections.ConfigDict) -> None:
     raise InputError(f"config.data.download_url={url!r} is not an http:// or https:// URL")
   if data.dir and os.path.exists(data.dir) and not os.path.isdir(data.dir):
     raise InputError(f"config.data.dir={data.dir!r} is not a directory")
-  if data.dir and not data.download and not os.path.isdir(data.dir):
-    raise InputError(f"config.data.dir={data.dir!r} is not a directory (set "
-                     "config.data.download=True to fetch the official files into it)")
+  # tfds creates its data_dir, and so does data.download.
+  if data.dir and not os.path.isdir(data.dir) and not (data.source == "tfds" or data.download):
+    hint = (" (set config.data.download=True to fetch the official files into it)"
+            if data.source == "files" else "")
+    raise InputError(f"config.data.dir={data.dir!r} is not a directory{hint}")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
