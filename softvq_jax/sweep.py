@@ -6,7 +6,8 @@
 
 Sweeps are defined in the config file by ``get_sweep(name)``, a list of
 ``runs.Point``s; the command-line ``--config.*`` overrides apply to every
-point, after its preset (a key that the sweep varies cannot be overridden). Each point runs in ``WORKDIR/<workdir.point_dir(point)>``. Finished
+point, after its preset (a key that the sweep varies cannot be overridden).
+Each point runs in ``WORKDIR/<workdir.point_dir(point)>``. Finished
 runs are skipped and unfinished ones resume, so re-running the command
 continues an interrupted sweep. Every point's config is validated before the
 first run starts.
