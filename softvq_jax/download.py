@@ -110,6 +110,8 @@ def fetch(base_url: str, remote: RemoteFile, directory: str,
   path = os.path.join(directory, remote.name)
   part = path + PART_SUFFIX
   url = base_url.rstrip("/") + "/" + remote.name
+  if os.path.exists(path):
+    return path  # Only a verified download is ever renamed to its final name.
   if os.path.exists(part) and os.path.getsize(part) > remote.size:
     os.remove(part)
   if not os.path.exists(part) or os.path.getsize(part) < remote.size:

@@ -106,6 +106,13 @@ def test_download_lands_verified_and_whole(server, tmp_path):
   assert os.listdir(tmp_path) == [NAME]
 
 
+def test_a_finished_download_is_not_fetched_again(server, tmp_path):
+  (tmp_path / NAME).write_bytes(b"already here")
+  path = download.fetch(server.url + "/missing", remote(NAME, server.files[NAME]),
+                        str(tmp_path))
+  assert open(path, "rb").read() == b"already here"
+
+
 def test_404_is_one_line_and_writes_nothing(server, tmp_path):
   with pytest.raises(InputError, match="HTTP 404"):
     download.fetch(server.url + "/missing", remote(NAME, server.files[NAME]), str(tmp_path))
