@@ -13,13 +13,16 @@ import jax
 import jax.numpy as jnp
 
 from softvq_jax import bottlenecks as bn
+from softvq_jax import kmeans
 
 Array = jax.Array
 
 
 def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
                     num_iters: int = 10) -> Array:
-  """A codebook from k-means on encodings: k-means++ seeding, then Lloyd.
+  """A codebook from k-means on encodings: k-means++ seeding (one candidate
+  per centre, unlike the evaluation's greedy ``kmeans.kmeans_plus_plus``),
+  then ``num_iters`` of ``kmeans.lloyd_step``.
 
   Traceable (fixed shapes and loop counts), so it can run inside a
   module's initialiser under jit.
@@ -48,14 +51,7 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
 
   centres, _ = jax.lax.fori_loop(1, num_codewords, seed, (centres, nearest))
 
-  def lloyd(_, centres):
-    onehot = jax.nn.one_hot(jnp.argmin(bn.squared_distances(z, centres), axis=-1),
-                            num_codewords, dtype=jnp.float32)
-    counts = jnp.sum(onehot, axis=0)
-    sums = jnp.matmul(onehot.T, z, precision=bn.PRECISION)
-    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
-
-  return jax.lax.fori_loop(0, num_iters, lloyd, centres)
+  return jax.lax.fori_loop(0, num_iters, lambda _, c: kmeans.lloyd_step(z, c), centres)
 
 
 def kmeans_inertia(z: Array, codebook: Array) -> Array:

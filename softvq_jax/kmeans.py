@@ -5,9 +5,10 @@ program: the ``num_inits`` initialisations are vmapped, each seeded by greedy
 k-means++ (``2 + log K`` candidates per centre, as scikit-learn does) and
 refined by Lloyd iterations until the squared centre shift falls under
 ``tol`` times the mean per-feature variance (scikit-learn's criterion); the
-init with the lowest inertia wins. Squared distances come from one matmul,
-``|x|^2 - 2 x c^T + |c|^2``, in float32 at the highest matmul precision.
-A cluster that loses all its points keeps its centre.
+init with the lowest inertia wins. Squared distances are
+``bottlenecks.squared_distances`` (one float32 matmul at the highest
+precision). A cluster that loses all its points keeps its centre
+(``lloyd_step``, which ``codebook_health.kmeans_codebook`` shares).
 """
 
 import functools
@@ -16,6 +17,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from softvq_jax import bottlenecks as bn
 
 Array = jax.Array
 
@@ -27,27 +30,31 @@ class KMeans(NamedTuple):
   centres: Array  # (K, d) float32.
 
 
-def squared_distances(x: Array, centres: Array, x_sq: Array) -> Array:
-  """``(N, K)`` squared distances, clipped at 0, from one matmul."""
-  cross = jnp.dot(x, centres.T, precision=jax.lax.Precision.HIGHEST)
-  return jnp.maximum(x_sq[:, None] - 2.0 * cross + jnp.sum(centres**2, -1)[None], 0.0)
+def lloyd_step(x: Array, centres: Array) -> Array:
+  """One Lloyd update of ``(K, d)`` centres on ``(N, d)`` float32 points: each
+  centre moves to the mean of its points; one without points stays put."""
+  labels = jnp.argmin(bn.squared_distances(x, centres), axis=-1)
+  one_hot = jax.nn.one_hot(labels, centres.shape[0], dtype=jnp.float32)
+  counts = jnp.sum(one_hot, axis=0)
+  sums = jnp.matmul(one_hot.T, x, precision=bn.PRECISION)
+  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
 
 
-def kmeans_plus_plus(rng: Array, x: Array, num_clusters: int, x_sq: Array) -> Array:
+def kmeans_plus_plus(rng: Array, x: Array, num_clusters: int) -> Array:
   """Greedy k-means++: each new centre is the best of ``2 + log K`` candidates
   drawn in proportion to the squared distance to the closest centre so far."""
   trials = 2 + int(math.log(num_clusters))
   first_rng, rng = jax.random.split(rng)
   first = jax.random.randint(first_rng, (), 0, x.shape[0])
   centres = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(x[first])
-  closest = squared_distances(x, x[first][None], x_sq)[:, 0]
+  closest = bn.squared_distances(x, x[first][None])[:, 0]
 
   def add_centre(i, carry):
     centres, closest = carry
     logits = jnp.log(jnp.maximum(closest, 1e-30))
     candidates = jax.random.categorical(jax.random.fold_in(rng, i), logits, shape=(trials,))
     # (trials, N): each candidate's closest distances if it were added.
-    with_candidate = jnp.minimum(closest[None], squared_distances(x, x[candidates], x_sq).T)
+    with_candidate = jnp.minimum(closest[None], bn.squared_distances(x, x[candidates]).T)
     best = jnp.argmin(with_candidate.sum(-1))
     return centres.at[i].set(x[candidates[best]]), with_candidate[best]
 
@@ -55,22 +62,12 @@ def kmeans_plus_plus(rng: Array, x: Array, num_clusters: int, x_sq: Array) -> Ar
   return centres
 
 
-def _assign(x, centres, x_sq):
-  distances = squared_distances(x, centres, x_sq)
-  return jnp.argmin(distances, -1), jnp.min(distances, -1)
-
-
-def lloyd(x: Array, centres: Array, x_sq: Array, max_iter: int, tol: float) -> KMeans:
+def lloyd(x: Array, centres: Array, max_iter: int, tol: float) -> KMeans:
   """Lloyd iterations from ``centres`` until the squared shift is <= ``tol``."""
-  num_clusters = centres.shape[0]
 
   def update(carry):
     centres, _, i = carry
-    labels, _ = _assign(x, centres, x_sq)
-    one_hot = jax.nn.one_hot(labels, num_clusters, dtype=x.dtype)
-    counts = one_hot.sum(0)
-    sums = jnp.dot(one_hot.T, x, precision=jax.lax.Precision.HIGHEST)
-    new = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centres)
+    new = lloyd_step(x, centres)
     return new, jnp.sum((new - centres)**2), i + 1
 
   def not_converged(carry):
@@ -79,8 +76,9 @@ def lloyd(x: Array, centres: Array, x_sq: Array, max_iter: int, tol: float) -> K
 
   centres, _, _ = jax.lax.while_loop(not_converged, update,
                                      (centres, jnp.asarray(jnp.inf, x.dtype), 0))
-  labels, closest = _assign(x, centres, x_sq)
-  return KMeans(labels.astype(jnp.int32), closest.sum(), centres)
+  distances = bn.squared_distances(x, centres)
+  return KMeans(jnp.argmin(distances, -1).astype(jnp.int32), jnp.min(distances, -1).sum(),
+                centres)
 
 
 @functools.partial(jax.jit, static_argnames=("num_clusters", "num_inits", "max_iter"))
@@ -97,14 +95,12 @@ def kmeans(rng: Array, x: Array, num_clusters: int, num_inits: int, max_iter: in
     tol: relative tolerance: the squared centre shift at which an init
       stops, in units of the mean per-feature variance of ``x``.
   """
-  x = jnp.asarray(x, jnp.float32)
-  x_sq = jnp.sum(x**2, -1)
+  x = bn.as_float32(x)
   abs_tol = tol * jnp.mean(jnp.var(x, axis=0))
 
   def one_init(i):
     init_rng = jax.random.fold_in(rng, i)
-    return lloyd(x, kmeans_plus_plus(init_rng, x, num_clusters, x_sq), x_sq, max_iter,
-                 abs_tol)
+    return lloyd(x, kmeans_plus_plus(init_rng, x, num_clusters), max_iter, abs_tol)
 
   runs = jax.vmap(one_init)(jnp.arange(num_inits))
   best = jnp.argmin(runs.inertia)
