@@ -46,7 +46,6 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 """
 
 import functools
-import json
 import os
 import sys
 import tempfile
@@ -59,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import jsonl  # experiments/jsonl.py, beside this script.
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
@@ -81,9 +81,7 @@ BOTTLENECKS = ("none", "vae", "info_dropout", "vq", "soft_vq")
 
 
 def emit(lines, name, value, unit):
-  line = json.dumps({"name": name, "value": round(float(value), 4), "unit": unit})
-  print(line, flush=True)
-  lines.append(line)
+  jsonl.emit(lines, {"name": name, "value": round(float(value), 4), "unit": unit})
 
 
 def best_time(fn, *args, repeats):
@@ -343,9 +341,7 @@ def main(_):
   if "loading" in FLAGS.parts:
     loading(lines)
   emit(lines, "devices", jax.device_count(), jax.devices()[0].device_kind)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write("\n".join(lines) + "\n")
+  jsonl.write(lines, FLAGS.out)
   sys.stdout.flush()
 
 

@@ -11,7 +11,6 @@ relative difference, clustering ACC and NMI of each, and the wall time of
 each (JAX: first call, with compilation, and a second call).
 """
 
-import json
 import time
 
 from absl import app
@@ -19,6 +18,7 @@ from absl import flags
 import jax
 import numpy as np
 
+import jsonl  # experiments/jsonl.py, beside this script.
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
 from softvq_jax.configs import default
@@ -67,11 +67,8 @@ def main(_):
                    splits.eval_labels))
   lines = []
   for name, x, y in inputs:
-    lines.append(json.dumps(compare(name, x, y, num_clusters=10)))
-    print(lines[-1], flush=True)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write("\n".join(lines) + "\n")
+    jsonl.emit(lines, compare(name, x, y, num_clusters=10))
+  jsonl.write(lines, FLAGS.out)
 
 
 if __name__ == "__main__":

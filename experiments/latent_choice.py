@@ -17,7 +17,6 @@ Prints one JSON line per run and latent.
 """
 
 import functools
-import json
 import os
 
 from absl import app
@@ -27,6 +26,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+import jsonl  # experiments/jsonl.py, beside this script.
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
 from softvq_jax import models
@@ -90,11 +90,8 @@ def main(_):
   lines = []
   for run_dir in FLAGS.workdirs:
     for result in evaluate_run(run_dir):
-      lines.append(json.dumps(result, sort_keys=True))
-      print(lines[-1], flush=True)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write("\n".join(lines) + "\n")
+      jsonl.emit(lines, result, sort_keys=True)
+  jsonl.write(lines, FLAGS.out)
 
 
 if __name__ == "__main__":
