@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from softvq_jax import steps
-from softvq_jax.errors import RunStopped
+from softvq_jax.errors import RunStopped, first_line
 
 # The usual causes of a failed save, as the OS words them inside orbax's errors.
 _OS_ERRORS = re.compile(r"No space left on device|Disk quota exceeded|"
@@ -61,7 +61,7 @@ class Managers:
       except Exception as e:  # pylint: disable=broad-except
         # Orbax reports a damaged array file with a bare Exception.
         logging.warning("checkpoint %d is unreadable (%s); trying an older one", step,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+                        first_line(e))
         continue
       logging.info("resumed from the checkpoints at step %d", step)
       self._warn_on_device_change(step)
@@ -115,7 +115,7 @@ class Managers:
         except Exception:  # pylint: disable=broad-except
           pass  # The failure reported below covers it.
       cause = _OS_ERRORS.search(str(e))
-      cause = cause[0] if cause else (str(e).splitlines() or [type(e).__name__])[0]
+      cause = cause[0] if cause else first_line(e)
       raise RunStopped(f"saving a checkpoint in {self._managers[0].directory} failed "
                        f"({cause}); check the space and permissions of its disk. "
                        f"{self.last_good()}") from e

@@ -13,3 +13,10 @@ class InputError(ValueError):
 class RunStopped(RuntimeError):
   """A run that stopped on its way (a checkpoint that could not be saved):
   the message names the cause and the last good checkpoint."""
+
+
+def first_line(error: BaseException) -> str:
+  """The first line of ``error``'s message (its type's name if it has none),
+  for one-line reports of errors raised by other libraries."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__

@@ -40,7 +40,7 @@ import sklearn.datasets
 import tensorflow_datasets as tfds
 
 from softvq_jax import download
-from softvq_jax.errors import InputError
+from softvq_jax.errors import InputError, first_line
 
 DATASETS = ("mnist", "svhn_cropped", "cifar10", "digits")
 SOURCES = ("tfds", "files", "sklearn")
@@ -268,7 +268,7 @@ def _tfds(name: str, data_dir: str | None) -> Dict[str, Raw]:
     raise
   except Exception as e:  # pylint: disable=broad-except
     logging.debug("tfds failed", exc_info=True)
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    message = first_line(e)
     if "file format is already set" in message.lower():
       message += ("; this folder holds TFRecord data from an earlier tfds.load, and this "
                   "library reads array_record: set config.data.dir to another folder")
