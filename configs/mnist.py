@@ -108,6 +108,47 @@ def variant_point(variant, seed):
 BETA_VAE_BETAS = (20.0, 20.0 / LATENT_DIM, 5.0)
 
 
+# Ablations of the soft_vq_vae row on the test split (its settings fixed
+# before: the row itself, then one change each), in the order they run:
+# where sigma_k^2 comes from (the paper's "learned variances control the
+# smoothness"), then the noise on z_e. The K curve is the ``codebook`` sweep.
+ABLATIONS = (
+    ({}, {"model.variance": "codeword"}, {"model.variance": "fixed"}),
+    ({"model.noise_std": 0.0}, {"model.noise_std": 0.05}),
+)
+
+
+# The moonshot: settings of the soft_vq_vae row screened for K-means accuracy
+# on the validation hold-out, seed 0, in the order tried (every one is kept
+# here; experiments/results/moonshot_mnist.*). Each trial names the keys it
+# changes; a latent size d comes with vq_weight 3.0 * 784 / d, the notebook's
+# per-element weighting of the VQ terms at that d.
+SCREEN_STEPS = 10000
+MOONSHOT_TRIALS = (
+    {"model.latent_dim": 64, "model.num_codewords": 128},
+    {"model.latent_dim": 10, "model.num_codewords": 128},
+    {"model.latent_dim": 10, "model.num_codewords": 10},
+    {"model.latent_dim": 10, "model.num_codewords": 32},
+    {"model.latent_dim": 64, "model.num_codewords": 10},
+    {"model.latent_dim": 32, "model.num_codewords": 128},
+    {"model.latent_dim": 10, "model.num_codewords": 128, "model.noise_std": 0.05},
+    {"model.latent_dim": 10, "model.num_codewords": 128, "train.lr_schedule": "cosine"},
+    {"model.latent_dim": 10, "model.num_codewords": 128, "model.codebook_init": "data"},
+)
+
+
+def moonshot_point(trial, seed, *, validation=True):
+  """A ``MOONSHOT_TRIALS`` setting of the soft_vq_vae row, SCREEN_STEPS steps
+  unless the trial sets train.num_steps; on the validation hold-out or the
+  test split."""
+  swept = {"train.num_steps": SCREEN_STEPS, **trial}
+  overrides = {"model.vq_weight": 3.0 * 784 / swept["model.latent_dim"]}
+  if validation:
+    overrides["data.validation_size"] = VALIDATION_SIZE
+  return default.paper_point("soft_vq_vae", seed, PAPER, variant="moonshot", swept=swept,
+                             overrides=overrides)
+
+
 def get_sweep(name):
   """Named sweeps for ``python -m softvq_jax.sweep --sweep=NAME``.
 
@@ -120,6 +161,9 @@ def get_sweep(name):
   chosen     soft VQ-VAE with the CHOSEN variant, seeds 0, 1, 2, on the test split.
   beta_vae   the beta-VAE row with each of BETA_VAE_BETAS, seed 0, on the
              validation hold-out (one vmapped program).
+  ablations  the soft_vq_vae row and each of ABLATIONS, seeds 0, 1, 2, on the
+             test split (seed-major within each group of ABLATIONS).
+  moonshot   the MOONSHOT_TRIALS, seed 0, on the validation hold-out.
   """
   seeds = (0, 1, 2)
   if name == "table1":
@@ -135,5 +179,10 @@ def get_sweep(name):
     return [default.paper_point("beta_vae", 0, PAPER, swept={"model.beta": beta},
                                 overrides={"data.validation_size": VALIDATION_SIZE})
             for beta in BETA_VAE_BETAS]
-  raise ValueError(f"unknown sweep {name!r}; choose table1, codebook, variants, chosen "
-                   "or beta_vae")
+  if name == "ablations":
+    return [default.paper_point("soft_vq_vae", seed, PAPER, swept=swept)
+            for group in ABLATIONS for seed in seeds for swept in group]
+  if name == "moonshot":
+    return [moonshot_point(trial, 0) for trial in MOONSHOT_TRIALS]
+  raise ValueError(f"unknown sweep {name!r}; choose table1, codebook, variants, chosen, "
+                   "beta_vae, ablations or moonshot")

@@ -26,6 +26,7 @@ at k-means centres of all of them (``"kmeans"``).
 Stochastic bottlenecks draw from the ``'noise'`` rng stream in training.
 """
 
+import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -42,6 +43,10 @@ Aux = Dict[str, Any]
 DIAGNOSTICS = ("kl", "penalty", "codebook_loss", "commitment_loss", "perplexity",
                "usage", "dead_code_fraction")
 CODEBOOK_INITS = ("uniform", "data", "kmeans")
+# Where a soft quantizer's log sigma_k^2 come from: a head of size K on the
+# trunk, per latent vector (the paper's; ``SoftVQ``), one learned per
+# codeword, or one fixed at the initialisation batch's fit.
+VARIANCES = ("sample", "codeword", "fixed")
 
 glorot_uniform = nn.initializers.glorot_uniform()
 # TF1's uniform_unit_scaling_initializer for a (K, d) codebook: U(+-sqrt(3/K)).
@@ -238,6 +243,19 @@ def _log_var_initializer(z: Array, codebook: Array) -> Callable[..., Array]:
   return init
 
 
+def _codeword_log_var(module: nn.Module, z: Array, codebook: Array) -> Array:
+  """log sigma_k^2 of shape ``(K,)`` for a module given no ``log_var``: a
+  ``'log_var'`` parameter (``_log_var_initializer``), learned
+  (``variance="codeword"``) or held at its start (``"fixed"``: one variance
+  for every codeword, which the gradient never moves)."""
+  if module.variance not in ("codeword", "fixed"):
+    raise ValueError(f"variance={module.variance!r} needs a log_var argument; "
+                     "without one choose 'codeword' or 'fixed'")
+  log_var = module.param("log_var", _log_var_initializer(z, codebook),
+                         (module.num_codewords,), module.param_dtype)
+  return jax.lax.stop_gradient(log_var) if module.variance == "fixed" else log_var
+
+
 def quantize_hard(module: nn.Module, z: Array, *, train: bool) -> Tuple[Array, Aux]:
   """The hard quantizer core: ``z`` to ``(z_q, aux)``, eqs. (1) and (27)."""
   _check_quantizer(module)
@@ -256,8 +274,8 @@ def quantize_soft(module: nn.Module, z: Array, log_var: Optional[Array], *,
                   train: bool) -> Tuple[Array, Aux]:
   """The soft quantizer core, eqs. (5)-(7) and (27): noise, posterior mean.
 
-  ``log_var`` broadcasts against ``(..., K)``; None learns one per codeword
-  (a ``'log_var'`` parameter of shape ``(K,)``, see ``_log_var_initializer``).
+  ``log_var`` broadcasts against ``(..., K)``; None takes one per codeword
+  (``_codeword_log_var``, by ``module.variance``).
   """
   _check_quantizer(module)
   codebook = _codebook(module, z)
@@ -266,8 +284,7 @@ def quantize_soft(module: nn.Module, z: Array, log_var: Optional[Array], *,
     z_in = z + module.noise_std * jax.random.normal(module.make_rng("noise"), z.shape,
                                                     z.dtype)
   if log_var is None:
-    log_var = module.param("log_var", _log_var_initializer(z, codebook),
-                           (module.num_codewords,), module.param_dtype)
+    log_var = _codeword_log_var(module, z, codebook)
   z_hat, probs = bn.soft_quantize(jax.lax.stop_gradient(z_in), codebook, log_var,
                                   module.normalizer)
   extra = _update_ema(module, z_in, probs, train)
@@ -301,6 +318,7 @@ class SoftOptions(QuantizerOptions, kw_only=True):
   """``QuantizerOptions`` and the soft quantizer's own."""
   noise_std: float = 0.0  # Std of the white noise on z in training (z'_e).
   normalizer: str = "paper"  # One of bottlenecks.NORMALIZERS.
+  variance: str = "codeword"  # Without a log_var argument: codeword | fixed (VARIANCES).
 
 
 class VectorQuantizer(QuantizerOptions):
@@ -337,7 +355,8 @@ class SoftVectorQuantizer(SoftOptions):
   ``(z, log_var=None, *, train) -> (z_hat, aux)``, as ``VectorQuantizer``
   with aux ``probs`` too. ``log_var`` (log sigma_k^2, broadcastable against
   ``(..., K)``) comes from the caller's head, or else is learned per
-  codeword. In training, ``noise_std`` white noise is added to ``z`` first
+  codeword (``variance="codeword"``), or else held at its initial fit
+  (``"fixed"``). In training, ``noise_std`` white noise is added to ``z`` first
   (the paper's z'_e). With ``ema_decay`` the EMA statistics are weighted by
   the posterior, and eq. (27)'s codebook term still trains the variances.
   """
@@ -375,18 +394,21 @@ class VQ(QuantizerOptions):
 class SoftVQ(SoftOptions):
   """Soft VQ-VAE: z_e and log-variance heads, then ``SoftVectorQuantizer``'s core.
 
-  The log-variances log sigma_k^2 come from a head of size K. The posterior
-  is computed from sg(z'_e), so the codebook and the log-variance head learn
+  The log-variances log sigma_k^2 come from a head of size K
+  (``variance="sample"``, the paper's), or are one per codeword
+  (``"codeword"``, learned; ``"fixed"``, held at the start). The posterior
+  is computed from sg(z'_e), so the codebook and the log-variances learn
   from the codebook term of eq. (27) only and the encoder's z_e from the
   commitment term and (straight-through) the decoder.
   """
   latent_dim: int
   num_codewords: int
+  variance: str = dataclasses.field(default="sample", kw_only=True)  # One of VARIANCES.
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
-    log_var = dense(self.num_codewords, "log_var")(h)
+    log_var = dense(self.num_codewords, "log_var")(h) if self.variance == "sample" else None
     return quantize_soft(self, z, log_var, train=train)
 
   def embed(self, indices: Array) -> Array:

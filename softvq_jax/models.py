@@ -125,7 +125,8 @@ BOTTLENECKS = {
         ("commitment", "vq_weight")),
     "soft_vq": BottleneckSpec(
         lambda c: layers.SoftVQ(c["latent_dim"], noise_std=c["noise_std"],
-                                normalizer=c["normalizer"], **_quantizer(c)),
+                                normalizer=c["normalizer"], variance=c["variance"],
+                                **_quantizer(c)),
         ("noise_std", "commitment", "vq_weight")),
 }
 # The config keys that runs trained in one program may differ in (train.vmap_key).

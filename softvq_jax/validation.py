@@ -101,6 +101,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _choice(c, "model.recon", models.RECONSTRUCTIONS)
   _choice(c, "model.output_activation", models.OUTPUT_ACTIVATIONS)
   _choice(c, "model.normalizer", bottlenecks.NORMALIZERS)
+  _choice(c, "model.variance", layers.VARIANCES)
   _choice(c, "data.name", input_pipeline.DATASETS)
   _choice(c, "data.source", input_pipeline.SOURCES)
   _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)

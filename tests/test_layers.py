@@ -75,8 +75,7 @@ def test_noise_only_in_training(name):
     np.testing.assert_allclose(out_eval, aux["latent"])
 
 
-def _grads(name, term):
-  module = MODULES[name]()
+def _grads(module, term):
   h = jax.random.normal(jax.random.key(4), (8, 7))
   variables = module.init(RNGS, h, train=True)
   weights = jax.random.normal(jax.random.key(5), (8, D))
@@ -97,10 +96,32 @@ def _grads(name, term):
 ])
 def test_gradient_routing(name, term, receives):
   """Codebook learns only from the codebook term; z_e from commitment + decoder."""
-  grads = _grads(name, term)
+  grads = _grads(MODULES[name](), term)
   nonzero = {path.split("/")[0] for path, g in grads.items() if np.any(np.asarray(g) != 0)}
   expected = receives if name == "soft_vq" else receives - {"log_var"}
   assert nonzero == expected
+
+
+@pytest.mark.parametrize("variance,heads,trained", [
+    ("sample", {"z_e": D, "log_var": K}, None),
+    ("codeword", {"z_e": D}, True),
+    ("fixed", {"z_e": D}, False),
+])
+def test_soft_vq_variances_from_a_head_per_codeword_or_fixed(variance, heads, trained):
+  module = MODULES["soft_vq"]().clone(variance=variance)
+  params = module.init(RNGS, jnp.zeros((2, 7)), train=False)["params"]
+  assert {k: v["kernel"].shape[1] for k, v in params.items() if isinstance(v, dict)} == heads
+  grads = _grads(module, "codebook_loss")
+  if trained is not None:
+    assert params["log_var"].shape == (K,)
+    assert np.any(np.asarray(grads["log_var"]) != 0) == trained
+  if trained is False:  # One variance for every codeword, which stays put.
+    assert np.unique(np.asarray(params["log_var"])).size == 1
+
+
+def test_a_soft_quantizer_without_log_var_needs_a_variance_of_its_own():
+  with pytest.raises(ValueError, match="needs a log_var argument"):
+    layers.SoftVectorQuantizer(K, variance="sample").init(RNGS, jnp.ones((3, D)), train=False)
 
 
 def test_vq_decoder_input_is_nearest_codeword():
@@ -190,7 +211,8 @@ def test_model_encode_returns_latent():
 def test_bfloat16_compute_keeps_float32_params_quantizer_and_loss(network):
   config = ml_collections.ConfigDict(dict(
       bottleneck="soft_vq", network=network, mlp_hidden=(16,), cnn_channels=(4, 8),
-      latent_dim=3, num_codewords=5, noise_std=0.0, normalizer="paper", commitment=0.25,
+      latent_dim=3, num_codewords=5, noise_std=0.0, normalizer="paper", variance="sample",
+      commitment=0.25,
       vq_weight=1.0, ema_decay=None, codebook_init="uniform", dead_code_threshold=0.0,
       recon="nmse", output_activation="sigmoid"))
   x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
