@@ -11,7 +11,7 @@
 
 import json
 import os
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -43,6 +43,36 @@ def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
     ax.set_title(title)
   axes[0, -1].legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8)
   fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+
+def per_seed(path: str, labels: Sequence[str],
+             panels: Sequence[Tuple[str, Sequence[Sequence[float]],
+                                    Sequence[Optional[float]]]]) -> None:
+  """Panels side by side, one row of each per label, from ``(title, values,
+  references)``: ``values[i]`` are row i's per-seed values (a dot each, a bar
+  at their mean), ``references[i]`` a value to mark (a cross) or None."""
+  y = np.arange(len(labels))[::-1]
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.9 + 0.4 * len(labels)),
+                           sharey=True, squeeze=False)
+  for ax, (title, values, references) in zip(axes[0], panels):
+    means = [np.mean(v) for v in values]
+    ax.barh(y, means, color="0.85")
+    for row, seeds in zip(y, values):
+      ax.plot(seeds, np.full(len(seeds), row), "o", color="C0", ms=4)
+    marked = [(row, ref) for row, ref in zip(y, references) if ref is not None]
+    if marked:
+      ax.plot([ref for _, ref in marked], [row for row, _ in marked], "x", color="C3",
+              label="paper")
+    shown = [x for v in values for x in v] + [ref for _, ref in marked]
+    margin = 0.1 * (max(shown) - min(shown)) + 1e-9
+    ax.set_xlim(min(shown) - margin, max(shown) + margin)
+    ax.set_title(title)
+  axes[0, 0].set_yticks(y, labels)
+  if any(ref is not None for _, _, refs in panels for ref in refs):
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 

@@ -4,7 +4,8 @@
 ``write_tables`` writes them as ``PREFIX.json`` (per-seed values, the
 protocol), ``PREFIX.md`` (mean ± population std over seeds next to the
 paper's numbers) and ``PREFIX.csv`` (one line per run); ``write_tsne``
-draws one t-SNE panel per model (the paper's Fig. 4).
+draws one t-SNE panel per model (the paper's Fig. 4); ``write_figure`` shows
+every seed's value of every metric per row.
 """
 
 import csv
@@ -20,6 +21,7 @@ from softvq_jax import runs
 from softvq_jax import workdir as workdir_lib
 
 METRICS = ("clustering_acc", "nmi", "probe_acc")
+TITLES = {"clustering_acc": "clustering ACC (%)", "nmi": "NMI", "probe_acc": "probe acc (%)"}
 
 
 def model_label(point: runs.Point) -> str:
@@ -92,6 +94,17 @@ def write_tables(table: Dict[str, Any], prefix: str) -> None:
       writer.writerow([row["dataset"], row["model"], seed, *(row[m][i] for m in METRICS)])
   with open(prefix + ".csv", "w") as f:
     f.write(out.getvalue())
+
+
+def write_figure(table: Dict[str, Any], path: str) -> None:
+  """Each row's per-seed values of every metric, the paper's marked."""
+  rows = table["rows"]
+  datasets = {row["dataset"] for row in rows}
+  labels = [row["model"] if len(datasets) == 1 else f"{row['dataset']} {row['model']}"
+            for row in rows]
+  figures.per_seed(path, labels, [
+      (TITLES[m], [row[m] for row in rows], [row.get("paper", {}).get(m) for row in rows])
+      for m in METRICS])
 
 
 def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,

@@ -239,6 +239,8 @@ def main(argv):
   prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
   if jax.process_index() == 0:
     results.write_tables(table, prefix)
+    if table["rows"]:
+      results.write_figure(table, prefix + "_metrics.png")
     results.write_tsne(points, FLAGS.workdir, prefix + "_tsne.png",
                        FLAGS.config.eval.tsne_points)
     print(results.markdown(table))

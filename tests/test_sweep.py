@@ -66,6 +66,8 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
   assert (tmp_path / "t.csv").read_text().count("\n") == 1 + 6
   results.write_tsne(points, str(tmp_path), str(tmp_path / "t_tsne.png"), num_points=100)
   assert (tmp_path / "t_tsne.png").stat().st_size > 1000
+  results.write_figure(table, str(tmp_path / "t_metrics.png"))
+  assert (tmp_path / "t_metrics.png").stat().st_size > 1000
 
 
 def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
