@@ -10,8 +10,10 @@ import pytest
 
 from configs import cifar10, digits, mnist
 from softvq_jax import results
+from softvq_jax import runs
 from softvq_jax import sweep
 from softvq_jax import train
+from softvq_jax import validation
 from softvq_jax import workdir
 from softvq_jax.configs import default
 from softvq_jax.errors import InputError
@@ -185,6 +187,21 @@ def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
   for point in points:
     assert "data.validation_size" not in point.config_overrides()
     assert point.config_overrides()["model.normalizer"] == mnist.CHOSEN["model.normalizer"]
+
+
+@pytest.mark.parametrize("name,split", [
+    ("moonshot", "validation"), ("beta_vae", "validation"), ("variants", "validation"),
+    ("ablations", "test"), ("beta_vae_test", "test")])
+def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
+  points = mnist.get_sweep(name)
+  assert len({workdir.point_dir(p) for p in points}) == len(points)
+  for point in points:
+    config = runs.point_config(mnist.get_config(), point)
+    assert (config.data.validation_size > 0) == (split == "validation")
+    validation.validate_config(config, num_devices=1)
+  if name == "ablations":  # The row itself, then the row with one change each.
+    assert workdir.point_dir(points[0]) == "soft_vq_vae/seed_0"
+    assert {len(p.swept) for p in points} == {0, 1}
 
 
 def test_shards_split_families_of_seeds():
