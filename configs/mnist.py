@@ -138,8 +138,10 @@ MOONSHOT_TRIALS = (
     {"model.latent_dim": 64, "model.num_codewords": 512},
     {"model.latent_dim": 64, "model.num_codewords": 128, "train.learning_rate": 1e-3},
     {"model.latent_dim": 64, "model.num_codewords": 128, "model.commitment": 10.0},
-    {"model.latent_dim": 64, "model.num_codewords": 128, "train.batch_size": 64},
-    {"model.latent_dim": 64, "model.num_codewords": 128, "model.noise_std": 0.0},
+    {"model.latent_dim": 64, "model.num_codewords": 128, "train.num_steps": 40000,
+     "train.lr_schedule": "cosine"},
+    {"model.latent_dim": 64, "model.num_codewords": 128, "train.num_steps": 80000,
+     "train.lr_schedule": "cosine"},
 )
 
 
