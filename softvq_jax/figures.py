@@ -46,15 +46,17 @@ def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
   plt.close(fig)
 
 
-def per_seed(path: str, labels: Sequence[str],
+def per_seed(path: str, labels: Sequence[str], *, title: str,
              panels: Sequence[Tuple[str, Sequence[Sequence[float]],
                                     Sequence[Optional[float]]]]) -> None:
   """Panels side by side, one row of each per label, from ``(title, values,
   references)``: ``values[i]`` are row i's per-seed values (a dot each, a bar
   at their mean), ``references[i]`` a value to mark (a cross) or None."""
   y = np.arange(len(labels))[::-1]
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.9 + 0.4 * len(labels)),
+  width = 3.2 * len(panels) + 0.07 * max(len(label) for label in labels)
+  fig, axes = plt.subplots(1, len(panels), figsize=(width, 1.2 + 0.4 * len(labels)),
                            sharey=True, squeeze=False)
+  fig.suptitle(title)
   for ax, (title, values, references) in zip(axes[0], panels):
     means = [np.mean(v) for v in values]
     ax.barh(y, means, color="0.85")

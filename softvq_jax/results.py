@@ -99,10 +99,13 @@ def write_tables(table: Dict[str, Any], prefix: str) -> None:
 def write_figure(table: Dict[str, Any], path: str) -> None:
   """Each row's per-seed values of every metric, the paper's marked."""
   rows = table["rows"]
-  datasets = {row["dataset"] for row in rows}
-  labels = [row["model"] if len(datasets) == 1 else f"{row['dataset']} {row['model']}"
-            for row in rows]
-  figures.per_seed(path, labels, [
+  models = [row["model"] for row in rows]
+  common = os.path.commonpath(models) if len(rows) > 1 else ""
+  # The directories' shared start is said once, in the title.
+  labels = [os.path.relpath(m, common) if common and m != common else m for m in models]
+  if len({row["dataset"] for row in rows}) > 1:
+    labels = [f"{row['dataset']} {label}" for row, label in zip(rows, labels)]
+  figures.per_seed(path, labels, title=common, panels=[
       (TITLES[m], [row[m] for row in rows], [row.get("paper", {}).get(m) for row in rows])
       for m in METRICS])
 
