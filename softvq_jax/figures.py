@@ -9,7 +9,6 @@
   ``metrics.jsonl``.
 """
 
-import json
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -142,8 +141,6 @@ def write_all(workdir: str, model: models.Autoencoder, variables, data,
     _, aux = model.apply(variables, data.eval_images, train=False)
     codebook_usage(os.path.join(workdir, "codebook_usage.png"),
                    np.asarray(aux["indices"]), model.bottleneck.num_codewords)
-  path = os.path.join(workdir, workdir_lib.METRICS_FILE)
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = workdir_lib.read_metrics(workdir)
   if records:
     training_curves(os.path.join(workdir, "training_curves.png"), records)

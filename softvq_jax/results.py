@@ -1,8 +1,8 @@
 """The tables of a sweep: per-seed values per row, mean ± std, t-SNE panels.
 
 ``aggregate`` collects the finished runs of a sweep's points into rows;
-``write_tables`` writes them as ``PREFIX.json`` (per-seed values, the
-protocol), ``PREFIX.md`` (mean ± population std over seeds next to the
+``write_tables`` writes them as ``PREFIX.json`` (per-seed values, each
+run's last logged training metrics, the protocol), ``PREFIX.md`` (mean ± population std over seeds next to the
 paper's numbers) and ``PREFIX.csv`` (one line per run); ``write_tsne``
 draws one t-SNE panel per model (the paper's Fig. 4); ``write_figure`` shows
 every seed's value of every metric per row.
@@ -50,8 +50,9 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     overrides = {k: v for k, v in point.config_overrides().items() if k != "seed"}
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
                                 "seeds": [], "train_seconds": [], "eval_seconds": [],
-                                **{m: [] for m in METRICS}})
+                                "last_train_metrics": [], **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
+    row["last_train_metrics"].append((workdir_lib.read_metrics(run_dir) or [None])[-1])
     row["train_seconds"].append(timing.get("train_seconds"))
     row["eval_seconds"].append(timing.get("eval_seconds"))
     for metric in METRICS:

@@ -25,6 +25,7 @@ import datetime
 import fcntl
 import json
 import logging as std_logging
+import math
 import os
 import socket
 import tempfile
@@ -176,6 +177,12 @@ def _records_until(path: str, step: int) -> list:
       if record_step <= step:
         kept.append(line if line.endswith("\n") else line + "\n")
   return kept
+
+
+def read_metrics(workdir: str) -> list:
+  """The records of ``WORKDIR/metrics.jsonl`` (none if absent), oldest first."""
+  path = os.path.join(workdir, METRICS_FILE)
+  return [json.loads(line) for line in _records_until(path, math.inf)]
 
 
 class MetricsLog:

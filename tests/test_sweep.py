@@ -57,6 +57,9 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
     timings = [json.load(open(tmp_path / row["model"] / f"seed_{s}" / "timing.json"))
                for s in (0, 1)]
     assert row["eval_seconds"] == [t["eval_seconds"] for t in timings]
+    if row["model"] != "raw":
+      assert [m["step"] for m in row["last_train_metrics"]] == [
+          tiny_config.train.num_steps] * 2
     assert all(seconds > 0 for seconds in row["eval_seconds"])
   markdown = results.markdown(table)
   assert markdown.count("\n") == 2 + 3 and "±" in markdown
