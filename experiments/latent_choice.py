@@ -17,37 +17,21 @@ Prints one JSON line per run and latent.
 """
 
 import functools
-import os
 
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 import jsonl  # experiments/jsonl.py, beside this script.
+import restore  # experiments/restore.py, beside this script.
 from softvq_jax import evaluation
-from softvq_jax import input_pipeline
 from softvq_jax import models
-from softvq_jax import workdir as workdir_lib
 
 flags.DEFINE_list("workdirs", [], "Finished runs' workdirs.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
 FLAGS = flags.FLAGS
 LATENTS = ("z_e", "decoder_input", "train_sample")
-
-
-def restore_variables(run_dir: str):
-  """The model variables of the run's newest checkpoint, on the default device."""
-  steps_ = [int(s) for s in os.listdir(os.path.join(run_dir, "checkpoints")) if s.isdigit()]
-  path = os.path.join(run_dir, "checkpoints", str(max(steps_)), "default")
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
-  state = checkpointer.restore(path, target)
-  return {"params": state["params"], **state["model_state"]}
 
 
 def latents(model: models.Autoencoder, variables, images: np.ndarray, kind: str,
@@ -68,15 +52,7 @@ def latents(model: models.Autoencoder, variables, images: np.ndarray, kind: str,
 
 def evaluate_run(run_dir: str):
   """One result dict per latent kind of the run in ``run_dir``."""
-  config = ml_collections.ConfigDict(workdir_lib.read_json(
-      os.path.join(run_dir, workdir_lib.CONFIG_FILE)))
-  for key, value in workdir_lib.ADDED_KEYS.items():  # Runs from before a key existed.
-    section, field = key.split(".")
-    if field not in config[section]:
-      config[section][field] = value
-  data = input_pipeline.load(config.data)
-  model = models.make_model(config.model, data.image_shape)
-  variables = restore_variables(run_dir)
+  config, data, model, variables = restore.load_run(run_dir)
   encode = functools.partial(latents, model, variables, batch_size=config.eval.batch_size,
                              seed=config.seed)
   for kind in LATENTS:
