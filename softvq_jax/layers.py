@@ -245,14 +245,16 @@ def _log_var_initializer(z: Array, codebook: Array) -> Callable[..., Array]:
 
 def _codeword_log_var(module: nn.Module, z: Array, codebook: Array) -> Array:
   """log sigma_k^2 of shape ``(K,)`` for a module given no ``log_var``: a
-  ``'log_var'`` parameter (``_log_var_initializer``), learned
+  ``'log_var'`` parameter (starting at ``log_var_init``, or else at
+  ``_log_var_initializer``'s fit), learned
   (``variance="codeword"``) or held at its start (``"fixed"``: one variance
   for every codeword, which the gradient never moves)."""
   if module.variance not in ("codeword", "fixed"):
     raise ValueError(f"variance={module.variance!r} needs a log_var argument; "
                      "without one choose 'codeword' or 'fixed'")
-  log_var = module.param("log_var", _log_var_initializer(z, codebook),
-                         (module.num_codewords,), module.param_dtype)
+  init = (_log_var_initializer(z, codebook) if module.log_var_init is None
+          else nn.initializers.constant(module.log_var_init))
+  log_var = module.param("log_var", init, (module.num_codewords,), module.param_dtype)
   return jax.lax.stop_gradient(log_var) if module.variance == "fixed" else log_var
 
 
@@ -319,6 +321,7 @@ class SoftOptions(QuantizerOptions, kw_only=True):
   noise_std: float = 0.0  # Std of the white noise on z in training (z'_e).
   normalizer: str = "paper"  # One of bottlenecks.NORMALIZERS.
   variance: str = "codeword"  # Without a log_var argument: codeword | fixed (VARIANCES).
+  log_var_init: Optional[float] = None  # Their start; None: the init batch's fit.
 
 
 class VectorQuantizer(QuantizerOptions):

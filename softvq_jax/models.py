@@ -126,7 +126,7 @@ BOTTLENECKS = {
     "soft_vq": BottleneckSpec(
         lambda c: layers.SoftVQ(c["latent_dim"], noise_std=c["noise_std"],
                                 normalizer=c["normalizer"], variance=c["variance"],
-                                **_quantizer(c)),
+                                log_var_init=c["log_var_init"], **_quantizer(c)),
         ("noise_std", "commitment", "vq_weight")),
 }
 # The config keys that runs trained in one program may differ in (train.vmap_key).

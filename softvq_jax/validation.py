@@ -126,6 +126,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.train.batch_size % num_devices:
     raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "
                      f"it must be a multiple of the device count {num_devices}")
+  log_var_init = config.model.log_var_init
+  if log_var_init is not None and (config.model.variance == "sample"
+                                   or not math.isfinite(log_var_init)):
+    raise InputError(f"config.model.log_var_init={log_var_init!r} is not valid; it must be "
+                     "finite, and it starts variances per codeword or fixed "
+                     "(model.variance codeword or fixed), not the head's")
   decay = config.model.ema_decay
   if decay is not None and not 0 < decay < 1:
     raise InputError(f"config.model.ema_decay={decay!r} is not valid; "

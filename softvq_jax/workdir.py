@@ -54,6 +54,7 @@ ADDED_KEYS = {
     "eval.kmeans_backend": "auto",  # Earlier runs, all on CPU, used sklearn: auto's choice.
     "model.codebook_init": "uniform",
     "model.dead_code_threshold": 0.0,
+    "model.log_var_init": None,
     "model.variance": "sample",
     "train.compute_dtype": "float32",
     "train.num_seeds": 1,

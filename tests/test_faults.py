@@ -149,6 +149,9 @@ def test_sweep_command_line_overrides_win_over_presets():
     ({"train.learning_rate": float("inf")}, r"learning_rate=inf is not valid; it must be "
      "finite"),
     ({"model.noise_std": float("nan")}, r"noise_std=nan is not valid"),
+    ({"model.variance": "per_sample"}, r"variance='per_sample' is not valid; choose one of "
+     "sample, codeword, fixed"),
+    ({"model.log_var_init": 0.0}, r"log_var_init=0.0 is not valid; .* not the head's"),
 ])
 def test_invalid_values_are_refused_before_any_write(tiny_config, tmp_path, overrides,
                                                     match):

@@ -117,6 +117,9 @@ def test_soft_vq_variances_from_a_head_per_codeword_or_fixed(variance, heads, tr
     assert np.any(np.asarray(grads["log_var"]) != 0) == trained
   if trained is False:  # One variance for every codeword, which stays put.
     assert np.unique(np.asarray(params["log_var"])).size == 1
+  if trained is not None:
+    start = module.clone(log_var_init=0.5).init(RNGS, jnp.zeros((2, 7)), train=False)
+    np.testing.assert_array_equal(start["params"]["log_var"], np.full(K, 0.5))
 
 
 def test_a_soft_quantizer_without_log_var_needs_a_variance_of_its_own():
@@ -212,6 +215,7 @@ def test_bfloat16_compute_keeps_float32_params_quantizer_and_loss(network):
   config = ml_collections.ConfigDict(dict(
       bottleneck="soft_vq", network=network, mlp_hidden=(16,), cnn_channels=(4, 8),
       latent_dim=3, num_codewords=5, noise_std=0.0, normalizer="paper", variance="sample",
+      log_var_init=None,
       commitment=0.25,
       vq_weight=1.0, ema_decay=None, codebook_init="uniform", dead_code_threshold=0.0,
       recon="nmse", output_activation="sigmoid"))

@@ -56,6 +56,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.noise_std = 0.0  # Std of the white noise on z_e in training (soft_vq).
   model.normalizer = "paper"  # soft_vq weights: paper (sigma^-d) | notebook (sigma^+1).
   model.variance = "sample"  # soft_vq sigma_k^2: sample (a head, the paper) | codeword | fixed.
+  model.log_var_init = config_dict.placeholder(float)  # codeword/fixed start; None: data fit.
   model.beta = 1.0  # KL weight (vae) or penalty weight (info_dropout).
   model.max_alpha = 0.7  # Upper bound of information dropout's noise scale.
   model.commitment = 0.25  # beta of eq. (27), the commitment weight (vq, soft_vq).
