@@ -48,7 +48,7 @@ def _batch_statistics(module: models.Autoencoder, x, log_var_params, pixel_var):
                                      output_activation=module.output_activation,
                                      pixel_var=pixel_var)
   return {"entropy": entropy, "max_prob": jnp.max(probs, axis=-1),
-          "log_var": jnp.mean(log_var, axis=-1), "log_var_sq": jnp.mean(log_var ** 2, axis=-1),
+          "log_var": jnp.mean(log_var, axis=-1), "log_var_var": jnp.var(log_var, axis=-1),
           "shift": jnp.mean((z_hat - z) ** 2, axis=-1), "recon": recon[None]}
 
 
@@ -63,14 +63,16 @@ def sharpness(run_dir: str) -> dict:
   size = config.eval.batch_size
   stats = [fn(variables, data.eval_images[i:i + size])
            for i in range(0, len(data.eval_images), size)]
-  mean = {k: float(np.mean(np.concatenate([np.asarray(s[k]) for s in stats])))
-          for k in stats[0]}
+  values = {k: np.concatenate([np.asarray(s[k], np.float64) for s in stats]) for k in stats[0]}
+  mean = {k: float(np.mean(v)) for k, v in values.items()}
+  # The total variance: the mean variance within images plus that of their means.
+  var_of_means = float(np.var(values["log_var"]))
   return {"run": run_dir, "variance": config.model.variance,
           "noise_std": config.model.noise_std, "num_codewords": config.model.num_codewords,
           "eval_split": data.eval_split, "entropy": mean["entropy"],
           "effective_codewords": float(np.exp(mean["entropy"])),
           "max_prob": mean["max_prob"], "log_var_mean": mean["log_var"],
-          "log_var_std": float(np.sqrt(max(mean["log_var_sq"] - mean["log_var"] ** 2, 0.0))),
+          "log_var_std": float(np.sqrt(mean["log_var_var"] + var_of_means)),
           "shift": mean["shift"], "recon": mean["recon"]}
 
 
