@@ -68,6 +68,7 @@ def sharpness(run_dir: str) -> dict:
   # The total variance: the mean variance within images plus that of their means.
   var_of_means = float(np.var(values["log_var"]))
   return {"run": run_dir, "variance": config.model.variance,
+          "log_var_init": config.model.log_var_init,
           "noise_std": config.model.noise_std, "num_codewords": config.model.num_codewords,
           "eval_split": data.eval_split, "entropy": mean["entropy"],
           "effective_codewords": float(np.exp(mean["entropy"])),
