@@ -114,14 +114,14 @@ BETA_VAE_CHOSEN = 5.0
 # Ablations of the soft_vq_vae row on the test split (its settings fixed
 # before: the row itself, then one change each), in the order they run:
 # where sigma_k^2 comes from (the paper's "learned variances control the
-# smoothness"), then where per-codeword variances start, then the noise on z_e. The K curve is the ``codebook`` sweep.
+# smoothness"), then the noise on z_e, then where per-codeword variances start. The K curve is the ``codebook`` sweep.
 ABLATIONS = (
     ({}, {"model.variance": "codeword"}, {"model.variance": "fixed"}),
+    ({"model.noise_std": 0.0}, {"model.noise_std": 0.05}),
     # Per codeword, starting where the head starts (sigma^2 about 1) instead of
     # at the initial fit (sigma^2 about 0.006 on MNIST), added once the first
     # group had run: does the start, or the per-sample head, make the difference?
     ({"model.variance": "codeword", "model.log_var_init": 0.0},),
-    ({"model.noise_std": 0.0}, {"model.noise_std": 0.05}),
 )
 
 
