@@ -48,15 +48,15 @@ def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
 def per_seed(path: str, labels: Sequence[str], *, title: str,
              panels: Sequence[Tuple[str, Sequence[Sequence[float]],
                                     Sequence[Optional[float]]]]) -> None:
-  """Panels side by side, one row of each per label, from ``(title, values,
-  references)``: ``values[i]`` are row i's per-seed values (a dot each, a bar
+  """Panels side by side under ``title``, one row of each per label, from
+  ``(name, values, references)``: ``values[i]`` are row i's per-seed values (a dot each, a bar
   at their mean), ``references[i]`` a value to mark (a cross) or None."""
   y = np.arange(len(labels))[::-1]
   width = 3.2 * len(panels) + 0.07 * max(len(label) for label in labels)
   fig, axes = plt.subplots(1, len(panels), figsize=(width, 1.2 + 0.4 * len(labels)),
                            sharey=True, squeeze=False)
   fig.suptitle(title)
-  for ax, (title, values, references) in zip(axes[0], panels):
+  for ax, (name, values, references) in zip(axes[0], panels):
     means = [np.mean(v) for v in values]
     ax.barh(y, means, color="0.85")
     for row, seeds in zip(y, values):
@@ -68,7 +68,7 @@ def per_seed(path: str, labels: Sequence[str], *, title: str,
     shown = [x for v in values for x in v] + [ref for _, ref in marked]
     margin = 0.1 * (max(shown) - min(shown)) + 1e-9
     ax.set_xlim(min(shown) - margin, max(shown) + margin)
-    ax.set_title(title)
+    ax.set_title(name)
   axes[0, 0].set_yticks(y, labels)
   if any(ref is not None for _, _, refs in panels for ref in refs):
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize=7)
