@@ -112,9 +112,10 @@ BETA_VAE_CHOSEN = 5.0
 
 
 # Ablations of the soft_vq_vae row on the test split (its settings fixed
-# before: the row itself, then one change each), in the order they run:
+# before: the row itself, then the row changed), in the order they run:
 # where sigma_k^2 comes from (the paper's "learned variances control the
-# smoothness"), then the noise on z_e, then where per-codeword variances start. The K curve is the ``codebook`` sweep.
+# smoothness"), then the noise on z_e, then where per-codeword variances
+# start. The K curve is the ``codebook`` sweep.
 ABLATIONS = (
     ({}, {"model.variance": "codeword"}, {"model.variance": "fixed"}),
     ({"model.noise_std": 0.0}, {"model.noise_std": 0.05}),
