@@ -7,8 +7,9 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 * ``matmul_peak_gflops``: the best float32 matmul throughput JAX reaches here;
 * ``mnist_mlp_<bottleneck>_b32_ms_per_step``: the paper's MNIST MLP at batch
   32 on the launcher's own jitted, scanned ``steps.train_steps``, at steady
-  state; ``..._seeds8_ms_per_step_per_seed``: 8 seeds vmapped
-  (``steps.over_runs``, ``train.num_seeds``) and
+  state; ``..._seeds<N>_ms_per_step`` and ``..._ms_per_step_per_seed``: N = 3
+  (a Table 1 row) and 21 (``--quick``: 3 alone) seeds vmapped
+  (``steps.over_runs``, ``train.num_seeds``), and
   ``..._noise_std8_ms_per_step_per_run``: 8 noise levels vmapped
   (``train.vmap_key``); each with ``..._flops_fraction``, the model FLOP/s
   (from XLA's cost analysis) divided by the matmul peak, ``..._mib_moved_per_step``
@@ -42,7 +43,13 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   (60000 random records written to a temporary folder), and tfds's prepared
   array_record data where ``--tfds_data_dir`` holds it.
 
-``--parts`` runs a subset: training, kernels, quantizers, evaluation, loading.
+* ``torch_mnist_mlp_soft_vq_b32_{eager,compiled}_<device>_ms_per_step``: the
+  same soft VQ-VAE step in PyTorch (``experiments/torch_reference.py``), eager
+  and ``torch.compile``d, on the GPU if torch sees one; only where torch is
+  installed (the project does not depend on it).
+
+``--parts`` runs a subset: training, kernels, quantizers, evaluation, loading,
+torch.
 """
 
 import functools
@@ -70,7 +77,8 @@ from softvq_jax.errors import InputError
 
 flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
-flags.DEFINE_list("parts", ["training", "kernels", "quantizers", "evaluation", "loading"],
+flags.DEFINE_list("parts", ["training", "kernels", "quantizers", "evaluation", "loading",
+                            "torch"],
                   "Which parts to run.")
 flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist",
                     "The official MNIST files, for the loading part.")
@@ -120,9 +128,10 @@ def matmul_peak(lines, repeats):
   return best
 
 
-def mlp_training(lines, peak, bandwidth, steps, repeats):
+def mlp_training(lines, peak, bandwidth, steps, repeats, run_counts):
   images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
-  cases = [(b, 1, "") for b in BOTTLENECKS] + [("soft_vq", 8, ""), ("soft_vq", 8, "noise_std")]
+  cases = ([(b, n, "") for b in BOTTLENECKS for n in run_counts]
+           + [("soft_vq", 8, "noise_std")])
   for bottleneck, num_runs, swept in cases:
     config = default.get_base_config()
     config.model.bottleneck = bottleneck
@@ -146,6 +155,7 @@ def mlp_training(lines, peak, bandwidth, steps, repeats):
       emit(lines, name + "_ms_per_step_per_run", 1000 * per_step, "ms")
     elif num_runs > 1:
       name += f"_seeds{num_runs}"
+      emit(lines, name + "_ms_per_step", 1000 * per_step * num_runs, "ms")
       emit(lines, name + "_ms_per_step_per_seed", 1000 * per_step, "ms")
     else:
       emit(lines, name + "_ms_per_step", 1000 * per_step, "ms")
@@ -317,13 +327,34 @@ def loading(lines):
         print(f"skipped {name} from tfds: {e}", file=sys.stderr)
 
 
+def torch_step(lines, steps, repeats):
+  """The soft VQ-VAE step in PyTorch (``torch_reference``), eager and compiled,
+  on the GPU if torch sees one; skipped where torch is not installed."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch_reference  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print("skipped the torch part: torch is not installed", file=sys.stderr)
+    return
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  for compiled in (False, True):
+    tag = "compiled" if compiled else "eager"
+    try:
+      ms = torch_reference.ms_per_step(device, compiled, steps, repeats)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"torch {tag} failed: {type(e).__name__}: {e}", file=sys.stderr)
+      continue
+    emit(lines, f"torch_mnist_mlp_soft_vq_b32_{tag}_{device.type}_ms_per_step", ms, "ms")
+
+
 def main(_):
   lines = []
   repeats = 2 if FLAGS.quick else 5
   if "training" in FLAGS.parts:
     peak = matmul_peak(lines, repeats)
     bandwidth = memory_bandwidth(lines, repeats)
-    mlp_training(lines, peak, bandwidth, steps=100 if FLAGS.quick else 500, repeats=repeats)
+    mlp_training(lines, peak, bandwidth, steps=100 if FLAGS.quick else 500, repeats=repeats,
+                 run_counts=(1, 3) if FLAGS.quick else (1, 3, 21))
     bottleneck_layers(lines, steps=200, repeats=repeats)
     adam_update(lines, steps=100, repeats=repeats)
   if "kernels" in FLAGS.parts:
@@ -340,6 +371,8 @@ def main(_):
     mnist_evaluation(lines)
   if "loading" in FLAGS.parts:
     loading(lines)
+  if "torch" in FLAGS.parts:
+    torch_step(lines, steps=100 if FLAGS.quick else 500, repeats=repeats)
   emit(lines, "devices", jax.device_count(), jax.devices()[0].device_kind)
   jsonl.write(lines, FLAGS.out)
   sys.stdout.flush()
