@@ -128,7 +128,9 @@ ABLATIONS = (
 
 # The soft VQ-VAE row's noise on z_e (model.noise_std; the paper's 0.01 is
 # the row's), seeds 0, 1, 2 on the validation hold-out: the choice that the
-# ablations' noise group (test split) could not make on two seeds.
+# ablations' noise group (test split) could not make on two seeds. Its runs
+# are named "noise" apart from the variants sweep's noise levels, which use
+# eq. (5)'s normaliser.
 NOISE_STDS = (0.0, 0.01, 0.05)
 
 
@@ -210,7 +212,8 @@ def get_sweep(name):
     return [default.paper_point("soft_vq_vae", seed, PAPER, swept=swept)
             for group in ABLATIONS for seed in seeds for swept in group]
   if name == "noise":
-    return [default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.noise_std": noise},
+    return [default.paper_point("soft_vq_vae", seed, PAPER, variant="noise",
+                                swept={"model.noise_std": noise},
                                 overrides={"data.validation_size": VALIDATION_SIZE})
             for seed in seeds for noise in NOISE_STDS]
   if name == "moonshot":

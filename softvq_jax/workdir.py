@@ -63,14 +63,22 @@ ADDED_KEYS = {
 }
 
 
+# The directory part that marks a point evaluated on the validation hold-out.
+VALIDATION_DIR = "validation"
+
+
 def point_dir(point: runs.Point) -> str:
   """The directory of a run below its sweep's (or vmapped config's) workdir:
 
-  ``[<dataset>/][<row>/][<variant>/][<key>_<value>/...]seed_<seed>``, one
-  ``<key>_<value>`` per swept key, named by its last component
-  (``soft_vq_vae/noise_std_0.05/seed_0``).
+  ``[<dataset>/][<row>/][validation/][<variant>/][<key>_<value>/...]seed_<seed>``,
+  one ``<key>_<value>`` per swept key, named by its last component
+  (``soft_vq_vae/noise_std_0.05/seed_0``). ``validation/`` marks a point
+  evaluated on a hold-out of the training images (``data.validation_size``),
+  so that a setting chosen on validation and then run on the test split gets
+  two directories in one sweep workdir.
   """
-  parts = [part for part in (point.dataset, point.row, point.variant) if part]
+  validation = VALIDATION_DIR if point.config_overrides().get("data.validation_size") else ""
+  parts = [part for part in (point.dataset, point.row, validation, point.variant) if part]
   parts += [f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.swept]
   return os.path.join(*parts, f"seed_{point.seed}")
 

@@ -37,6 +37,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "soft_vq_vae/authors_code/seed_0"),
     (runs.point("", 3, swept={"model.beta": 20.0}), "beta_20.0/seed_3"),
     (runs.point("", 1), "seed_1"),
+    (runs.point("beta_vae", 0, swept={"model.beta": 5.0},
+                overrides={"data.validation_size": 100}), "beta_vae/validation/beta_5.0/seed_0"),
+    (runs.point("soft_vq_vae", 0, variant="moonshot", overrides={"data.validation_size": 100}),
+     "soft_vq_vae/validation/moonshot/seed_0"),
 ])
 def test_point_directories(point, directory):
   assert workdir.point_dir(point) == directory
@@ -103,8 +107,8 @@ def old_layout_finished_run(sweep_dir, name, config):
 
 @pytest.mark.parametrize("module,sweep_name,name", [
     (digits, "table1", "vq_vae/seed_1"),
-    (mnist, "variants", "soft_vq_vae/noise_std_0.05/seed_0"),
-    (mnist, "variants", "soft_vq_vae/authors_code/seed_0"),
+    (mnist, "variants", "soft_vq_vae/validation/noise_std_0.05/seed_0"),
+    (mnist, "variants", "soft_vq_vae/validation/authors_code/seed_0"),
     (mnist, "codebook", "soft_vq_vae/num_codewords_64/seed_2"),
     (mnist, "chosen", "soft_vq_vae/normalizer_notebook/seed_0"),
     (mnist, "table1", "soft_vq_vae_eq5/seed_2"),

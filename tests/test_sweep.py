@@ -178,9 +178,9 @@ def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
   assert {p.config_overrides()["data.validation_size"] for p in points} == {
       mnist.VALIDATION_SIZE}
   described = describe(sweep.plan(tiny_config, points, str(tmp_path)), tmp_path)
-  assert described[("soft_vq_vae/noise_std_0.01/seed_0", "soft_vq_vae/noise_std_0.0/seed_0",
-                    "soft_vq_vae/noise_std_0.05/seed_0")] == (
-                        1, "model.noise_std", (0.01, 0.0, 0.05), "soft_vq_vae")
+  assert described[tuple(f"soft_vq_vae/validation/noise_std_{noise}/seed_0"
+                       for noise in (0.01, 0.0, 0.05))] == (
+                        1, "model.noise_std", (0.01, 0.0, 0.05), "soft_vq_vae/validation")
   assert len(described) == len(points) - 2
 
 
@@ -206,6 +206,19 @@ def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, s
   if name == "ablations":  # The row itself first, then the row with changes.
     assert workdir.point_dir(points[0]) == "soft_vq_vae/seed_0"
     assert sorted(p.seed for p in points if not p.swept) == [0, 1, 2]
+
+
+def test_one_directory_holds_one_config_across_all_sweeps():
+  """Every sweep of configs/mnist.py can share one --workdir: a directory that
+  two sweeps name (the same run) gets the same config from both."""
+  names = ("table1", "codebook", "variants", "chosen", "beta_vae", "beta_vae_test",
+           "ablations", "noise", "moonshot", "moonshot_test")
+  configs = {}
+  for name in names:
+    for point in mnist.get_sweep(name):
+      config = runs.point_config(mnist.get_config(), point).to_json(sort_keys=True)
+      assert configs.setdefault(workdir.point_dir(point), config) == config, (
+          name, workdir.point_dir(point))
 
 
 def test_shards_split_families_of_seeds():
