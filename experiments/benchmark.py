@@ -25,7 +25,7 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   forward-and-gradient time and peak temporary memory of ``soft_quantize``,
   and the time of its two matmuls alone (z C^T then P C, forward and gradient);
 * ``soft_quantize{,_chunked}_k<K>_d256_{ms,temp_mib}``: the dense and the
-  streaming (``soft_quantize_chunked``, chunks of 1024) soft quantizer,
+  streaming (``streaming.soft_quantize_chunked``, chunks of 1024) soft quantizer,
   forward and gradient with a per-codeword variance: time at N = 4096 and
   compiled temporaries at N = 65536;
 * ``{vector,soft_vector}_quantizer_32x16x16x256_k8192_{float32,bfloat16}_ms``:
@@ -72,6 +72,7 @@ from softvq_jax import input_pipeline
 from softvq_jax import layers
 from softvq_jax import models
 from softvq_jax import steps as steps_lib
+from softvq_jax import streaming
 from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
@@ -246,7 +247,7 @@ def chunked_vs_dense(lines, repeats, d=256, timed_n=4096, memory_n=65536):
   rng = np.random.default_rng(0)
   for k in (4096, 16384):
     for name, fn in (("soft_quantize", lambda *a: bottlenecks.soft_quantize(*a)[0]),
-                     ("soft_quantize_chunked", bottlenecks.soft_quantize_chunked)):
+                     ("soft_quantize_chunked", streaming.soft_quantize_chunked)):
       kernel = jax.jit(jax.grad(lambda z, c, v, fn=fn: jnp.sum(fn(z, c, v)),
                                 argnums=(0, 1, 2)))
       z = jnp.asarray(rng.normal(size=(timed_n, d)), jnp.float32)

@@ -14,6 +14,7 @@ import pytest
 from softvq_jax import bottlenecks as bn
 from softvq_jax import codebook_health as health
 from softvq_jax import layers
+from softvq_jax import streaming
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNGS = {"params": jax.random.key(0), "noise": jax.random.key(1)}
@@ -35,8 +36,8 @@ def _data(n, k, d, scale=1.0, seed=0):
 def test_chunked_equals_dense_values_and_gradients(n, k, d, chunk, normalizer):
   z, codebook, log_var, g = _data(n, k, d)
   dense = lambda *a: jnp.sum(bn.soft_quantize(*a, normalizer)[0] * g)
-  chunked = lambda *a: jnp.sum(bn.soft_quantize_chunked(*a, normalizer, chunk) * g)
-  np.testing.assert_allclose(bn.soft_quantize_chunked(z, codebook, log_var, normalizer, chunk),
+  chunked = lambda *a: jnp.sum(streaming.soft_quantize_chunked(*a, normalizer, chunk) * g)
+  np.testing.assert_allclose(streaming.soft_quantize_chunked(z, codebook, log_var, normalizer, chunk),
                              bn.soft_quantize(z, codebook, log_var, normalizer)[0],
                              atol=2e-6, rtol=1e-5)
   for a, b in zip(jax.grad(chunked, (0, 1, 2))(z, codebook, log_var),
@@ -46,17 +47,17 @@ def test_chunked_equals_dense_values_and_gradients(n, k, d, chunk, normalizer):
 
 def test_chunked_leading_shape_and_log_var_shape():
   z, codebook, log_var, _ = _data(24, 10, 4)
-  out = bn.soft_quantize_chunked(z.reshape(2, 3, 4, 4), codebook, log_var, chunk_size=4)
+  out = streaming.soft_quantize_chunked(z.reshape(2, 3, 4, 4), codebook, log_var, chunk_size=4)
   np.testing.assert_allclose(out.reshape(24, 4),
-                             bn.soft_quantize_chunked(z, codebook, log_var, chunk_size=4))
+                             streaming.soft_quantize_chunked(z, codebook, log_var, chunk_size=4))
   with pytest.raises(ValueError, match=r"log_var must have shape \(K,\)"):
-    bn.soft_quantize_chunked(z, codebook, np.zeros((24, 10), np.float32))
+    streaming.soft_quantize_chunked(z, codebook, np.zeros((24, 10), np.float32))
 
 
 def test_chunked_memory_at_large_k_stays_under_1_gib():
   n, k, d = 65536, 16384, 256  # N x K float32 alone is 4 GiB.
   args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((n, d), (k, d), (k,))]
-  grad = jax.grad(lambda *a: jnp.sum(bn.soft_quantize_chunked(*a)), argnums=(0, 1, 2))
+  grad = jax.grad(lambda *a: jnp.sum(streaming.soft_quantize_chunked(*a)), argnums=(0, 1, 2))
   memory = jax.jit(grad).lower(*args).compile().memory_analysis()
   assert memory.temp_size_in_bytes < 2 ** 30
 
@@ -73,7 +74,7 @@ def test_bfloat16_matches_float32_without_nan(scale):
       "hard": (bn.hard_quantize(z16, cb16)[0], bn.hard_quantize(z_r, cb_r)[0]),
       "soft": (bn.soft_quantize(z16, cb16, log_var)[0], bn.soft_quantize(z_r, cb_r, log_var)[0]),
       "probs": (bn.soft_quantize(z16, cb16, log_var)[1], bn.soft_quantize(z_r, cb_r, log_var)[1]),
-      "chunked": (bn.soft_quantize_chunked(z16, cb16, log_var, chunk_size=8),
+      "chunked": (streaming.soft_quantize_chunked(z16, cb16, log_var, chunk_size=8),
                   bn.soft_quantize(z_r, cb_r, log_var)[0]),
       "lookup": (bn.lookup(cb16, jnp.arange(5)), cb_r[:5]),
   }
