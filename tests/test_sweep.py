@@ -194,7 +194,7 @@ def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
 
 @pytest.mark.parametrize("name,split", [
     ("moonshot", "validation"), ("beta_vae", "validation"), ("variants", "validation"),
-    ("noise", "validation"),
+    ("noise", "validation"), ("moonshot_seeds", "validation"),
     ("ablations", "test"), ("beta_vae_test", "test"), ("moonshot_test", "test")])
 def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
   points = mnist.get_sweep(name)
@@ -212,7 +212,7 @@ def test_one_directory_holds_one_config_across_all_sweeps():
   """Every sweep of configs/mnist.py can share one --workdir: a directory that
   two sweeps name (the same run) gets the same config from both."""
   names = ("table1", "codebook", "variants", "chosen", "beta_vae", "beta_vae_test",
-           "ablations", "noise", "moonshot", "moonshot_test")
+           "ablations", "noise", "moonshot", "moonshot_seeds", "moonshot_test")
   configs = {}
   for name in names:
     for point in mnist.get_sweep(name):
