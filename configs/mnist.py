@@ -159,8 +159,12 @@ MOONSHOT_TRIALS = (
     {"model.latent_dim": 64, "model.num_codewords": 128, "train.num_steps": 40000,
      "model.variance": "codeword", "model.log_var_init": 0.0},
 )
-# The trial with the best validation clustering accuracy, for the test split.
-MOONSHOT_CHOSEN = MOONSHOT_TRIALS[10]
+# The trials chosen on validation, in the order chosen, each run once on the
+# test split (``moonshot_test``): cosine decay, best of the seed-0 screen;
+# then the per-codeword variances from log sigma^2 = 0, whose 3 validation
+# seeds (``moonshot_seeds``: 85.29, 86.65, 77.34) average above every other
+# trial (cosine decay 80.30 at seed 0; the row 78.67 over 3 seeds).
+MOONSHOT_CHOSEN = (MOONSHOT_TRIALS[10], MOONSHOT_TRIALS[11])
 
 
 def moonshot_point(trial, seed, *, validation=True):
@@ -194,9 +198,9 @@ def get_sweep(name):
   noise      the soft_vq_vae row with each of NOISE_STDS, seeds 0, 1, 2, on
              the validation hold-out (one vmapped program).
   moonshot   the MOONSHOT_TRIALS, seed 0, on the validation hold-out.
-  moonshot_seeds  the last of MOONSHOT_TRIALS, seeds 0, 1, 2, on the
+  moonshot_seeds  the 12th of MOONSHOT_TRIALS, seeds 0, 1, 2, on the
              validation hold-out.
-  moonshot_test  MOONSHOT_CHOSEN, seeds 0, 1, 2, on the test split.
+  moonshot_test  each of MOONSHOT_CHOSEN, seeds 0, 1, 2, on the test split.
   """
   seeds = (0, 1, 2)
   if name == "table1":
@@ -226,9 +230,10 @@ def get_sweep(name):
   if name == "moonshot":
     return [moonshot_point(trial, 0) for trial in MOONSHOT_TRIALS]
   if name == "moonshot_seeds":
-    return [moonshot_point(MOONSHOT_TRIALS[-1], seed) for seed in seeds]
+    return [moonshot_point(MOONSHOT_TRIALS[11], seed) for seed in seeds]
   if name == "moonshot_test":
-    return [moonshot_point(MOONSHOT_CHOSEN, seed, validation=False) for seed in seeds]
+    return [moonshot_point(trial, seed, validation=False)
+            for trial in MOONSHOT_CHOSEN for seed in seeds]
   raise ValueError(f"unknown sweep {name!r}; choose table1, codebook, variants, chosen, "
                    "beta_vae, beta_vae_test, ablations, noise, moonshot, moonshot_seeds or "
                    "moonshot_test")
