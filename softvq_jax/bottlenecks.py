@@ -113,10 +113,14 @@ def soft_assignment_logits(z: Array, codebook: Array, log_var: Array,
     Float32 logits, shape ``(..., K)``; ``jax.nn.softmax`` of them is
     p(mu_k | z).
   """
-  norm_weight = normalizer_weight(normalizer, z.shape[-1])
-  log_var = as_float32(log_var)
-  dist = squared_distances(z, codebook)
-  return -0.5 * dist * jnp.exp(-log_var) - norm_weight * log_var
+  return distance_logits(squared_distances(z, codebook), as_float32(log_var),
+                         normalizer_weight(normalizer, z.shape[-1]))
+
+
+def distance_logits(dist: Array, log_var: Array, weight: float) -> Array:
+  """The logits of ``soft_assignment_logits`` from squared distances:
+  -||z - mu_k||^2 / (2 sigma_k^2) - w log sigma_k^2 (w: ``normalizer_weight``)."""
+  return -0.5 * dist * jnp.exp(-log_var) - weight * log_var
 
 
 def posterior_mean(probs: Array, codebook: Array) -> Array:

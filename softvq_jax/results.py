@@ -25,12 +25,11 @@ TITLES = {"clustering_acc": "clustering ACC (%)", "nmi": "NMI", "probe_acc": "pr
 
 
 def model_label(point: runs.Point) -> str:
-  """A point's row in the tables: its directory without dataset, seed and
-  ``validation/`` (the tables' eval_split says it): ``ae``,
+  """A point's row in the tables: its directory names without dataset, seed
+  and ``validation`` (the tables' eval_split says it): ``ae``,
   ``soft_vq_vae/noise_std_0.05``."""
-  directory = os.path.dirname(workdir_lib.point_dir(dataclasses.replace(point, dataset="")))
-  return "/".join(part for part in directory.split(os.sep)
-                  if part != workdir_lib.VALIDATION_DIR)
+  return "/".join(workdir_lib.point_parts(dataclasses.replace(point, dataset=""),
+                                         split=False))
 
 
 def aggregate(points: Sequence[runs.Point], workdir: str,

@@ -13,7 +13,8 @@ from typing import Tuple
 import jax
 import jax.numpy as jnp
 
-from softvq_jax.bottlenecks import PRECISION, as_float32, normalizer_weight, squared_distances
+from softvq_jax.bottlenecks import (PRECISION, as_float32, distance_logits, normalizer_weight,
+                                    squared_distances)
 
 Array = jax.Array
 
@@ -67,8 +68,7 @@ def _chunk_logits(z: Array, codebook: Array, log_var: Array, valid: Array,
                   weight: float) -> Tuple[Array, Array]:
   """Logits of eqs. (5)/(7) for rows x a chunk, padding at -inf, and distances."""
   dist = squared_distances(z, codebook)
-  logits = -0.5 * dist * jnp.exp(-log_var) - weight * log_var
-  return jnp.where(valid, logits, -jnp.inf), dist
+  return jnp.where(valid, distance_logits(dist, log_var, weight), -jnp.inf), dist
 
 
 def _codebook_chunks(codebook, log_var, chunk):

@@ -29,7 +29,7 @@ import math
 import os
 import socket
 import tempfile
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from absl import logging
 import ml_collections
@@ -67,20 +67,25 @@ ADDED_KEYS = {
 VALIDATION_DIR = "validation"
 
 
+def point_parts(point: runs.Point, *, split: bool = True) -> List[str]:
+  """The names of a point's directories below its sweep's workdir, the seed's
+  excepted: ``[<dataset>, ][<row>, ][validation, ][<variant>, ][<key>_<value>, ...]``,
+  one ``<key>_<value>`` per swept key, named by its last component.
+  ``validation`` (``split``) marks a point evaluated on a hold-out of the
+  training images (``data.validation_size``), so that a setting chosen on
+  validation and then run on the test split gets two directories in one
+  sweep workdir."""
+  held_out = split and point.config_overrides().get("data.validation_size")
+  validation = VALIDATION_DIR if held_out else ""
+  parts = [part for part in (point.dataset, point.row, validation, point.variant) if part]
+  return parts + [f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.swept]
+
+
 def point_dir(point: runs.Point) -> str:
   """The directory of a run below its sweep's (or vmapped config's) workdir:
-
-  ``[<dataset>/][<row>/][validation/][<variant>/][<key>_<value>/...]seed_<seed>``,
-  one ``<key>_<value>`` per swept key, named by its last component
-  (``soft_vq_vae/noise_std_0.05/seed_0``). ``validation/`` marks a point
-  evaluated on a hold-out of the training images (``data.validation_size``),
-  so that a setting chosen on validation and then run on the test split gets
-  two directories in one sweep workdir.
-  """
-  validation = VALIDATION_DIR if point.config_overrides().get("data.validation_size") else ""
-  parts = [part for part in (point.dataset, point.row, validation, point.variant) if part]
-  parts += [f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.swept]
-  return os.path.join(*parts, f"seed_{point.seed}")
+  ``point_parts``, then ``seed_<seed>`` (``soft_vq_vae/noise_std_0.05/seed_0``,
+  ``beta_vae/validation/beta_5.0/seed_0``)."""
+  return os.path.join(*point_parts(point), f"seed_{point.seed}")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
