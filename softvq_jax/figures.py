@@ -77,6 +77,32 @@ def per_seed(path: str, labels: Sequence[str], *, title: str,
   plt.close(fig)
 
 
+def curve(path: str, *, title: str, xlabel: str, xs: Sequence[float],
+          panels: Sequence[Tuple[str, Sequence[Sequence[float]]]]) -> None:
+  """Panels side by side under ``title``, one per ``(name, values)``:
+  ``values[i]`` are the per-seed values at ``xs[i]`` (a dot each, the mean
+  joined by a line). The x axis is log2 where ``xs`` are positive and span
+  a factor of 8 or more (codebook sizes)."""
+  order = np.argsort(xs)
+  xs = np.asarray(xs, dtype=float)[order]
+  log = xs.min() > 0 and xs.max() >= 8 * xs.min()
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+  fig.suptitle(title)
+  for ax, (name, values) in zip(axes[0], panels):
+    values = [values[i] for i in order]
+    for x, seeds in zip(xs, values):
+      ax.plot(np.full(len(seeds), x), seeds, "o", color="C0", ms=3, alpha=0.6)
+    ax.plot(xs, [np.mean(v) for v in values], "-", color="C0")
+    if log:
+      ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_title(name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def _show(ax, image: np.ndarray) -> None:
   image = np.clip(image - image.min() if image.min() < 0 else image, 0, 1)
   ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None)

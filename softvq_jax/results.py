@@ -5,14 +5,15 @@
 run's last logged training metrics, the protocol), ``PREFIX.md`` (mean ±
 population std over seeds next to the paper's numbers) and ``PREFIX.csv`` (one line per run); ``write_tsne``
 draws one t-SNE panel per model (the paper's Fig. 4); ``write_figure`` shows
-every seed's value of every metric per row.
+every seed's value of every metric per row, as curves over the swept value
+when the rows differ in one numeric key (``curve_key``: the K curve).
 """
 
 import csv
 import dataclasses
 import io
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     key = (dataset, model_label(point))
     overrides = {k: v for k, v in point.config_overrides().items() if k != "seed"}
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
-                                "seeds": [], "train_seconds": [], "eval_seconds": [],
+                                "swept": dict(point.swept), "seeds": [], "train_seconds": [], "eval_seconds": [],
                                 "last_train_metrics": [], **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
     row["last_train_metrics"].append((workdir_lib.read_metrics(run_dir) or [None])[-1])
@@ -99,9 +100,30 @@ def write_tables(table: Dict[str, Any], prefix: str) -> None:
     f.write(out.getvalue())
 
 
+def curve_key(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
+  """The one swept config key whose numeric values tell the rows of one
+  dataset apart, or None: such rows are points of a curve over it."""
+  keys = {tuple(row["swept"]) for row in rows}
+  if len(rows) < 2 or len(keys) != 1 or len(next(iter(keys))) != 1:
+    return None
+  (key,), = keys
+  values = [row["swept"][key] for row in rows]
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  distinct = len(set(values)) == len(values)
+  one_dataset = len({row["dataset"] for row in rows}) == 1
+  return key if numeric and distinct and one_dataset else None
+
+
 def write_figure(table: Dict[str, Any], path: str) -> None:
-  """Each row's per-seed values of every metric, the paper's marked."""
+  """Each row's per-seed values of every metric, the paper's marked; a curve
+  over the swept value where ``curve_key`` finds one."""
   rows = table["rows"]
+  key = curve_key(rows)
+  if key is not None:
+    title = os.path.commonpath([os.path.dirname(row["model"]) for row in rows])
+    figures.curve(path, title=title, xlabel=key, xs=[row["swept"][key] for row in rows],
+                  panels=[(TITLES[m], [row[m] for row in rows]) for m in METRICS])
+    return
   models = [row["model"] for row in rows]
   common = os.path.commonpath(models) if len(rows) > 1 else ""
   # The directories' shared start is said once, in the title.

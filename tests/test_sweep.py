@@ -75,6 +75,27 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
   assert (tmp_path / "t_metrics.png").stat().st_size > 1000
 
 
+def rows_of(points):
+  """Table rows of ``points`` as ``results.aggregate`` keys them, two seeds each."""
+  rows = {}
+  for point in points:
+    rows.setdefault(results.model_label(point), {
+        "dataset": "mnist", "model": results.model_label(point), "swept": dict(point.swept),
+        **{m: [50.0 + point.seed, 60.0] for m in results.METRICS}})
+  return list(rows.values())
+
+
+@pytest.mark.parametrize("name,key", [
+    ("codebook", "model.num_codewords"), ("noise", "model.noise_std"),
+    ("beta_vae", "model.beta"), ("table1", None), ("ablations", None), ("moonshot", None)])
+def test_sweeps_over_one_numeric_key_are_curves(name, key, tmp_path):
+  rows = rows_of(mnist.get_sweep(name))
+  assert results.curve_key(rows) == key
+  if key is not None:
+    results.write_figure({"rows": rows}, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
 def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
   points = small_points(digits, "table1", lambda p: p.seed == 0)
   points[-1] = dataclasses.replace(
