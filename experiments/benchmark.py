@@ -29,7 +29,7 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   forward and gradient with a per-codeword variance: time at N = 4096 and
   compiled temporaries at N = 65536;
 * ``{vector,soft_vector}_quantizer_32x16x16x256_k8192_{float32,bfloat16}_ms``:
-  ``layers.VectorQuantizer`` / ``SoftVectorQuantizer`` forward and gradient
+  ``quantizers.VectorQuantizer`` / ``SoftVectorQuantizer`` forward and gradient
   on a tokenizer's latent grid;
 * ``mnist_eval_<backend>_seconds``: the evaluation suite at MNIST size
   (K-means with 100 initialisations on 10000 x 64, probe on 60000 x 64,
@@ -69,7 +69,7 @@ import jsonl  # experiments/jsonl.py, beside this script.
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
-from softvq_jax import layers
+from softvq_jax import quantizers
 from softvq_jax import models
 from softvq_jax import steps as steps_lib
 from softvq_jax import streaming
@@ -266,8 +266,8 @@ def chunked_vs_dense(lines, repeats, d=256, timed_n=4096, memory_n=65536):
 
 def quantizer_modules(lines, repeats, shape=(32, 16, 16, 256), k=8192):
   """The quantizer modules on a tokenizer's latent grid, float32 and bfloat16."""
-  for name, module in (("vector_quantizer", layers.VectorQuantizer(k)),
-                       ("soft_vector_quantizer", layers.SoftVectorQuantizer(k))):
+  for name, module in (("vector_quantizer", quantizers.VectorQuantizer(k)),
+                       ("soft_vector_quantizer", quantizers.SoftVectorQuantizer(k))):
     for dtype in (jnp.float32, jnp.bfloat16):
       z = jax.random.normal(jax.random.key(0), shape, dtype)
       params = module.init({"params": jax.random.key(1)}, z, train=False)["params"]

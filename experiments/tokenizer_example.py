@@ -4,7 +4,7 @@
       python experiments/tokenizer_example.py --mode=all
 
 A small conv autoencoder on scikit-learn's 8x8 digits whose encoder yields a
-``(B, 4, 4, d)`` latent grid, quantized by ``layers.SoftVectorQuantizer``
+``(B, 4, 4, d)`` latent grid, quantized by ``quantizers.SoftVectorQuantizer``
 with a learned per-codeword variance, an EMA codebook, k-means
 initialisation and dead-code restart. ``--mode``:
 
@@ -35,7 +35,7 @@ import numpy as np
 import optax
 import sklearn.datasets
 
-from softvq_jax import layers
+from softvq_jax import quantizers
 
 flags.DEFINE_enum("mode", "all", ["single", "jit", "shard_map", "all"], "How to train.")
 flags.DEFINE_integer("steps", 300, "Adam steps.")
@@ -55,7 +55,7 @@ class Tokenizer(nn.Module):
   def __call__(self, x, *, train: bool):
     h = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
     z = nn.Conv(self.latent_dim, (1, 1))(h)
-    z_q, aux = layers.SoftVectorQuantizer(
+    z_q, aux = quantizers.SoftVectorQuantizer(
         self.num_codewords, ema_decay=0.9, codebook_init="kmeans",
         dead_code_threshold=0.05, axis_name=self.axis_name, name="quantizer")(z, train=train)
     h = nn.relu(nn.ConvTranspose(32, (3, 3), strides=(2, 2))(z_q))

@@ -20,7 +20,7 @@ import numpy as np
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
-from softvq_jax import layers
+from softvq_jax import quantizers
 from softvq_jax import models
 from softvq_jax import steps
 from softvq_jax.errors import InputError
@@ -101,12 +101,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _choice(c, "model.recon", models.RECONSTRUCTIONS)
   _choice(c, "model.output_activation", models.OUTPUT_ACTIVATIONS)
   _choice(c, "model.normalizer", bottlenecks.NORMALIZERS)
-  _choice(c, "model.variance", layers.VARIANCES)
+  _choice(c, "model.variance", quantizers.VARIANCES)
   _choice(c, "data.name", input_pipeline.DATASETS)
   _choice(c, "data.source", input_pipeline.SOURCES)
   _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
   _choice(c, "train.lr_schedule", LR_SCHEDULES)
-  _choice(c, "model.codebook_init", layers.CODEBOOK_INITS)
+  _choice(c, "model.codebook_init", quantizers.CODEBOOK_INITS)
   _choice(c, "eval.kmeans_backend", evaluation.KMEANS_BACKENDS)
   _choice(c, "train.compute_dtype", models.COMPUTE_DTYPES)
   for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from softvq_jax import layers
+from softvq_jax import quantizers
 from softvq_jax import models
 from softvq_jax import networks
 
@@ -124,7 +125,7 @@ def test_soft_vq_variances_from_a_head_per_codeword_or_fixed(variance, heads, tr
 
 def test_a_soft_quantizer_without_log_var_needs_a_variance_of_its_own():
   with pytest.raises(ValueError, match="needs a log_var argument"):
-    layers.SoftVectorQuantizer(K, variance="sample").init(RNGS, jnp.ones((3, D)), train=False)
+    quantizers.SoftVectorQuantizer(K, variance="sample").init(RNGS, jnp.ones((3, D)), train=False)
 
 
 def test_vq_decoder_input_is_nearest_codeword():

@@ -14,6 +14,7 @@ import pytest
 from softvq_jax import bottlenecks as bn
 from softvq_jax import codebook_health as health
 from softvq_jax import layers
+from softvq_jax import quantizers
 from softvq_jax import streaming
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,8 +90,8 @@ def test_bfloat16_matches_float32_without_nan(scale):
 
 
 @pytest.mark.parametrize("module", [
-    layers.VectorQuantizer(12), layers.VectorQuantizer(12, ema_decay=0.9),
-    layers.SoftVectorQuantizer(12), layers.SoftVectorQuantizer(12, ema_decay=0.9),
+    quantizers.VectorQuantizer(12), quantizers.VectorQuantizer(12, ema_decay=0.9),
+    quantizers.SoftVectorQuantizer(12), quantizers.SoftVectorQuantizer(12, ema_decay=0.9),
     layers.VQ(4, 12), layers.SoftVQ(4, 12)])
 def test_embed_round_trip(module):
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
@@ -98,14 +99,14 @@ def test_embed_round_trip(module):
   z_q, aux = module.apply(variables, x, train=False)
   codewords = module.apply(variables, aux["indices"], method=module.embed)
   assert codewords.shape == (2, 3, 3, 4)
-  if not isinstance(module, (layers.SoftVectorQuantizer, layers.SoftVQ)):
+  if not isinstance(module, (quantizers.SoftVectorQuantizer, layers.SoftVQ)):
     np.testing.assert_allclose(codewords, z_q, atol=1e-6)
   codebook = variables["params" if module.ema_decay is None else "ema"]["codebook"]
   np.testing.assert_array_equal(codewords, codebook[aux["indices"]])
 
 
-@pytest.mark.parametrize("module", [layers.VectorQuantizer(8, dtype=jnp.bfloat16),
-                                    layers.SoftVectorQuantizer(8, dtype=jnp.bfloat16)])
+@pytest.mark.parametrize("module", [quantizers.VectorQuantizer(8, dtype=jnp.bfloat16),
+                                    quantizers.SoftVectorQuantizer(8, dtype=jnp.bfloat16)])
 def test_modules_keep_float32_parameters_and_return_their_dtype(module):
   x = 100.0 * jax.random.normal(jax.random.key(0), (16, 4))
   variables = module.init(RNGS, x, train=False)
@@ -117,7 +118,7 @@ def test_modules_keep_float32_parameters_and_return_their_dtype(module):
 
 def test_soft_log_var_is_an_argument_or_a_learned_parameter():
   x = jax.random.normal(jax.random.key(0), (6, 4))
-  module = layers.SoftVectorQuantizer(5)
+  module = quantizers.SoftVectorQuantizer(5)
   learned = module.init(RNGS, x, train=False)["params"]
   nearest = np.min(np.sum((np.asarray(x)[:, None] - np.asarray(learned["codebook"])[None]) ** 2,
                           axis=-1), axis=1)
@@ -132,8 +133,8 @@ def test_soft_log_var_is_an_argument_or_a_learned_parameter():
   np.testing.assert_allclose(aux["probs"], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("module", [layers.VectorQuantizer(8, ema_decay=0.9),
-                                    layers.SoftVectorQuantizer(8, ema_decay=0.9)])
+@pytest.mark.parametrize("module", [quantizers.VectorQuantizer(8, ema_decay=0.9),
+                                    quantizers.SoftVectorQuantizer(8, ema_decay=0.9)])
 def test_training_an_ema_codebook_without_a_mutable_collection_is_an_error(module):
   x = jax.random.normal(jax.random.key(0), (6, 4))
   variables = module.init(RNGS, x, train=False)
@@ -152,7 +153,7 @@ def test_soft_ema_statistics_are_weighted_by_the_posterior():
 
 
 def test_dead_code_restart_revives_an_unused_codeword():
-  module = layers.VectorQuantizer(4, ema_decay=0.9, dead_code_threshold=0.5)
+  module = quantizers.VectorQuantizer(4, ema_decay=0.9, dead_code_threshold=0.5)
   z = jax.random.normal(jax.random.key(0), (32, 3))
   variables = module.init(RNGS, z, train=False)
   ema = dict(variables["ema"])
@@ -175,11 +176,11 @@ def test_kmeans_init_beats_random_init_on_clustered_data():
   centres = 10.0 * rng.normal(size=(8, 5))
   z = (centres[rng.integers(0, 8, 800)] + 0.1 * rng.normal(size=(800, 5))).astype(np.float32)
   kmeans = health.kmeans_codebook(jax.random.key(0), z, 8)
-  random = layers.uniform_unit_scaling(jax.random.key(0), (8, 5))
+  random = quantizers.uniform_unit_scaling(jax.random.key(0), (8, 5))
   data = z[:8]
   inertia = lambda codebook: float(health.kmeans_inertia(z, codebook))
   assert inertia(kmeans) < 0.05 < inertia(data) < inertia(random)
-  module = layers.SoftVectorQuantizer(8, codebook_init="kmeans")
+  module = quantizers.SoftVectorQuantizer(8, codebook_init="kmeans")
   codebook = module.init(RNGS, z, train=False)["params"]["codebook"]
   assert inertia(codebook) < 0.05
 
@@ -187,12 +188,12 @@ def test_kmeans_init_beats_random_init_on_clustered_data():
 EMA_ON_4_DEVICES = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, PartitionSpec as P
-    from softvq_jax import layers
+    from softvq_jax import quantizers
     assert jax.device_count() == 4
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     z = jax.random.normal(jax.random.key(0), (4, 6, 3))  # 4 shards of 6 latents.
     rngs = {"params": jax.random.key(1), "noise": jax.random.key(2)}
-    for cls in (layers.VectorQuantizer, layers.SoftVectorQuantizer):
+    for cls in (quantizers.VectorQuantizer, quantizers.SoftVectorQuantizer):
       kwargs = dict(ema_decay=0.5, dead_code_threshold=0.8)
       one = cls(5, **kwargs)
       variables = one.init(rngs, z.reshape(24, 3), train=False)
