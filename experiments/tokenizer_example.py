@@ -89,11 +89,18 @@ def make_step(model, optimizer, num_shards=1):
   return step
 
 
-def train(mode: str, train_images, steps: int, batch_size: int, num_codewords: int):
-  """Trains from a fixed start; the same batches and keys in every mode."""
+def init(num_codewords: int, train_images):
+  """The start every mode trains from; the codebook is k-means of the first
+  512 images' encodings."""
   model = Tokenizer(num_codewords)
-  variables = model.init({"params": jax.random.key(0), "noise": jax.random.key(1)},
-                         train_images[:512], train=False)  # k-means on these encodings.
+  rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
+  return jax.jit(lambda x: model.init(rngs, x, train=False))(train_images[:512])
+
+
+def train(mode: str, variables, train_images, steps: int, batch_size: int,
+          num_codewords: int):
+  """Trains from ``variables``; the same batches and keys in every mode."""
+  model = Tokenizer(num_codewords)
   params, ema = variables["params"], variables["ema"]
   optimizer = optax.adam(3e-3)
   opt_state = optimizer.init(params)
@@ -139,9 +146,10 @@ def main(argv):
   train_images, test_images = load_digits()
   modes = ["single", "jit", "shard_map"] if FLAGS.mode == "all" else [FLAGS.mode]
   print(f"{jax.device_count()} devices, {FLAGS.steps} steps, batch {FLAGS.batch_size}")
+  start = init(FLAGS.num_codewords, train_images)
   finals, mses = {}, {}
   for mode in modes:
-    model, variables, loss = train(mode, train_images, FLAGS.steps, FLAGS.batch_size,
+    model, variables, loss = train(mode, start, train_images, FLAGS.steps, FLAGS.batch_size,
                                    FLAGS.num_codewords)
     mses[mode] = report(mode, model, variables, loss, test_images)
     finals[mode] = variables
