@@ -165,6 +165,10 @@ MOONSHOT_TRIALS = (
 # seeds (``moonshot_seeds``: 85.29, 86.65, 77.34) average above every other
 # trial (cosine decay 80.30 at seed 0; the row 78.67 over 3 seeds).
 MOONSHOT_CHOSEN = (MOONSHOT_TRIALS[10], MOONSHOT_TRIALS[11])
+# The seeds of the second choice on both splits: the bar (mean of 3 seeds) is
+# judged on seeds 0-2; seeds 3 and 4 were added after those results, to pin
+# its expected accuracy, and are reported with them.
+MOONSHOT_SEEDS = (0, 1, 2, 3, 4)
 
 
 def moonshot_point(trial, seed, *, validation=True):
@@ -198,9 +202,10 @@ def get_sweep(name):
   noise      the soft_vq_vae row with each of NOISE_STDS, seeds 0, 1, 2, on
              the validation hold-out (one vmapped program).
   moonshot   the MOONSHOT_TRIALS, seed 0, on the validation hold-out.
-  moonshot_seeds  the 12th of MOONSHOT_TRIALS, seeds 0, 1, 2, on the
+  moonshot_seeds  the 12th of MOONSHOT_TRIALS, MOONSHOT_SEEDS, on the
              validation hold-out.
-  moonshot_test  each of MOONSHOT_CHOSEN, seeds 0, 1, 2, on the test split.
+  moonshot_test  the first of MOONSHOT_CHOSEN with seeds 0, 1, 2, the second
+             with MOONSHOT_SEEDS, on the test split.
   """
   seeds = (0, 1, 2)
   if name == "table1":
@@ -230,10 +235,11 @@ def get_sweep(name):
   if name == "moonshot":
     return [moonshot_point(trial, 0) for trial in MOONSHOT_TRIALS]
   if name == "moonshot_seeds":
-    return [moonshot_point(MOONSHOT_TRIALS[11], seed) for seed in seeds]
+    return [moonshot_point(MOONSHOT_TRIALS[11], seed) for seed in MOONSHOT_SEEDS]
   if name == "moonshot_test":
     return [moonshot_point(trial, seed, validation=False)
-            for trial in MOONSHOT_CHOSEN for seed in seeds]
+            for trial, trial_seeds in zip(MOONSHOT_CHOSEN, (seeds, MOONSHOT_SEEDS))
+            for seed in trial_seeds]
   raise ValueError(f"unknown sweep {name!r}; choose table1, codebook, variants, chosen, "
                    "beta_vae, beta_vae_test, ablations, noise, moonshot, moonshot_seeds or "
                    "moonshot_test")
