@@ -39,8 +39,12 @@ def get_config(args=None):
   return default.apply_args(config, args, PAPER)
 
 
+SWEEPS = {
+    # Table 1's rows (raw pixels and the bottlenecks' presets) on digits.
+    "table1": lambda: default.table_sweep(("raw",) + default.PRESETS, PAPER),
+}
+
+
 def get_sweep(name):
-  """``table1``: Table 1's rows (raw pixels and the six bottlenecks) on digits."""
-  if name != "table1":
-    raise ValueError(f"unknown sweep {name!r}; choose table1")
-  return default.table_sweep(("raw",) + default.PRESETS, PAPER)
+  """The points of ``SWEEPS[name]``, for ``python -m softvq_jax.sweep --sweep=NAME``."""
+  return default.named_sweep(SWEEPS, name)

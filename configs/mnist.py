@@ -183,63 +183,59 @@ def moonshot_point(trial, seed, *, validation=True):
                              overrides=overrides)
 
 
-def get_sweep(name):
-  """Named sweeps for ``python -m softvq_jax.sweep --sweep=NAME``.
+SEEDS = (0, 1, 2)
+CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 
-  table1     the 7 rows of Table 1, and soft_vq_vae_eq5, x seeds 0, 1, 2
-             (seed-major, so that an interrupted sweep has every row for the
-             first seeds).
-  codebook   soft VQ-VAE with K in 16 ... 512, seeds 0, 1, 2.
-  variants   soft VQ-VAE settings (``VARIANTS``), seed 0, evaluated on
-             VALIDATION_SIZE held-out training images, never on the test split.
-  chosen     soft VQ-VAE with the CHOSEN variant, seeds 0, 1, 2, on the test split.
-  beta_vae   the beta-VAE row with each of BETA_VAE_BETAS, seed 0, on the
-             validation hold-out (one vmapped program).
-  beta_vae_test  the beta-VAE row with BETA_VAE_CHOSEN, seeds 0, 1, 2, on the
-             test split.
-  ablations  the soft_vq_vae row and each of ABLATIONS, seeds 0, 1, 2, on the
-             test split (seed-major within each group of ABLATIONS).
-  noise      the soft_vq_vae row with each of NOISE_STDS, seeds 0, 1, 2, on
-             the validation hold-out (one vmapped program).
-  moonshot   the MOONSHOT_TRIALS, seed 0, on the validation hold-out.
-  moonshot_seeds  the 12th of MOONSHOT_TRIALS, MOONSHOT_SEEDS, on the
-             validation hold-out.
-  moonshot_test  the first of MOONSHOT_CHOSEN with seeds 0, 1, 2, the second
-             with MOONSHOT_SEEDS, on the test split.
-  """
-  seeds = (0, 1, 2)
-  if name == "table1":
-    return default.table_sweep(PAPER_RESULTS["mnist"], PAPER, seeds)
-  if name == "codebook":
-    return [default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
-            for seed in seeds for k in (16, 32, 64, 128, 256, 512)]
-  if name == "variants":
-    return [variant_point(variant, 0) for variant in VARIANTS]
-  if name == "chosen":
-    return [default.paper_point("soft_vq_vae", seed, PAPER, swept=CHOSEN) for seed in seeds]
-  if name == "beta_vae":
-    return [default.paper_point("beta_vae", 0, PAPER, swept={"model.beta": beta},
-                                overrides={"data.validation_size": VALIDATION_SIZE})
-            for beta in BETA_VAE_BETAS]
-  if name == "beta_vae_test":
-    return [default.paper_point("beta_vae", seed, PAPER, swept={"model.beta": BETA_VAE_CHOSEN})
-            for seed in seeds]
-  if name == "ablations":
-    return [default.paper_point("soft_vq_vae", seed, PAPER, swept=swept)
-            for group in ABLATIONS for seed in seeds for swept in group]
-  if name == "noise":
-    return [default.paper_point("soft_vq_vae", seed, PAPER, variant="noise",
-                                swept={"model.noise_std": noise},
-                                overrides={"data.validation_size": VALIDATION_SIZE})
-            for seed in seeds for noise in NOISE_STDS]
-  if name == "moonshot":
-    return [moonshot_point(trial, 0) for trial in MOONSHOT_TRIALS]
-  if name == "moonshot_seeds":
-    return [moonshot_point(MOONSHOT_TRIALS[11], seed) for seed in MOONSHOT_SEEDS]
-  if name == "moonshot_test":
-    return [moonshot_point(trial, seed, validation=False)
-            for trial, trial_seeds in zip(MOONSHOT_CHOSEN, (seeds, MOONSHOT_SEEDS))
-            for seed in trial_seeds]
-  raise ValueError(f"unknown sweep {name!r}; choose table1, codebook, variants, chosen, "
-                   "beta_vae, beta_vae_test, ablations, noise, moonshot, moonshot_seeds or "
-                   "moonshot_test")
+# The named sweeps of ``python -m softvq_jax.sweep --sweep=NAME``: each builds
+# its points. Seed-major where a sweep has several seeds, so that an
+# interrupted sweep has every setting for the first seeds.
+SWEEPS = {
+    # The 7 rows of Table 1, and soft_vq_vae_eq5, x SEEDS.
+    "table1": lambda: default.table_sweep(PAPER_RESULTS["mnist"], PAPER, SEEDS),
+    # The K curve: soft VQ-VAE with each of CODEBOOK_SIZES, x SEEDS.
+    "codebook": lambda: [
+        default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
+        for seed in SEEDS for k in CODEBOOK_SIZES],
+    # Soft VQ-VAE settings (VARIANTS), seed 0, on the validation hold-out.
+    "variants": lambda: [variant_point(variant, 0) for variant in VARIANTS],
+    # Soft VQ-VAE with the CHOSEN variant, x SEEDS, on the test split.
+    "chosen": lambda: [default.paper_point("soft_vq_vae", seed, PAPER, swept=CHOSEN)
+                       for seed in SEEDS],
+    # The beta-VAE row with each of BETA_VAE_BETAS, seed 0, on the validation
+    # hold-out (one vmapped program).
+    "beta_vae": lambda: [
+        default.paper_point("beta_vae", 0, PAPER, swept={"model.beta": beta},
+                            overrides={"data.validation_size": VALIDATION_SIZE})
+        for beta in BETA_VAE_BETAS],
+    # The beta-VAE row with BETA_VAE_CHOSEN, x SEEDS, on the test split.
+    "beta_vae_test": lambda: [
+        default.paper_point("beta_vae", seed, PAPER, swept={"model.beta": BETA_VAE_CHOSEN})
+        for seed in SEEDS],
+    # The soft_vq_vae row and each of ABLATIONS, x SEEDS (seed-major within
+    # each group), on the test split.
+    "ablations": lambda: [default.paper_point("soft_vq_vae", seed, PAPER, swept=swept)
+                          for group in ABLATIONS for seed in SEEDS for swept in group],
+    # The soft_vq_vae row with each of NOISE_STDS, x SEEDS, on the validation
+    # hold-out (one vmapped program).
+    "noise": lambda: [
+        default.paper_point("soft_vq_vae", seed, PAPER, variant="noise",
+                            swept={"model.noise_std": noise},
+                            overrides={"data.validation_size": VALIDATION_SIZE})
+        for seed in SEEDS for noise in NOISE_STDS],
+    # The MOONSHOT_TRIALS, seed 0, on the validation hold-out.
+    "moonshot": lambda: [moonshot_point(trial, 0) for trial in MOONSHOT_TRIALS],
+    # The 12th of MOONSHOT_TRIALS x MOONSHOT_SEEDS, on the validation hold-out.
+    "moonshot_seeds": lambda: [moonshot_point(MOONSHOT_TRIALS[11], seed)
+                               for seed in MOONSHOT_SEEDS],
+    # The first of MOONSHOT_CHOSEN x SEEDS, the second x MOONSHOT_SEEDS, on the
+    # test split.
+    "moonshot_test": lambda: [
+        moonshot_point(trial, seed, validation=False)
+        for trial, trial_seeds in zip(MOONSHOT_CHOSEN, (SEEDS, MOONSHOT_SEEDS))
+        for seed in trial_seeds],
+}
+
+
+def get_sweep(name):
+  """The points of ``SWEEPS[name]``, for ``python -m softvq_jax.sweep --sweep=NAME``."""
+  return default.named_sweep(SWEEPS, name)

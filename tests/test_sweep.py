@@ -232,10 +232,8 @@ def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, s
 def test_one_directory_holds_one_config_across_all_sweeps():
   """Every sweep of configs/mnist.py can share one --workdir: a directory that
   two sweeps name (the same run) gets the same config from both."""
-  names = ("table1", "codebook", "variants", "chosen", "beta_vae", "beta_vae_test",
-           "ablations", "noise", "moonshot", "moonshot_seeds", "moonshot_test")
   configs = {}
-  for name in names:
+  for name in mnist.SWEEPS:
     for point in mnist.get_sweep(name):
       config = runs.point_config(mnist.get_config(), point).to_json(sort_keys=True)
       assert configs.setdefault(workdir.point_dir(point), config) == config, (

@@ -56,10 +56,14 @@ PAPER_RESULTS = {
 }
 
 
+SWEEPS = {
+    # Table 2: both datasets x the 6 trained rows x seeds 0, 1, 2.
+    "table2": lambda: [default.paper_point(row, seed, PAPER, dataset=dataset)
+                       for seed in (0, 1, 2) for dataset in PAPER_RESULTS
+                       for row in default.PRESETS if row != "soft_vq_vae_eq5"],
+}
+
+
 def get_sweep(name):
-  """``table2``: both datasets x the 6 trained rows x seeds 0, 1, 2."""
-  if name != "table2":
-    raise ValueError(f"unknown sweep {name!r}; choose table2")
-  return [default.paper_point(row, seed, PAPER, dataset=dataset)
-          for seed in (0, 1, 2) for dataset in PAPER_RESULTS
-          for row in default.PRESETS if row != "soft_vq_vae_eq5"]
+  """The points of ``SWEEPS[name]``, for ``python -m softvq_jax.sweep --sweep=NAME``."""
+  return default.named_sweep(SWEEPS, name)
