@@ -93,6 +93,26 @@ def _validate_data_keys(data: ml_collections.ConfigDict) -> None:
     raise InputError(f"config.data.dir={data.dir!r} is not a directory{hint}")
 
 
+def _validate_quantizer(model: ml_collections.ConfigDict) -> None:
+  """The codebook and variance options against each other and the bottleneck."""
+  if model.log_var_init is not None and (model.variance == "sample"
+                                         or not math.isfinite(model.log_var_init)):
+    raise InputError(f"config.model.log_var_init={model.log_var_init!r} is not valid; it "
+                     "must be finite, and it starts variances per codeword or fixed "
+                     "(model.variance codeword or fixed), not the head's")
+  decay = model.ema_decay
+  if decay is not None and not 0 < decay < 1:
+    raise InputError(f"config.model.ema_decay={decay!r} is not valid; "
+                     "it must be in (0, 1), or None for no EMA")
+  quantizer = model.bottleneck in ("vq", "soft_vq")
+  if model.codebook_init != "uniform" and not quantizer:
+    raise InputError(f"config.model.codebook_init={model.codebook_init!r} needs a "
+                     "codebook: model.bottleneck vq or soft_vq")
+  if model.dead_code_threshold > 0 and (not quantizer or decay is None):
+    raise InputError("config.model.dead_code_threshold > 0 restarts codewords of an EMA "
+                     "codebook: model.bottleneck vq or soft_vq with model.ema_decay")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ``InputError`` for the first invalid key of ``config``."""
   c = config  # ConfigDict answers dotted keys: c["model.latent_dim"].
@@ -126,23 +146,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.train.batch_size % num_devices:
     raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "
                      f"it must be a multiple of the device count {num_devices}")
-  log_var_init = config.model.log_var_init
-  if log_var_init is not None and (config.model.variance == "sample"
-                                   or not math.isfinite(log_var_init)):
-    raise InputError(f"config.model.log_var_init={log_var_init!r} is not valid; it must be "
-                     "finite, and it starts variances per codeword or fixed "
-                     "(model.variance codeword or fixed), not the head's")
-  decay = config.model.ema_decay
-  if decay is not None and not 0 < decay < 1:
-    raise InputError(f"config.model.ema_decay={decay!r} is not valid; "
-                     "it must be in (0, 1), or None for no EMA")
-  quantizer = config.model.bottleneck in ("vq", "soft_vq")
-  if config.model.codebook_init != "uniform" and not quantizer:
-    raise InputError(f"config.model.codebook_init={config.model.codebook_init!r} needs a "
-                     "codebook: model.bottleneck vq or soft_vq")
-  if config.model.dead_code_threshold > 0 and (not quantizer or decay is None):
-    raise InputError("config.model.dead_code_threshold > 0 restarts codewords of an EMA "
-                     "codebook: model.bottleneck vq or soft_vq with model.ema_decay")
+  _validate_quantizer(config.model)
   if config.model.recon == "bernoulli" and config.data.pixel_range != "unit":
     raise InputError("config.model.recon='bernoulli' needs config.data.pixel_range='unit'")
   _validate_data_keys(config.data)
