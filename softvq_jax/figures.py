@@ -23,16 +23,22 @@ from softvq_jax import models
 from softvq_jax import workdir as workdir_lib
 
 NUM_RECONSTRUCTIONS = 10
+TSNE_COLUMNS = 4
 
 
 def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
          num_points: int, seed: int) -> None:
-  """t-SNE scatters side by side, one per ``(title, latents (N, d), labels (N,))``.
+  """t-SNE scatters, one per ``(title, latents (N, d), labels (N,))``, in rows
+of at most TSNE_COLUMNS.
 
   Each panel embeds the first ``num_points`` latents, coloured by label.
   """
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-  for ax, (title, latents, labels) in zip(axes[0], panels):
+  columns = min(len(panels), TSNE_COLUMNS)
+  rows = -(-len(panels) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
+  for ax in axes.flat[len(panels):]:
+    ax.set_axis_off()
+  for ax, (title, latents, labels) in zip(axes.flat, panels):
     latents, labels = latents[:num_points], labels[:num_points]
     xy = sklearn.manifold.TSNE(2, init="pca", random_state=seed,
                                perplexity=min(30.0, (len(latents) - 1) / 3)

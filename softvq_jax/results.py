@@ -137,14 +137,15 @@ def write_figure(table: Dict[str, Any], path: str) -> None:
 
 def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
                num_points: int) -> None:
-  """One t-SNE panel per trained row, from the first finished seed's latents."""
+  """One t-SNE panel per trained row of the table (``model_label``: a preset,
+or a swept value of one), from its first finished seed's latents."""
   panels, seen = [], set()
   for point in points:
     name = workdir_lib.point_dir(point)
     latents = os.path.join(workdir, name, "latents.npz")
-    if point.row in seen or not os.path.exists(latents):
+    if model_label(point) in seen or not os.path.exists(latents):
       continue
-    seen.add(point.row)
+    seen.add(model_label(point))
     with np.load(latents) as f:  # Written by this package; no pickles allowed.
       panels.append((name, f["latents"], f["labels"]))
   if panels:

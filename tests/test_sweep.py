@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import cifar10, digits, mnist
@@ -94,6 +95,25 @@ def test_sweeps_over_one_numeric_key_are_curves(name, key, tmp_path):
   if key is not None:
     results.write_figure({"rows": rows}, str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_tsne_has_one_panel_per_row_of_the_table(tmp_path, monkeypatch):
+  """Rows that share a preset and differ by a swept value (the K curve) each
+  get a panel, from their first seed's latents."""
+  points = small_points(mnist, "codebook", lambda p: p.seed < 2
+                        and dict(p.swept)["model.num_codewords"] in (16, 32))
+  for point in points:
+    run_dir = tmp_path / workdir.point_dir(point)
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / "latents.npz", latents=np.full((4, 2), point.seed),
+             labels=np.arange(4))
+  drawn = []
+  monkeypatch.setattr(results.figures, "tsne",
+                      lambda path, panels, num_points, seed: drawn.extend(panels))
+  results.write_tsne(points, str(tmp_path), str(tmp_path / "t.png"), num_points=4)
+  assert [name for name, _, _ in drawn] == [
+      "soft_vq_vae/num_codewords_16/seed_0", "soft_vq_vae/num_codewords_32/seed_0"]
+  assert all((latents == 0).all() for _, latents, _ in drawn)
 
 
 def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
