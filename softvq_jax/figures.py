@@ -1,7 +1,7 @@
 """PNG figures of a finished run, written into its workdir.
 
 * ``tsne.png``: t-SNE of evaluation latents coloured by label (paper, Fig. 4;
-  the sweep draws one panel per model with ``tsne``);
+  the sweep draws one panel per row of its table with ``tsne``);
 * ``reconstructions.png``: evaluation images (top) and reconstructions;
 * ``codebook_usage.png``: how often each codeword is the nearest / most
   probable one on the evaluation split (quantizers only);
