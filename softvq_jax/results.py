@@ -3,10 +3,11 @@
 ``aggregate`` collects the finished runs of a sweep's points into rows;
 ``write_tables`` writes them as ``PREFIX.json`` (per-seed values, each
 run's last logged training metrics, the protocol), ``PREFIX.md`` (mean ±
-population std over seeds next to the paper's numbers) and ``PREFIX.csv`` (one line per run); ``write_tsne``
-draws one t-SNE panel per row (the paper's Fig. 4); ``write_figure`` shows
-every seed's value of every metric per row, as curves over the swept value
-when the rows differ in one numeric key (``curve_key``: the K curve).
+population std over seeds next to the paper's numbers) and ``PREFIX.csv``
+(one line per run); ``write_tsne`` draws one t-SNE panel per row (the
+paper's Fig. 4); ``write_figure`` shows every seed's value of every metric
+per row, as curves over the swept value when the rows differ in one
+numeric key (``curve_key``: the K curve).
 """
 
 import csv
