@@ -167,7 +167,7 @@ MOONSHOT_TRIALS = (
 MOONSHOT_CHOSEN = (MOONSHOT_TRIALS[10], MOONSHOT_TRIALS[11])
 # The seeds of the second choice on both splits: the bar (mean of 3 seeds) is
 # judged on seeds 0-2; seeds 3 and 4 were added after those results, to pin
-# its expected accuracy, and are reported with them.
+# its expected accuracy (test 84.39, 80.05; validation 88.91, 85.04).
 MOONSHOT_SEEDS = (0, 1, 2, 3, 4)
 
 
