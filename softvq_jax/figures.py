@@ -29,7 +29,7 @@ TSNE_COLUMNS = 4
 def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
          num_points: int, seed: int) -> None:
   """t-SNE scatters, one per ``(title, latents (N, d), labels (N,))``, in rows
-of at most TSNE_COLUMNS.
+  of at most TSNE_COLUMNS.
 
   Each panel embeds the first ``num_points`` latents, coloured by label.
   """

@@ -53,7 +53,8 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     key = (dataset, model_label(point))
     overrides = {k: v for k, v in point.config_overrides().items() if k != "seed"}
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
-                                "swept": dict(point.swept), "seeds": [], "train_seconds": [], "eval_seconds": [],
+                                "swept": dict(point.swept), "seeds": [],
+                                "train_seconds": [], "eval_seconds": [],
                                 "last_train_metrics": [], **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
     row["last_train_metrics"].append((workdir_lib.read_metrics(run_dir) or [None])[-1])
@@ -139,7 +140,7 @@ def write_figure(table: Dict[str, Any], path: str) -> None:
 def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
                num_points: int) -> None:
   """One t-SNE panel per trained row of the table (``model_label``: a preset,
-or a swept value of one), from its first finished seed's latents."""
+  or a swept value of one), from its first finished seed's latents."""
   panels, seen = [], set()
   for point in points:
     name = workdir_lib.point_dir(point)

@@ -38,9 +38,9 @@ def test_chunked_equals_dense_values_and_gradients(n, k, d, chunk, normalizer):
   z, codebook, log_var, g = _data(n, k, d)
   dense = lambda *a: jnp.sum(bn.soft_quantize(*a, normalizer)[0] * g)
   chunked = lambda *a: jnp.sum(streaming.soft_quantize_chunked(*a, normalizer, chunk) * g)
-  np.testing.assert_allclose(streaming.soft_quantize_chunked(z, codebook, log_var, normalizer, chunk),
-                             bn.soft_quantize(z, codebook, log_var, normalizer)[0],
-                             atol=2e-6, rtol=1e-5)
+  np.testing.assert_allclose(
+      streaming.soft_quantize_chunked(z, codebook, log_var, normalizer, chunk),
+      bn.soft_quantize(z, codebook, log_var, normalizer)[0], atol=2e-6, rtol=1e-5)
   for a, b in zip(jax.grad(chunked, (0, 1, 2))(z, codebook, log_var),
                   jax.grad(dense, (0, 1, 2))(z, codebook, log_var)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
