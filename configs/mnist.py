@@ -183,7 +183,7 @@ def moonshot_point(trial, seed, *, validation=True):
                              overrides=overrides)
 
 
-SEEDS = (0, 1, 2)
+SEEDS = default.SEEDS
 CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 
 # The named sweeps of ``python -m softvq_jax.sweep --sweep=NAME``: each builds

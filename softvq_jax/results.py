@@ -143,11 +143,11 @@ def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
   or a swept value of one), from its first finished seed's latents."""
   panels, seen = [], set()
   for point in points:
-    name = workdir_lib.point_dir(point)
+    name, label = workdir_lib.point_dir(point), model_label(point)
     latents = os.path.join(workdir, name, "latents.npz")
-    if model_label(point) in seen or not os.path.exists(latents):
+    if label in seen or not os.path.exists(latents):
       continue
-    seen.add(model_label(point))
+    seen.add(label)
     with np.load(latents) as f:  # Written by this package; no pickles allowed.
       panels.append((name, f["latents"], f["labels"]))
   if panels:

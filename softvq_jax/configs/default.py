@@ -103,6 +103,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# The seeds of every table's rows.
+SEEDS = (0, 1, 2)
 PRESETS = ("ae", "vae", "beta_vae", "info_dropout", "vq_vae", "soft_vq_vae",
            "soft_vq_vae_eq5")
 
@@ -153,7 +155,7 @@ def paper_point(row: str, seed: int, values: PaperValues, *, dataset: str = "",
 
 
 def table_sweep(rows: Sequence[str], values: PaperValues,
-                seeds: Sequence[int] = (0, 1, 2)) -> list:
+                seeds: Sequence[int] = SEEDS) -> list:
   """Every row x seed, seed-major: an interrupted sweep has all rows of seed 0."""
   return [paper_point(row, seed, values) for seed in seeds for row in rows]
 
