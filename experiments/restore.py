@@ -15,7 +15,8 @@ from softvq_jax import workdir as workdir_lib
 def restore_variables(run_dir: str):
   """The model variables of the run's newest checkpoint, on the default device."""
   steps_ = [int(s) for s in os.listdir(os.path.join(run_dir, "checkpoints")) if s.isdigit()]
-  path = os.path.join(run_dir, "checkpoints", str(max(steps_)), "default")
+  # orbax restores from absolute paths only.
+  path = os.path.abspath(os.path.join(run_dir, "checkpoints", str(max(steps_)), "default"))
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
