@@ -104,11 +104,16 @@ def write_tables(table: Dict[str, Any], prefix: str) -> None:
 
 def curve_key(rows: Sequence[Dict[str, Any]]) -> Optional[str]:
   """The one swept config key whose numeric values tell the rows of one
-  dataset apart, or None: such rows are points of a curve over it."""
-  keys = {tuple(row["swept"]) for row in rows}
-  if len(rows) < 2 or len(keys) != 1 or len(next(iter(keys))) != 1:
+  dataset apart, the rows sweeping the same keys and agreeing on the others,
+  or None: such rows are points of a curve over it."""
+  keys = {tuple(sorted(row["swept"])) for row in rows}
+  if len(rows) < 2 or len(keys) != 1:
     return None
-  (key,), = keys
+  varying = [key for key in next(iter(keys))
+             if len({repr(row["swept"][key]) for row in rows}) > 1]
+  if len(varying) != 1:
+    return None
+  key, = varying
   values = [row["swept"][key] for row in rows]
   numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
   distinct = len(set(values)) == len(values)

@@ -88,7 +88,8 @@ def rows_of(points):
 
 @pytest.mark.parametrize("name,key", [
     ("codebook", "model.num_codewords"), ("noise", "model.noise_std"),
-    ("beta_vae", "model.beta"), ("table1", None), ("ablations", None), ("moonshot", None)])
+    ("beta_vae", "model.beta"), ("moonshot_log_var", "model.log_var_init"),
+    ("table1", None), ("ablations", None), ("moonshot", None), ("vq_vae", None)])
 def test_sweeps_over_one_numeric_key_are_curves(name, key, tmp_path):
   rows = rows_of(mnist.get_sweep(name))
   assert results.curve_key(rows) == key
