@@ -126,6 +126,10 @@ VQ_VAE_VARIANTS = (
     {"model.commitment": 0.25, "model.vq_weight": 1.0},
     {"train.batch_size": 64},
 )
+# The one of VQ_VAE_VARIANTS closer than the row to both the paper's NMI and
+# probe on validation (experiments/results/vq_vae_mnist.md), for the test
+# split: eq. (27) as printed (0.3873 / 82.12 against the row's 0.4240 / 77.18).
+VQ_VAE_CHOSEN = VQ_VAE_VARIANTS[2]
 
 
 # Ablations of the soft_vq_vae row on the test split (its settings fixed
@@ -240,6 +244,9 @@ SWEEPS = {
         default.paper_point("vq_vae", 0, PAPER, swept=swept,
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for swept in VQ_VAE_VARIANTS],
+    # The vq_vae row with VQ_VAE_CHOSEN, x SEEDS, on the test split.
+    "vq_vae_test": lambda: [default.paper_point("vq_vae", seed, PAPER, swept=VQ_VAE_CHOSEN)
+                            for seed in SEEDS],
     # The soft_vq_vae row and each of ABLATIONS, x SEEDS (seed-major within
     # each group), on the test split.
     "ablations": lambda: [default.paper_point("soft_vq_vae", seed, PAPER, swept=swept)

@@ -238,7 +238,8 @@ def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
     ("moonshot", "validation"), ("beta_vae", "validation"), ("variants", "validation"),
     ("noise", "validation"), ("moonshot_seeds", "validation"), ("moonshot_log_var", "validation"),
     ("vq_vae", "validation"),
-    ("ablations", "test"), ("beta_vae_test", "test"), ("moonshot_test", "test")])
+    ("ablations", "test"), ("beta_vae_test", "test"), ("moonshot_test", "test"),
+    ("vq_vae_test", "test")])
 def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
   points = mnist.get_sweep(name)
   assert len({workdir.point_dir(p) for p in points}) == len(points)
