@@ -237,7 +237,7 @@ def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
 @pytest.mark.parametrize("name,split", [
     ("moonshot", "validation"), ("beta_vae", "validation"), ("variants", "validation"),
     ("noise", "validation"), ("moonshot_seeds", "validation"), ("moonshot_log_var", "validation"),
-    ("vq_vae", "validation"),
+    ("vq_vae", "validation"), ("beta_vae_batch", "validation"),
     ("ablations", "test"), ("beta_vae_test", "test"), ("moonshot_test", "test"),
     ("vq_vae_test", "test")])
 def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
