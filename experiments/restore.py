@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from softvq_jax import checkpoints
 from softvq_jax import input_pipeline
 from softvq_jax import models
 from softvq_jax import workdir as workdir_lib
@@ -14,9 +15,9 @@ from softvq_jax import workdir as workdir_lib
 
 def restore_variables(run_dir: str):
   """The model variables of the run's newest checkpoint, on the default device."""
-  steps_ = [int(s) for s in os.listdir(os.path.join(run_dir, "checkpoints")) if s.isdigit()]
   # orbax restores from absolute paths only.
-  path = os.path.abspath(os.path.join(run_dir, "checkpoints", str(max(steps_)), "default"))
+  path = os.path.abspath(os.path.join(run_dir, checkpoints.CHECKPOINTS_DIR,
+                                      str(checkpoints.latest_step(run_dir)), "default"))
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

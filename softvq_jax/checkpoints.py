@@ -4,8 +4,19 @@ Each run keeps ``checkpoints/<step>`` in its own workdir, holding the
 ``TrainState`` of that run alone, so that a run trained with others reads
 exactly like one trained alone and can be resumed either way.
 
-* A checkpoint that cannot be read (a torn or damaged file; orbax raises a
-  bare ``Exception`` for some) is skipped with a warning for the one before.
+* Each finished checkpoint gets a manifest of its files' sha256 sums,
+  ``checksums/<step>.json`` in the run's workdir, written once orbax has
+  finalised it. A checkpoint whose files do not match its manifest, or
+  that orbax cannot read (a torn or damaged file; orbax raises a bare
+  ``Exception`` for some), is set aside: moved, never deleted, to
+  ``set_aside/checkpoint_<step>``, with a warning; the next older one is
+  tried. ``set_aside`` also takes a checkpoint that ``train`` finds
+  diverging in its first steps. Every later error line names what was set
+  aside (``last_good``). A checkpoint without a manifest (one from before
+  manifests, or a run killed between orbax's finalisation and the
+  manifest) is restored unverified.
+* Saves and waits run with Ctrl-C and SIGTERM deferred to their end
+  (``signals.deferred``), so that no checkpoint is left half-written.
 * A save that fails (a full disk) stops the run with ``RunStopped`` naming
   the last good checkpoint; training never goes on past it.
 * Each checkpoint records the device count that wrote it: resuming on
@@ -14,31 +25,113 @@ exactly like one trained alone and can be resumed either way.
 """
 
 import contextlib
+import hashlib
+import json
 import os
 import re
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from softvq_jax import signals
 from softvq_jax import steps
 from softvq_jax.errors import RunStopped, first_line
+
+CHECKPOINTS_DIR = "checkpoints"
+CHECKSUMS_DIR = "checksums"
+SET_ASIDE_DIR = "set_aside"
 
 # The usual causes of a failed save, as the OS words them inside orbax's errors.
 _OS_ERRORS = re.compile(r"No space left on device|Disk quota exceeded|"
                         r"Read-only file system|Permission denied")
 
 
+def latest_step(workdir: str) -> int:
+  """The step of the newest checkpoint directory of a run, 0 if none."""
+  directory = os.path.join(workdir, CHECKPOINTS_DIR)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return max([int(name) for name in names if name.isdigit()], default=0)
+
+
+def _file_sums(directory: str) -> Dict[str, str]:
+  """The sha256 of every file below ``directory``, keyed by relative path."""
+  sums = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
+          digest.update(block)
+      sums[os.path.relpath(path, directory)] = digest.hexdigest()
+  return sums
+
+
+class _Run:
+  """The checkpoint files of one run: step directories, manifests, set-asides."""
+
+  def __init__(self, workdir: str):
+    self.workdir = os.path.abspath(workdir)
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.workdir, CHECKPOINTS_DIR, str(step))
+
+  def manifest(self, step: int) -> str:
+    return os.path.join(self.workdir, CHECKSUMS_DIR, f"{step}.json")
+
+  def seal(self, steps_on_disk: List[int]) -> None:
+    """Writes the manifest of every finished step that lacks one, and drops
+    the manifests of steps orbax has deleted (``max_to_keep``)."""
+    os.makedirs(os.path.join(self.workdir, CHECKSUMS_DIR), exist_ok=True)
+    for step in steps_on_disk:
+      if not os.path.exists(self.manifest(step)):
+        tmp = self.manifest(step) + ".tmp"
+        with open(tmp, "w") as f:
+          json.dump(_file_sums(self.step_dir(step)), f, indent=1, sort_keys=True)
+        os.replace(tmp, self.manifest(step))
+    for name in os.listdir(os.path.join(self.workdir, CHECKSUMS_DIR)):
+      step = name.removesuffix(".json")
+      if step.isdigit() and int(step) not in steps_on_disk:
+        os.remove(os.path.join(self.workdir, CHECKSUMS_DIR, name))
+
+  def damage(self, step: int) -> Optional[str]:
+    """Why the files of ``step`` do not match its manifest; None if they do
+    (or there is no manifest)."""
+    if not os.path.exists(self.manifest(step)):
+      return None
+    with open(self.manifest(step)) as f:
+      expected = json.load(f)
+    found = _file_sums(self.step_dir(step))
+    changed = sorted(p for p in set(expected) | set(found) if expected.get(p) != found.get(p))
+    return f"sha256 mismatch in {changed[0]}" if changed else None
+
+  def set_aside(self, step: int) -> str:
+    """Moves ``step``'s directory (and manifest) to ``set_aside/``; its new path."""
+    directory = os.path.join(self.workdir, SET_ASIDE_DIR)
+    os.makedirs(directory, exist_ok=True)
+    target, n = os.path.join(directory, f"checkpoint_{step}"), 1
+    while os.path.exists(target):
+      n += 1
+      target = os.path.join(directory, f"checkpoint_{step}.{n}")
+    os.replace(self.step_dir(step), target)
+    if os.path.exists(self.manifest(step)):
+      os.replace(self.manifest(step), os.path.join(target + ".checksums.json"))
+    return target
+
+
 class Managers:
   """The checkpoint managers of runs whose states share a leading run axis."""
 
   def __init__(self, workdirs: List[str], max_to_keep: int):
+    self._runs = [_Run(workdir) for workdir in workdirs]
+    self.set_aside_paths: List[str] = []
     # Each manager saves the same steps at once: in a multi-process run their
     # barriers need names of their own (orbax keys them by step otherwise).
     self._managers = [ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        os.path.abspath(os.path.join(workdir, CHECKPOINTS_DIR)),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
@@ -46,28 +139,43 @@ class Managers:
         for i, workdir in enumerate(workdirs)]
 
   def restore(self, state: steps.TrainState, sharding) -> steps.TrainState:
-    """The latest step that every run's checkpoints hold and can read.
+    """The latest step that every run's checkpoints hold, match their
+    manifests and can be read.
 
-    Falls back to older steps when a checkpoint is unreadable; returns
-    ``state`` (the initial state, with the run axis) when there is none.
+    Sets aside the steps that fail, for older ones; returns ``state`` (the
+    initial state, with the run axis) when there is none.
     """
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype,
                                                          sharding=sharding), state)
     common = set.intersection(*(set(m.all_steps()) for m in self._managers))
     for step in sorted(common, reverse=True):
+      damage = next(filter(None, (run.damage(step) for run in self._runs)), None)
+      if damage:
+        self.set_aside(step, damage)
+        continue
       try:
         restored = [m.restore(step, args=ocp.args.StandardRestore(target))
                     for m in self._managers]
       except Exception as e:  # pylint: disable=broad-except
         # Orbax reports a damaged array file with a bare Exception.
-        logging.warning("checkpoint %d is unreadable (%s); trying an older one", step,
-                        first_line(e))
+        self.set_aside(step, f"unreadable: {first_line(e)}")
         continue
       logging.info("resumed from the checkpoints at step %d", step)
       self._warn_on_device_change(step)
       stack = lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs)
       return jax.jit(stack, out_shardings=sharding)(*restored)
     return state
+
+  def set_aside(self, step: int, reason: str) -> None:
+    """Moves every run's checkpoint at ``step`` to its ``set_aside/``
+    (process 0 alone), so that they resume together from an older step."""
+    if jax.process_index() == 0:
+      paths = [run.set_aside(step) for run in self._runs]
+      self.set_aside_paths += paths
+      logging.warning("checkpoint %d set aside (%s): moved to %s; trying an older one",
+                      step, reason, ", ".join(paths))
+    for manager in self._managers:
+      manager.reload()
 
   def _warn_on_device_change(self, step: int) -> None:
     try:
@@ -86,7 +194,8 @@ class Managers:
     Raises:
       RunStopped: this save, or the previous one, failed.
     """
-    with self._stop_on_failure():
+    with signals.deferred(), self._stop_on_failure():
+      self._seal()
       for i, manager in enumerate(self._managers):
         manager.save(step, args=ocp.args.StandardSave(steps.run_slice(state, i)),
                      custom_metadata={"devices": jax.device_count()})
@@ -97,9 +206,17 @@ class Managers:
     Raises:
       RunStopped: a pending save failed.
     """
-    with self._stop_on_failure():
-      for manager in self._managers:
-        manager.wait_until_finished()
+    with signals.deferred(), self._stop_on_failure():
+      self._seal()
+
+  def _seal(self) -> None:
+    """Waits for the saves in flight, then writes the finished steps'
+    manifests (process 0 alone)."""
+    for manager in self._managers:
+      manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for run, manager in zip(self._runs, self._managers):
+        run.seal(list(manager.all_steps()))
 
   @contextlib.contextmanager
   def _stop_on_failure(self):
@@ -128,6 +245,9 @@ class Managers:
   def last_good(self) -> str:
     """Where a rerun of the same command resumes, as a sentence."""
     step = self.latest_step()
+    set_aside = (f" Set aside as damaged: {', '.join(self.set_aside_paths)}."
+                 if self.set_aside_paths else "")
     if step is None:
-      return "No checkpoint was saved yet: a rerun starts from step 0."
-    return f"The last good checkpoint is at step {step}: rerun the same command to resume."
+      return f"No checkpoint was saved yet: a rerun starts from step 0.{set_aside}"
+    return (f"The last good checkpoint is at step {step}: rerun the same command to "
+            f"resume.{set_aside}")

@@ -13,20 +13,33 @@ Every way a command can end, with its exit status and one line on stderr
   where the last good checkpoint is.
 * 130 (``interrupted: ...``): Ctrl-C; pending checkpoints are finished first
   and the line names the step a rerun resumes from.
+* 143 (``terminated: ...``): SIGTERM (a scheduler's warning before it
+  kills), handled as Ctrl-C (``softvq_jax.signals``).
+
+What the libraries print on the way (orbax's background threads, XLA) goes
+to ``WORKDIR/library.log``, which the line names (``softvq_jax.console``).
+A failed command leaves at once: no interpreter teardown waits on orbax's
+threads or runs while XLA still compiles.
 """
 
+import contextlib
+import os
 import re
 import sys
-from typing import Callable, List, NoReturn
+import traceback
+from typing import Callable, Iterator, List, NoReturn, Optional
 
 from absl import app
 from absl import flags
 
+from softvq_jax import console
+from softvq_jax import signals
 from softvq_jax.errors import InputError, RunStopped
 
 EXIT_INPUT = 2
 EXIT_STOPPED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def one_line(error: BaseException) -> str:
@@ -47,9 +60,22 @@ def _unknown_key(error: Exception) -> str:
   return f"the config has no key {text.strip(chr(39) + chr(34))!r}"
 
 
-def fail(message: str, status: int = EXIT_INPUT, prefix: str = "error") -> NoReturn:
-  print(f"{prefix}: {message}", file=sys.stderr)
+def fail(message: str, status: int = EXIT_INPUT, prefix: str = "error",
+         workdir: Optional[str] = None) -> NoReturn:
+  """Prints ``prefix: message`` and exits with ``status``; a run that stopped
+  (not bad input) also saves the captured library output into ``workdir``
+  and names the file."""
+  log = console.save(workdir) if status != EXIT_INPUT else None
+  suffix = f" (library output: {log})" if log else ""
+  print(f"{prefix}: {message}{suffix}", file=console.stream(), flush=True)
   sys.exit(status)
+
+
+def _interrupt_line(error: KeyboardInterrupt):
+  """The status, prefix and message of Ctrl-C or SIGTERM."""
+  if isinstance(error, signals.Terminated):
+    return EXIT_TERMINATED, "terminated", str(error) or "stopped by SIGTERM"
+  return EXIT_INTERRUPTED, "interrupted", str(error) or "stopped by Ctrl-C"
 
 
 def parse_flags(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS) -> List[str]:
@@ -61,7 +87,14 @@ def parse_flags(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   """
   try:
     argv = flag_values(argv)
-    flag_values.config.to_json_best_effort()
+    try:
+      config = flag_values.config
+    except SystemExit as e:
+      fail(f"--config: the config file called sys.exit({e.code!r}) while it loaded")
+    # (A file that failed to load gives an object that raises on use.)
+    if config is None or isinstance(config, (dict, list, tuple, str, int, float)):
+      fail(f"--config: get_config() returned {type(config).__name__}, not a ConfigDict")
+    config.to_json_best_effort()
   except flags.Error as e:
     fail(one_line(e))
   except (KeyError, AttributeError) as e:
@@ -74,25 +107,72 @@ def parse_flags(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   return argv
 
 
-def guard(main: Callable[[List[str]], None]) -> Callable[[List[str]], None]:
-  """``main`` with this module's exit statuses and error lines."""
+def guard(main: Callable[[List[str]], None],
+          workdir: Callable[[], Optional[str]] = lambda: None
+          ) -> Callable[[List[str]], None]:
+  """``main`` with this module's exit statuses and error lines; ``workdir()``
+  is where a stopped run's library output goes."""
 
   def guarded(argv):
     try:
       main(argv)
     except InputError as e:
-      fail(str(e))
+      fail(one_line(e))
     except KeyboardInterrupt as e:
-      fail(str(e) or "stopped by Ctrl-C", EXIT_INTERRUPTED, prefix="interrupted")
+      status, prefix, message = _interrupt_line(e)
+      fail(message, status, prefix, workdir())
     except (RunStopped, FloatingPointError) as e:
-      fail(str(e), EXIT_STOPPED)
+      fail(one_line(e), EXIT_STOPPED, workdir=workdir())
     except OSError as e:
-      fail(f"{e}; nothing written before it is lost, rerun the same command to "
-           "resume", EXIT_STOPPED)
+      fail(f"{one_line(e)}; nothing written before it is lost, rerun the same command "
+           "to resume", EXIT_STOPPED, workdir=workdir())
 
   return guarded
 
 
-def run(main: Callable[[List[str]], None]) -> None:
-  """``app.run(main)`` with this module's flag parsing, exit statuses and lines."""
-  app.run(guard(main), flags_parser=parse_flags)
+@contextlib.contextmanager
+def interruptible_start() -> Iterator[None]:
+  """Ctrl-C while a launcher imports its modules: one line, status 130."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    print("interrupted: stopped by Ctrl-C while starting; nothing was written",
+          file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+
+
+def _workdir_flag() -> Optional[str]:
+  return flags.FLAGS["workdir"].value if "workdir" in flags.FLAGS else None
+
+
+def _leave(status) -> NoReturn:
+  """Exits with ``status``; a failure leaves at once (``os._exit``): orbax's
+  threads of a failed save never finish, and a teardown while XLA compiles
+  can crash."""
+  if status:
+    code = status if isinstance(status, int) else EXIT_STOPPED
+    for stream in (sys.stdout, console.stream()):
+      stream.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  console.save(_workdir_flag())
+  sys.exit(0)
+
+
+def run(main: Callable[[List[str]], None]) -> NoReturn:
+  """``app.run(main)`` with this module's exit statuses and error lines,
+  SIGTERM as Ctrl-C, and the libraries' output captured."""
+  signals.install()
+  console.capture()
+  try:
+    app.run(guard(main, _workdir_flag), flags_parser=parse_flags)
+  except SystemExit as e:
+    _leave(e.code)
+  except KeyboardInterrupt as e:  # Ctrl-C while the flags load.
+    status, prefix, message = _interrupt_line(e)
+    print(f"{prefix}: {message}", file=console.stream(), flush=True)
+    _leave(status)
+  except BaseException:  # pylint: disable=broad-except
+    # A bug, not an input or a stop: its traceback belongs on the terminal.
+    traceback.print_exc(file=console.stream())
+    _leave(EXIT_STOPPED)
+  _leave(0)

@@ -15,16 +15,17 @@ Several processes: start the same command in each with ``--distributed``
 (``softvq_jax.distributed``).
 """
 
-import os
-
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
 from softvq_jax import cli
-from softvq_jax import distributed
-from softvq_jax import train
-from softvq_jax import workdir as workdir_lib
+
+with cli.interruptible_start():
+  import os
+
+  from absl import flags
+  from ml_collections import config_flags
+
+  from softvq_jax import distributed
+  from softvq_jax import train
+  from softvq_jax.errors import InputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally FILE:PRESETS.",
@@ -36,8 +37,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError("Too many command-line arguments.")
-  workdir_lib.quiet_orbax_logging()
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a "
+                     "--flag")
   distributed.initialize_from_flags()
   distributed.check_same("config and workdir", FLAGS.config.to_json_best_effort(
       sort_keys=True) + "\n" + os.path.abspath(FLAGS.workdir))

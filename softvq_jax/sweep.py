@@ -27,29 +27,31 @@ over the same workdir skips the points that the first one is running, and
 says so (``workdir.lock``).
 """
 
-import copy
-import dataclasses
-import importlib.util
-import os
-import sys
-import time
-from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
-
-from absl import app
-from absl import flags
-from absl import logging
-import jax
-import ml_collections
-from ml_collections import config_flags
-
 from softvq_jax import cli
-from softvq_jax import distributed
-from softvq_jax import results
-from softvq_jax import runs
-from softvq_jax import train
-from softvq_jax import validation
-from softvq_jax import workdir as workdir_lib
-from softvq_jax.errors import InputError, RunStopped
+
+with cli.interruptible_start():
+  import copy
+  import dataclasses
+  import importlib.util
+  import os
+  import sys
+  import time
+  from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+
+  from absl import flags
+  from absl import logging
+  import jax
+  import ml_collections
+  from ml_collections import config_flags
+
+  from softvq_jax import checkpoints
+  from softvq_jax import distributed
+  from softvq_jax import results
+  from softvq_jax import runs
+  from softvq_jax import train
+  from softvq_jax import validation
+  from softvq_jax import workdir as workdir_lib
+  from softvq_jax.errors import InputError, RunStopped
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file of the sweep.",
@@ -146,13 +148,6 @@ def _group_launches(members: List[Member], workdir: str) -> List[Launch]:
   return launches
 
 
-def _latest_checkpoint(run_dir: str) -> int:
-  """The step of the newest checkpoint directory of a run, 0 if none."""
-  directory = os.path.join(run_dir, "checkpoints")
-  steps = os.listdir(directory) if os.path.isdir(directory) else []
-  return max([int(step) for step in steps if step.isdigit()], default=0)
-
-
 def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
          quick: bool = False, vmap_seeds: bool = True,
          command_line: Optional[Mapping[str, Any]] = None) -> List[Launch]:
@@ -173,7 +168,7 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
     run_dir = os.path.join(workdir, workdir_lib.point_dir(point))
     alone = (not vmap_seeds or point.raw
              or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
-    group = ("alone", i) if alone else (runs.family(point), _latest_checkpoint(run_dir))
+    group = ("alone", i) if alone else (runs.family(point), checkpoints.latest_step(run_dir))
     groups.setdefault(group, []).append((point, config))
   return [launch for members in groups.values()
           for launch in _group_launches(members, workdir)]
@@ -208,8 +203,8 @@ def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError("Too many command-line arguments.")
-  workdir_lib.quiet_orbax_logging()
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a "
+                     "--flag")
   path, _, args = FLAGS["config"].config_filename.partition(":")
   module = load_config_module(path)
   failed, t_start = [], time.time()

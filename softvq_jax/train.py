@@ -49,6 +49,14 @@ from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError
 
 
+class Diverged(FloatingPointError):
+  """A non-finite loss or gradient in the chunk of steps from ``from_step``."""
+
+  def __init__(self, message: str, from_step: int):
+    super().__init__(message)
+    self.from_step = from_step
+
+
 class Run(NamedTuple):
   """One run: its single-run config and its workdir."""
   config: ml_collections.ConfigDict
@@ -211,10 +219,10 @@ def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
     if np.any(reached != chunk_end):
       managers.wait()
       bad = [(run.workdir, int(r)) for run, r in zip(runs, reached) if r != chunk_end]
-      raise FloatingPointError(
+      raise Diverged(
           "non-finite loss or gradient at step "
           + ", ".join(f"{r} ({d})" if len(runs) > 1 else str(r) for d, r in bad)
-          + f"; stopped. {managers.last_good()}")
+          + f"; stopped. {managers.last_good()}", from_step=step)
     rate = (chunk_end - step) / (time.time() - t0)
     step = chunk_end
     if step % log_every == 0 or step == num_steps:
@@ -255,15 +263,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
   program = build_program(config, data, runs)
   managers = checkpoints.Managers([run.workdir for run in runs],
                                   config.train.max_checkpoints)
-  state = managers.restore(program.init(program.init_rngs, program.images),
-                           program.sharding)
-  start_step, t_start = int(state.step[0]), time.time()
-  state = train_loop(state, program, runs, config.train, managers)
+  t_start = time.time()
+  state, start_step = _resume_and_train(config, program, runs, managers)
   timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
             "trained_steps": config.train.num_steps - start_step}
   # Evaluation is local work: process 0 does it and writes the results.
   return [evaluate_run(run, data, steps.run_slice(state, i), timing)
           if jax.process_index() == 0 else None for i, run in enumerate(runs)]
+
+
+def _resume_and_train(config: ml_collections.ConfigDict, program: Program, runs: List[Run],
+                      managers: checkpoints.Managers) -> Tuple[steps.TrainState, int]:
+  """Restores the newest good checkpoint and trains; a checkpoint whose first
+  steps diverge is set aside for the one before. Returns the trained state
+  and the step training resumed from."""
+  initial = program.init(program.init_rngs, program.images)
+  while True:
+    state = managers.restore(initial, program.sharding)
+    start_step = int(state.step[0])
+    try:
+      return train_loop(state, program, runs, config.train, managers), start_step
+    except Diverged as e:
+      if not start_step or e.from_step != start_step:
+        raise
+      managers.set_aside(start_step, "a non-finite loss in its first steps")
 
 
 def encode(model: models.Autoencoder, variables, images: np.ndarray,

@@ -24,7 +24,6 @@ import contextlib
 import datetime
 import fcntl
 import json
-import logging as std_logging
 import math
 import os
 import socket
@@ -162,15 +161,6 @@ def write_results(workdir: str, results: Dict[str, Any], timing: Dict[str, Any])
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
-
-
-def _not_orbax_info(record: std_logging.LogRecord) -> bool:
-  return "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
-
-
-def quiet_orbax_logging() -> None:
-  """Keeps orbax's per-save INFO lines out of the console progress log."""
-  logging.get_absl_handler().python_handler.addFilter(_not_orbax_info)
 
 
 def _records_until(path: str, step: int) -> list:

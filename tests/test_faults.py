@@ -247,8 +247,12 @@ def test_resuming_on_another_device_count_warns(tmp_path, caplog):
   assert stored["custom_metadata"] == {"devices": jax.device_count()}
   stored["custom_metadata"]["devices"] = 99
   metadata.write_text(json.dumps(stored))
+  # As if written on 99 devices: its manifest is that of the edited files.
+  os.remove(tmp_path / checkpoints.CHECKSUMS_DIR / "10.json")
+  managers = checkpoints.Managers([str(tmp_path)], max_to_keep=2)
+  managers.wait()
   with caplog.at_level(logging.WARNING):
-    restored = checkpoints.Managers([str(tmp_path)], max_to_keep=2).restore(state, sharding)
+    restored = managers.restore(state, sharding)
   assert int(restored.step[0]) == 10
   assert "written on 99 devices" in caplog.text
 
