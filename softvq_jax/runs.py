@@ -12,7 +12,7 @@ and never parses a directory name back.
 
 import copy
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -106,6 +106,28 @@ def point_config(base: ml_collections.ConfigDict, point: Point, quick: bool = Fa
       make_quick(config)
     apply_overrides(config, {key: base[key] for key in command_line})
   return config
+
+
+def check_command_line(points: Sequence[Point], command_line: Mapping[str, Any]) -> None:
+  """Refuses a ``--config.*`` override that would erase what tells the
+  sweep's points apart: a key that the points (their presets, datasets,
+  variants, swept keys) set to different values. Overriding it would train
+  the same model under every row's name.
+
+  Raises:
+    InputError: naming the key and the values the rows give it.
+  """
+  _unset = object()
+  trained = [p for p in points if not p.raw]
+  for key in sorted(command_line):
+    values = {p.config_overrides().get(key, _unset) for p in trained}
+    if len(values) > 1:
+      shown = sorted(repr(v) for v in values if v is not _unset)
+      shown += ["the default"] if _unset in values else []
+      raise InputError(
+          f"--config.{key} is set per row by this sweep ({', '.join(shown)}); overriding it would train one model under every row's name. Drop "
+          "it, or run the rows alone (python -m softvq_jax.main --config=FILE:PRESET); "
+          "--config=FILE:quick shortens every row")
 
 
 def vmapped_key(point: Point) -> str:

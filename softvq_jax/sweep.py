@@ -160,8 +160,10 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
   that resumes them together; ``train`` writes each run into the point's own
   workdir. Finished points (skipped) and ``raw`` points are launches alone.
   ``command_line`` (the ``--config.*`` overrides) applies to every point
-  after its own overrides (``runs.point_config``).
+  after its own overrides (``runs.point_config``); a key that the points
+  set to different values cannot be overridden (``runs.check_command_line``).
   """
+  runs.check_command_line(points, command_line or {})
   groups: Dict[Hashable, List[Member]] = {}
   for i, point in enumerate(points):
     config = runs.point_config(base, point, quick, command_line)

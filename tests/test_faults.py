@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -140,6 +141,26 @@ def test_sweep_command_line_overrides_win_over_presets():
   swept = runs.point("soft_vq_vae", 0, swept={"model.noise_std": 0.1})
   with pytest.raises(InputError, match="config.model.noise_std is swept"):
     runs.point_config(base, swept, command_line={"model.noise_std": 0.0})
+
+
+@pytest.mark.parametrize("key,value,refused", [
+    ("model.bottleneck", "vq", True),  # The rows' presets set it: every row would be VQ.
+    ("model.beta", 2.0, True),
+    ("train.num_steps", 300, False),  # Every digits row trains 3000 steps: shortens all.
+    ("eval.figures", False, False),
+])
+def test_a_sweep_refuses_overrides_of_keys_its_rows_set_differently(tmp_path, key, value,
+                                                                   refused):
+  base = digits.get_config()
+  runs.apply_overrides(base, {key: value})
+  plan = lambda: sweep.plan(base, digits.get_sweep("table1"), str(tmp_path),
+                            command_line={key: value})
+  if refused:
+    with pytest.raises(InputError, match=rf"--config.{key} is set per row by this sweep"):
+      plan()
+  else:
+    assert {launch.config[key] for launch in plan()} == {value}
+  assert not os.listdir(tmp_path)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -307,3 +328,50 @@ def test_errors_end_in_one_line_with_their_status(error, status, prefix, capsys)
   assert exit_info.value.code == status
   err = capsys.readouterr().err
   assert err.startswith(prefix) and err.count("\n") == 1, err
+
+
+def _interrupted_after_step_20(config, run):
+  """A run of 30 steps killed after its checkpoint at step 20 (the issue's
+  repro, scaled): eval.json and checkpoint 30 removed."""
+  config.train.num_steps, config.train.max_checkpoints = 30, 3
+  train.train_and_evaluate(config, str(run))
+  os.remove(run / "eval.json")
+  shutil.rmtree(run / "checkpoints" / "30")
+  os.remove(run / checkpoints.CHECKSUMS_DIR / "30.json")
+
+
+def test_a_bit_flipped_checkpoint_is_set_aside_for_the_one_before(tiny_config, tmp_path,
+                                                                  caplog):
+  tiny_config.train.num_steps, tiny_config.train.max_checkpoints = 30, 3
+  expected = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  run = tmp_path / "flipped"
+  _interrupted_after_step_20(tiny_config, run)
+  for path in (run / "checkpoints" / "20").rglob("*"):
+    if path.is_file() and "/d/" in str(path):  # tensorstore's data files.
+      data = bytearray(path.read_bytes())
+      data[len(data) // 2] ^= 1
+      path.write_bytes(bytes(data))
+  with caplog.at_level(logging.WARNING):
+    assert train.train_and_evaluate(tiny_config, str(run)) == expected
+  assert "checkpoint 20 set aside (sha256 mismatch" in caplog.text
+  assert (run / "set_aside" / "checkpoint_20").is_dir()
+  assert sorted(os.listdir(run / "checkpoints")) == ["10", "20", "30"]
+
+
+def test_a_checkpoint_that_diverges_at_once_is_set_aside(tiny_config, tmp_path,
+                                                        monkeypatch, caplog):
+  tiny_config.train.num_steps, tiny_config.train.max_checkpoints = 30, 3
+  expected = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
+  run = tmp_path / "nan"
+  _interrupted_after_step_20(tiny_config, run)
+  restore = ocp.CheckpointManager.restore
+
+  def nan_at_step_20(self, step, *args, **kwargs):
+    state = restore(self, step, *args, **kwargs)
+    nan = lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(nan, state) if step == 20 else state
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", nan_at_step_20)
+  with caplog.at_level(logging.WARNING):
+    assert train.train_and_evaluate(tiny_config, str(run)) == expected
+  assert "checkpoint 20 set aside (a non-finite loss in its first steps)" in caplog.text
