@@ -126,8 +126,22 @@ def guard(main: Callable[[List[str]], None],
     except OSError as e:
       fail(f"{one_line(e)}; nothing written before it is lost, rerun the same command "
            "to resume", EXIT_STOPPED, workdir=workdir())
+    except Exception as e:  # pylint: disable=broad-except
+      if not _out_of_memory(e):
+        raise
+      fail(f"out of memory ({type(e).__name__}: {one_line(e)[:200]}); reduce "
+           "config.model.num_codewords, the batch sizes or the runs trained together; "
+           "every checkpoint written is kept", EXIT_STOPPED, workdir=workdir())
 
   return guarded
+
+
+def _out_of_memory(error: Exception) -> bool:
+  """Python's MemoryError, or XLA's RESOURCE_EXHAUSTED (matched by name, so
+  that this module does not import jax)."""
+  return isinstance(error, MemoryError) or (
+      type(error).__name__ in ("XlaRuntimeError", "JaxRuntimeError")
+      and "RESOURCE_EXHAUSTED" in str(error))
 
 
 @contextlib.contextmanager

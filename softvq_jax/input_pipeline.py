@@ -27,10 +27,12 @@ Sources (``config.data.source``):
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.util
+import json
 import os
 import tarfile
-from typing import Dict, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 from absl import logging
 import ml_collections
@@ -89,6 +91,10 @@ DOWNLOADS = {
                             "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b"),
     )),
 }
+CIFAR_TARBALL = DOWNLOADS["cifar10"][1][0]
+# sha256 of each *.bin member of the official tarball, written where
+# ``_extract_cifar`` extracts them: the check of the *.bin files.
+CIFAR_SUMS = "cifar-10-binary.sha256.json"
 CIFAR_RECORD = 1 + 32 * 32 * 3
 CIFAR_PER_FILE = 10000
 
@@ -169,14 +175,57 @@ def _mnist_files(directory: str, verify: bool) -> Dict[str, Raw]:
           for split in ("train", "test")}
 
 
+def _bin_members(tarball: str) -> Iterator[Tuple[str, bytes]]:
+  """The name and bytes of each *.bin member of the CIFAR-10 binary tarball
+  (by base name: no other member, and no path, is ever used)."""
+  wanted = {name for names in CIFAR_FILES.values() for name in names}
+  with tarfile.open(tarball, "r:gz") as archive:
+    for member in archive.getmembers():
+      name = os.path.basename(member.name)
+      if member.isfile() and name in wanted:
+        with archive.extractfile(member) as source:
+          yield name, source.read()
+
+
+def _cifar_sums(directories: Sequence[str]) -> Dict[str, str]:
+  """The official sha256 of each *.bin file: ``CIFAR_SUMS`` (written when
+  the files were extracted from the checked tarball), or the official
+  tarball itself, in one of ``directories``.
+
+  Raises:
+    InputError: neither is there, or the tarball is not the official one.
+  """
+  for directory in directories:
+    record = os.path.join(directory, CIFAR_SUMS)
+    if os.path.isfile(record):
+      with open(record) as f:
+        return json.load(f)
+    tarball = os.path.join(directory, CIFAR_TARBALL.name)
+    if os.path.isfile(tarball):
+      if download.digest_of(tarball) != CIFAR_TARBALL.sha256:
+        raise InputError(f"data file corrupt: {tarball} does not have the official "
+                         f"sha256 {CIFAR_TARBALL.sha256}")
+      return {name: hashlib.sha256(payload).hexdigest()
+              for name, payload in _bin_members(tarball)}
+  raise InputError(f"the CIFAR-10 *.bin files in {directories[-1]} cannot be checked: "
+                   f"CIFAR-10 publishes sums of {CIFAR_TARBALL.name} only. Put that file "
+                   "beside them, fetch them with config.data.download=True, or set "
+                   "config.data.verify_md5=False")
+
+
 def _cifar_files(directory: str, verify: bool) -> Dict[str, Raw]:
   nested = os.path.join(directory, "cifar-10-batches-bin")
-  directory = nested if os.path.isdir(nested) else directory
+  searched = [directory, nested] if os.path.isdir(nested) else [directory]
+  directory = searched[-1]
+  sums = _cifar_sums(searched) if verify else {}
   out = {}
   for split, names in CIFAR_FILES.items():
     records = []
     for name in names:
       path = _existing(directory, name, None, verify)
+      if verify and download.digest_of(path) != sums.get(name):
+        raise InputError(f"data file corrupt: {path} is not the official tarball's {name} "
+                         "(set data.verify_md5=False for non-official files)")
       size = os.path.getsize(path)
       expected = CIFAR_PER_FILE * CIFAR_RECORD
       if size % CIFAR_RECORD or (verify and size != expected):
@@ -207,16 +256,19 @@ def _svhn_files(directory: str, verify: bool) -> Dict[str, Raw]:
 
 def _extract_cifar(tarball: str, directory: str) -> None:
   """The CIFAR-10 binary tarball's ``*.bin`` files into ``directory``, each
-  through a temporary name (no other member is written)."""
-  wanted = {name for names in CIFAR_FILES.values() for name in names}
-  with tarfile.open(tarball, "r:gz") as archive:
-    for member in archive.getmembers():
-      name = os.path.basename(member.name)
-      if member.isfile() and name in wanted:
-        target = os.path.join(directory, name)
-        with archive.extractfile(member) as source, open(target + ".tmp", "wb") as f:
-          f.write(source.read())
-        os.replace(target + ".tmp", target)
+  through a temporary name (no other member is written), and their sha256
+  in ``CIFAR_SUMS``."""
+  sums = {}
+  for name, payload in _bin_members(tarball):
+    target = os.path.join(directory, name)
+    with open(target + ".tmp", "wb") as f:
+      f.write(payload)
+    sums[name] = hashlib.sha256(payload).hexdigest()
+    os.replace(target + ".tmp", target)
+  with open(os.path.join(directory, CIFAR_SUMS + ".tmp"), "w") as f:
+    json.dump(sums, f, indent=1, sort_keys=True)
+  os.replace(os.path.join(directory, CIFAR_SUMS + ".tmp"),
+             os.path.join(directory, CIFAR_SUMS))
 
 
 def download_missing(data_config: ml_collections.ConfigDict) -> None:

@@ -218,6 +218,8 @@ def main(argv):
     points = module.get_sweep(FLAGS.sweep)
   except ValueError as e:
     raise InputError(str(e)) from e
+  prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
+  validation.writable(os.path.dirname(os.path.abspath(prefix)), "--results")
   if not FLAGS.aggregate_only:
     if not 0 <= FLAGS.shard < FLAGS.num_shards:
       raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
@@ -233,7 +235,6 @@ def main(argv):
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "launcher_seconds": time.time() - t_start,  # This launcher's wall time, all runs.
   }
-  prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
   if jax.process_index() == 0:
     results.write_tables(table, prefix)
     if table["rows"]:

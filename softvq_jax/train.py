@@ -94,6 +94,7 @@ def prepare_runs(config: ml_collections.ConfigDict,
   runs = runs_of(config, workdir)
   for run in runs:
     validation.validate_config(run.config, jax.device_count())
+    validation.validate_workdir(run.workdir)
   return runs, finished_results(runs, workdir)
 
 

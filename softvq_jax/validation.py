@@ -12,6 +12,8 @@ before anything is written.
 
 import math
 import os
+import resource
+from typing import Optional
 
 import jax
 import ml_collections
@@ -26,6 +28,15 @@ from softvq_jax import steps
 from softvq_jax.errors import InputError
 
 LR_SCHEDULES = ("constant", "cosine")
+# Seeds reach numpy and scikit-learn, whose seeds are 32-bit.
+SEED_LIMIT = 2**32
+# Sizes and counts index int32 arrays (XLA's default integer).
+SIZE_LIMIT = 2**31
+INT_KEYS = ("model.latent_dim", "model.num_codewords", "train.num_steps",
+            "train.batch_size", "train.log_every", "train.checkpoint_every",
+            "train.max_checkpoints", "train.num_seeds", "eval.kmeans_inits",
+            "eval.probe_steps", "eval.probe_batch_size", "eval.batch_size",
+            "eval.num_clusters", "eval.tsne_points", "data.validation_size")
 
 
 def _choice(config, key: str, choices) -> None:
@@ -48,6 +59,22 @@ def _sizes(config, key: str) -> None:
   if not values or not all(isinstance(v, int) and v > 0 for v in values):
     raise InputError(f"config.{key}={values!r} is not valid; it must list layer sizes, "
                      "each an integer > 0")
+
+
+def _integers(config) -> None:
+  """Integer keys below their limits: seeds 32-bit, sizes int32."""
+  for key in INT_KEYS:
+    value = config[key]
+    if not isinstance(value, int) or value >= SIZE_LIMIT:
+      raise InputError(f"config.{key}={value!r} is not valid; it must be an integer "
+                       f"< 2**31")
+  last_seed = config.seed + config.train.num_seeds - 1
+  if not isinstance(config.seed, int) or last_seed >= SEED_LIMIT:
+    raise InputError(f"config.seed={config.seed!r} is not valid; seeds (with "
+                     f"train.num_seeds={config.train.num_seeds}) must be integers < 2**32")
+  if config.eval.figures and config.eval.tsne_points < 2:
+    raise InputError(f"config.eval.tsne_points={config.eval.tsne_points} is not valid; "
+                     "the t-SNE figure needs at least 2 points (or eval.figures=False)")
 
 
 def _validate_vmap(config: ml_collections.ConfigDict) -> None:
@@ -140,6 +167,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
               "data.validation_size",
               "eval.num_clusters", "eval.tsne_points", "seed"):
     _positive(c, key, allow_zero=True)
+  _integers(c)
   _sizes(c, "model.mlp_hidden")
   _sizes(c, "model.cnn_channels")
   _validate_vmap(config)
@@ -152,23 +180,72 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   _validate_data_keys(config.data)
 
 
+# What a workdir holds, by kind: a directory, or a regular file.
+WORKDIR_ENTRIES = {"checkpoints": "directory", "checksums": "directory",
+                   "set_aside": "directory", "config.json": "file", "eval.json": "file",
+                   "timing.json": "file", "metrics.jsonl": "file", ".lock": "file"}
+
+
 def validate_workdir(workdir: str) -> None:
-  """Raises ``InputError`` for a workdir that cannot be a directory we write."""
+  """Raises ``InputError`` for a workdir that cannot be a directory we write:
+  a file, a dangling symlink, an entry of the wrong kind (``checkpoints`` a
+  file, ``config.json`` a directory, ``.lock`` a symlink), or no write access."""
+  if os.path.islink(workdir) and not os.path.exists(workdir):
+    raise InputError(f"--workdir={workdir} is a symlink to {os.readlink(workdir)}, "
+                     "which does not exist")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"--workdir={workdir} is a file, not a directory")
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
+  for name, kind in WORKDIR_ENTRIES.items():
+    path = os.path.join(workdir, name)
+    if os.path.islink(path) or (os.path.exists(path) and os.path.isdir(path) != (
+        kind == "directory")):
+      raise InputError(f"{path} should be a {kind}, not "
+                       f"{'a symlink' if os.path.islink(path) else 'what it is'}; move "
+                       "it away or use a new --workdir")
+  writable(workdir, "--workdir")
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    writable(os.path.join(workdir, "checkpoints"), "--workdir")
+
+
+def writable(path: str, flag: str) -> None:
+  """Raises ``InputError`` unless ``path`` (or its nearest existing parent,
+  which must be a directory) can be written."""
+  existing = os.path.abspath(path)
+  while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(f"{flag}={path}: {existing} is a file, not a directory")
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise InputError(f"--workdir={workdir}: {existing} is not writable")
+    raise InputError(f"{flag}={path}: {existing} is not writable")
+
+
+def _limit_bytes() -> Optional[int]:
+  """This process's memory limit below the RAM: cgroup v2 or v1, or rlimits."""
+  limits = []
+  for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    try:
+      with open(path) as f:
+        text = f.read().strip()
+      if text.isdigit():
+        limits.append(int(text))
+    except OSError:
+      pass
+  for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+    soft, _ = resource.getrlimit(limit)
+    if soft != resource.RLIM_INFINITY:
+      limits.append(soft)
+  return min(limits, default=None)
 
 
 def available_memory() -> int:
-  """Bytes of memory of the first device (the host's RAM on CPU)."""
+  """Bytes of memory of the first device: on CPU, the host's RAM or the
+  process's limit (cgroup, ``ulimit``), whichever is less."""
   stats = jax.local_devices()[0].memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"])
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  limit = _limit_bytes()
+  return ram if limit is None else min(ram, limit)
 
 
 def memory_estimate(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
@@ -178,7 +255,7 @@ def memory_estimate(config: ml_collections.ConfigDict, data: input_pipeline.Spli
   Per run trained together: the parameters, their gradients, Adam's two
   moments and the step's updated parameters and moments (7 copies), and for
   a codebook the (batch, K) distances, weights and their gradients; once:
-  the training split. Computed from shapes alone (``jax.eval_shape``).
+  the training split, and evaluation's batch of images and of probe latents. Computed from shapes alone (``jax.eval_shape``).
   """
   model = models.make_model(config.model, data.image_shape)
   optimizer = steps.make_optimizer(config.train)
@@ -190,12 +267,20 @@ def memory_estimate(config: ml_collections.ConfigDict, data: input_pipeline.Spli
   per_run = 7 * param_bytes
   if config.model.bottleneck in ("vq", "soft_vq"):
     per_run += 4 * config.train.batch_size * config.model.num_codewords * 4
-  return num_runs * per_run + data.train_images.size * 4
+  # Evaluation: a batch of images being encoded, a batch of probe latents.
+  pixels = int(np.prod(data.image_shape))
+  evaluation_bytes = 4 * (config.eval.batch_size * pixels
+                          + config.eval.probe_batch_size * config.model.latent_dim)
+  return num_runs * per_run + data.train_images.size * 4 + evaluation_bytes
 
 
 def validate_data(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
                   num_runs: int = 1) -> None:
   """Raises ``InputError`` where ``config`` does not fit the loaded ``data``."""
+  if not len(data.train_images) or not len(data.eval_images):
+    raise InputError(f"the {config.data.name} data in {config.data.dir or 'its source'} "
+                     f"holds {len(data.train_images)} training and {len(data.eval_images)} "
+                     f"{data.eval_split} images; both splits need some")
   if config.model.network == "cnn":
     factor = 2 ** len(config.model.cnn_channels)
     height, width = data.image_shape[:2]

@@ -112,10 +112,19 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Optional[Any]:
+  """The JSON in ``path``, None if there is none.
+
+  Raises:
+    InputError: ``path`` is not JSON (a torn or edited file).
+  """
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise InputError(f"{path} is not valid JSON ({e}); move it away, or use a new "
+                     "--workdir") from None
 
 
 _MISSING = object()
@@ -228,7 +237,13 @@ class Locked(InputError):
 @contextlib.contextmanager
 def _lock_one(workdir: str) -> Iterator[None]:
   os.makedirs(workdir, exist_ok=True)
-  fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+  path = os.path.join(workdir, LOCK_FILE)
+  try:
+    # O_NOFOLLOW: a planted symlink (a shared /tmp) must not get its target truncated.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+  except OSError as e:
+    raise InputError(f"{path} cannot be the workdir's lock ({os.strerror(e.errno)}: "
+                     "a symlink?); move it away, or use a new --workdir") from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
 import tarfile
 import threading
@@ -181,8 +182,11 @@ def test_cifar_tarball_yields_its_bin_files_only(tmp_path):
   out = tmp_path / "out"
   out.mkdir()
   input_pipeline._extract_cifar(str(tarball), str(out))  # pylint: disable=protected-access
-  assert os.listdir(out) == ["data_batch_1.bin"]
-  assert (out / "data_batch_1.bin").read_bytes() == records.astype(np.uint8).tobytes()
+  assert sorted(os.listdir(out)) == [input_pipeline.CIFAR_SUMS, "data_batch_1.bin"]
+  payload = records.astype(np.uint8).tobytes()
+  assert (out / "data_batch_1.bin").read_bytes() == payload
+  assert json.loads((out / input_pipeline.CIFAR_SUMS).read_text()) == {
+      "data_batch_1.bin": hashlib.sha256(payload).hexdigest()}
 
 
 def test_unprepared_tfds_without_tensorflow_names_the_extra(tmp_path, monkeypatch):

@@ -200,7 +200,9 @@ def test_memory_estimate_counts_parameters_and_adam_moments(tiny_config):
   data = input_pipeline.load(tiny_config.data)
   one = validation.memory_estimate(tiny_config, data, 1)
   three = validation.memory_estimate(tiny_config, data, 3)
-  data_bytes = data.train_images.size * 4
+  config = tiny_config.eval
+  data_bytes = data.train_images.size * 4 + 4 * (
+      config.batch_size * 64 + config.probe_batch_size * tiny_config.model.latent_dim)
   # MLP 64-32-32 to z (16), a K-wide log-variance head, K = 32 codewords of 16,
   # and the decoder 16-32-32-64.
   params = (64 * 32 + 32) + (32 * 32 + 32) + (32 * 16 + 16) + (32 * 32 + 32) + 32 * 16 + (

@@ -1,6 +1,8 @@
 """Tests of every data source on tiny generated files and tfds mock data."""
 
 import gzip
+import hashlib
+import json
 import os
 
 import ml_collections
@@ -116,6 +118,38 @@ def test_cifar_truncated_file(tmp_path):
     f.write(b"\x01\x02")
   with pytest.raises(InputError, match="truncated"):
     input_pipeline.load(data_config(name="cifar10", dir=str(tmp_path)))
+
+
+def _official_size_bins(directory):
+  """Random CIFAR-10 *.bin files of the official size; their sha256s."""
+  rng, sums = np.random.default_rng(3), {}
+  for names in input_pipeline.CIFAR_FILES.values():
+    for name in names:
+      rec = rng.integers(0, 256, (input_pipeline.CIFAR_PER_FILE, input_pipeline.CIFAR_RECORD),
+                         dtype=np.uint8)
+      rec[:, 0] %= 10
+      rec.tofile(directory / name)
+      sums[name] = hashlib.sha256(rec.tobytes()).hexdigest()
+  return sums
+
+
+def test_cifar_bins_of_the_official_size_are_checked_against_the_tarballs_sums(tmp_path):
+  sums = _official_size_bins(tmp_path)
+  config = data_config(name="cifar10", dir=str(tmp_path), verify_md5=True)
+  with pytest.raises(InputError, match="cannot be checked: CIFAR-10 publishes sums of "
+                     "cifar-10-binary.tar.gz only"):
+    input_pipeline.load(config)
+  # The record that extraction writes, with one file that is not the official one.
+  (tmp_path / input_pipeline.CIFAR_SUMS).write_text(json.dumps(
+      {**sums, "data_batch_3.bin": "0" * 64}))
+  with pytest.raises(InputError, match="data_batch_3.bin is not the official tarball's"):
+    input_pipeline.load(config)
+  (tmp_path / input_pipeline.CIFAR_SUMS).write_text(json.dumps(sums))
+  assert input_pipeline.load(config).train_images.shape == (50000, 32, 32, 3)
+  (tmp_path / input_pipeline.CIFAR_SUMS).unlink()
+  (tmp_path / input_pipeline.CIFAR_TARBALL.name).write_bytes(b"not the tarball")
+  with pytest.raises(InputError, match="does not have the official sha256"):
+    input_pipeline.load(config)
 
 
 def test_svhn_mat_files(tmp_path):
