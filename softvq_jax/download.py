@@ -79,6 +79,10 @@ class Progress:
       sys.stderr.write("\n")
 
 
+class _TooLong(Exception):
+  """The server sent more bytes than the official file has."""
+
+
 def _receive(url: str, part: str, remote: RemoteFile, timeout: float) -> None:
   """Appends the rest of ``url`` to ``part`` (all of it if the server ignores
   the range request)."""
@@ -89,11 +93,17 @@ def _receive(url: str, part: str, remote: RemoteFile, timeout: float) -> None:
     if have and response.status != 206:
       have = 0  # The server sends the whole file.
     progress = Progress(remote.name, remote.size, have)
-    with open(part, "ab" if have else "wb") as f:
+    # O_NOFOLLOW: a planted symlink (a shared folder) must not get the bytes.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if have else os.O_TRUNC)
+    with os.fdopen(os.open(part, flags, 0o666), "wb") as f:
       for block in iter(lambda: response.read(_BLOCK), b""):
+        have += len(block)
+        if have > remote.size:
+          raise _TooLong()
         f.write(block)
         progress.update(len(block))
     progress.close()
+
 
 
 def fetch(base_url: str, remote: RemoteFile, directory: str,
@@ -110,6 +120,9 @@ def fetch(base_url: str, remote: RemoteFile, directory: str,
   path = os.path.join(directory, remote.name)
   part = path + PART_SUFFIX
   url = base_url.rstrip("/") + "/" + remote.name
+  if os.path.islink(part):
+    raise InputError(f"{part} is a symlink (to {os.readlink(part)}); a download is never "
+                     "written through one: remove it")
   if os.path.exists(path):
     return path  # Only a verified download is ever renamed to its final name.
   if os.path.exists(part) and os.path.getsize(part) > remote.size:
@@ -118,6 +131,11 @@ def fetch(base_url: str, remote: RemoteFile, directory: str,
     logging.info("downloading %s (%.1f MB) to %s", url, remote.size / 1e6, directory)
     try:
       _receive(url, part, remote, timeout)
+    except _TooLong:
+      os.remove(part)
+      raise InputError(f"download of {url} sent more than the official {remote.size} "
+                       "bytes; it is not the official file, so nothing was kept: check "
+                       "config.data.download_url") from None
     except urllib.error.HTTPError as e:
       raise InputError(f"download of {url} failed: HTTP {e.code} {e.reason}; check "
                        "config.data.download_url") from None

@@ -30,8 +30,10 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import tarfile
+import zlib
 from typing import Dict, Iterator, Sequence, Tuple
 
 from absl import logging
@@ -91,6 +93,7 @@ DOWNLOADS = {
                             "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b"),
     )),
 }
+MAX_IDX_BYTES = 2**31  # MNIST's largest file holds 47 MB.
 CIFAR_TARBALL = DOWNLOADS["cifar10"][1][0]
 # sha256 of each *.bin member of the official tarball, written where
 # ``_extract_cifar`` extracts them: the check of the *.bin files.
@@ -135,21 +138,33 @@ def _existing(directory: str, name: str, md5: str | None, verify: bool) -> str:
 
 
 def read_idx(path: str) -> np.ndarray:
-  """Reads a gzipped IDX file of unsigned bytes (MNIST's format)."""
+  """Reads a gzipped IDX file of unsigned bytes (MNIST's format).
+
+  The header is read first and no more bytes than it declares (plus one, to
+  find extra data) are ever decompressed: a gzip bomb or an overflowing
+  header costs no memory.
+  """
   try:
     with gzip.open(path, "rb") as f:
-      data = f.read()
-  except (OSError, EOFError) as e:
+      magic = f.read(4)
+      if len(magic) < 4 or magic[:2] != b"\x00\x00" or magic[2] != 0x08:
+        raise InputError(f"data file corrupt: {path} is not an unsigned-byte IDX file")
+      dims = f.read(4 * magic[3])
+      shape = tuple(int.from_bytes(dims[4 * i:4 * i + 4], "big")
+                    for i in range(len(dims) // 4))
+      size = math.prod(shape)
+      if len(dims) < 4 * magic[3] or size > MAX_IDX_BYTES:
+        raise InputError(f"data file corrupt: {path} has the IDX header {shape}, "
+                         f"which is not an array of at most {MAX_IDX_BYTES} bytes")
+      data = f.read(size)
+      extra = f.read(1)
+  except (OSError, EOFError, zlib.error) as e:
     raise InputError(f"data file unreadable: {path} ({e})") from None
-  if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
-    raise InputError(f"data file corrupt: {path} is not an unsigned-byte IDX file")
-  ndim = data[3]
-  header = 4 + 4 * ndim
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-  if len(data) != header + int(np.prod(shape)):
-    raise InputError(f"data file truncated: {path} holds {len(data) - header} "
-                     f"bytes, its header says {shape}")
-  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+  if len(data) != size or extra:
+    raise InputError(f"data file truncated or corrupt: {path} holds "
+                     f"{len(data) + len(extra)}{'+' if extra else ''} bytes, its header "
+                     f"says {shape}")
+  return np.frombuffer(data, np.uint8).reshape(shape)
 
 
 def _check_pair(images: np.ndarray, labels: np.ndarray, what: str) -> Raw:

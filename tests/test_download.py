@@ -146,6 +146,24 @@ def test_a_wrong_digest_is_removed_never_renamed(server, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_a_stream_longer_than_the_official_file_is_cut_and_removed(server, tmp_path):
+  content = server.files[NAME]
+  short = download.RemoteFile(NAME, len(content) - 10, hashlib.sha256(content).hexdigest())
+  with pytest.raises(InputError, match=r"sent more than the official \d+ bytes; .* nothing "
+                     "was kept"):
+    download.fetch(server.url + "/ok", short, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_a_planted_part_symlink_is_never_written_through(server, tmp_path):
+  target = tmp_path / "victim"
+  target.write_bytes(b"precious")
+  os.symlink(target, tmp_path / (NAME + download.PART_SUFFIX))
+  with pytest.raises(InputError, match="is a symlink"):
+    download.fetch(server.url + "/ok", remote(NAME, server.files[NAME]), str(tmp_path))
+  assert target.read_bytes() == b"precious"
+
+
 def test_a_stalled_server_times_out(server, tmp_path):
   with pytest.raises(InputError, match="timed out"):
     download.fetch(server.url + "/slow", remote(NAME, server.files[NAME]), str(tmp_path),

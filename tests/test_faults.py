@@ -173,6 +173,11 @@ def test_a_sweep_refuses_overrides_of_keys_its_rows_set_differently(tmp_path, ke
     ({"model.variance": "per_sample"}, r"variance='per_sample' is not valid; choose one of "
      "sample, codeword, fixed"),
     ({"model.log_var_init": 0.0}, r"log_var_init=0.0 is not valid; .* not the head's"),
+    ({"seed": 2**32}, r"config.seed=4294967296 is not valid; .* integers < 2\*\*32"),
+    ({"seed": 2**64}, r"config.seed=18446744073709551616 is not valid"),
+    ({"seed": 2**32 - 2, "train.num_seeds": 3}, r"with train.num_seeds=3\) must be"),
+    ({"model.num_codewords": 2**31}, r"num_codewords=2147483648 is not valid; .* < 2\*\*31"),
+    ({"eval.figures": True, "eval.tsne_points": 0}, r"tsne_points=0 is not valid; the t-SNE"),
 ])
 def test_invalid_values_are_refused_before_any_write(tiny_config, tmp_path, overrides,
                                                     match):
@@ -187,6 +192,8 @@ def test_invalid_values_are_refused_before_any_write(tiny_config, tmp_path, over
     ({"model.network": "cnn"}, r"divisible by 16; digits images are 8x8"),
     ({"model.num_codewords": 10_000_000, "model.mlp_hidden": (256, 256, 512)},
      r"the model needs at least \d+\.\d GiB"),
+    ({"eval.batch_size": 10**9}, r"the model needs at least \d+\.\d GiB"),
+    ({"eval.probe_batch_size": 10**9}, r"the model needs at least \d+\.\d GiB"),
 ])
 def test_values_that_do_not_fit_the_data_are_refused_before_any_write(
     tiny_config, tmp_path, overrides, match):
@@ -220,6 +227,40 @@ def test_workdir_that_is_a_file_is_refused(tiny_config, tmp_path):
   assert path.read_text() == "mine"
 
 
+@pytest.mark.parametrize("plant,match", [
+    (lambda w: (w / "checkpoints").write_text("x"), r"checkpoints should be a directory"),
+    (lambda w: (w / "config.json").mkdir(), r"config.json should be a file"),
+    (lambda w: os.symlink(w.parent / "victim", w / ".lock"), r".lock should be a file, not a "
+     "symlink"),
+    (lambda w: (w / "config.json").write_text("{torn"), r"config.json is not valid JSON"),
+])
+def test_workdir_entries_of_the_wrong_kind_are_refused_before_any_write(
+    tiny_config, tmp_path, plant, match):
+  (tmp_path / "victim").write_text("precious")
+  run = tmp_path / "run"
+  run.mkdir()
+  plant(run)
+  before = files(tmp_path)
+  with pytest.raises(InputError, match=match):
+    train.train_and_evaluate(tiny_config, str(run))
+  assert files(tmp_path) == before
+
+
+def test_a_dangling_symlink_workdir_is_refused(tiny_config, tmp_path):
+  os.symlink(tmp_path / "gone", tmp_path / "run")
+  with pytest.raises(InputError, match="is a symlink to .*gone, which does not exist"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+def test_the_lock_never_follows_a_symlink(tmp_path):
+  (tmp_path / "victim").write_text("precious")
+  os.symlink(tmp_path / "victim", tmp_path / workdir_lib.LOCK_FILE)
+  with pytest.raises(InputError, match="cannot be the workdir's lock"):
+    with workdir_lib.lock([str(tmp_path)]):
+      pass
+  assert (tmp_path / "victim").read_text() == "precious"
+
+
 def test_unwritable_workdir_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(validation.os, "access", lambda path, mode: path != str(tmp_path))
   with pytest.raises(InputError, match=f"{tmp_path} is not writable"):
@@ -241,6 +282,29 @@ def fake_mnist(tmp_path):
     _idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
     _idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
   return tmp_path
+
+
+def test_an_empty_training_split_is_refused(fake_mnist, tiny_config, tmp_path):
+  _idx(fake_mnist / "train-images-idx3-ubyte.gz", np.zeros((0, 28, 28)))
+  _idx(fake_mnist / "train-labels-idx1-ubyte.gz", np.zeros((0,)))
+  runs.apply_overrides(tiny_config, {"data.name": "mnist", "data.source": "files",
+                                     "data.dir": str(fake_mnist), "data.verify_md5": False})
+  with pytest.raises(InputError, match="holds 0 training and 20 test images"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("header,match", [
+    (bytes([0, 0, 8, 3]) + b"\xff\xff\xff\xff" * 3, r"not an array of at most"),
+    # A gzip bomb: a small header, then far more zeros than it declares.
+    (bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(50_000_000), r"holds 11\+ bytes"),
+])
+def test_idx_headers_that_overflow_or_lie_are_refused_without_reading_on(
+    tmp_path, header, match):
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  with gzip.open(path, "wb") as f:
+    f.write(header)
+  with pytest.raises(InputError, match=match):
+    input_pipeline.read_idx(str(path))
 
 
 def test_label_files_where_image_files_belong_are_refused(fake_mnist):
