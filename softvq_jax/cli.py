@@ -40,6 +40,9 @@ EXIT_INPUT = 2
 EXIT_STOPPED = 1
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+# absl's flags that print and exit while the flags parse.
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml",
+               "--only_check_args")
 
 
 def one_line(error: BaseException) -> str:
@@ -86,16 +89,21 @@ def parse_flags(argv: List[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   they are loaded here, so that a broken file fails before ``main`` runs.
   """
   try:
-    argv = flag_values(argv)
     try:
+      argv = flag_values(argv)
       config = flag_values.config
     except SystemExit as e:
+      if any(arg.split("=")[0] in _HELP_FLAGS for arg in argv):
+        raise
       fail(f"--config: the config file called sys.exit({e.code!r}) while it loaded")
     # (A file that failed to load gives an object that raises on use.)
     if config is None or isinstance(config, (dict, list, tuple, str, int, float)):
-      fail(f"--config: get_config() returned {type(config).__name__}, not a ConfigDict")
+      returned = "None" if config is None else type(config).__name__
+      fail(f"--config: get_config() returned {returned}, not a ConfigDict")
     config.to_json_best_effort()
   except flags.Error as e:
+    if "--config must have a value other than None" in str(e):  # absl's check of it.
+      fail("--config: get_config() returned None, not a ConfigDict")
     fail(one_line(e))
   except (KeyError, AttributeError) as e:
     fail(f"--config: {_unknown_key(e)}")
@@ -145,14 +153,28 @@ def _out_of_memory(error: Exception) -> bool:
 
 
 @contextlib.contextmanager
-def interruptible_start() -> Iterator[None]:
-  """Ctrl-C while a launcher imports its modules: one line, status 130."""
+def interruptible_start(module_name: str) -> Iterator[None]:
+  """Ctrl-C or SIGTERM while a launcher (``module_name`` ``"__main__"``;
+  an import of it changes nothing) imports its modules: one line.
+
+  A signal that lands in a C extension's initialisation surfaces as an
+  ``ImportError``, or is dropped; ``signals`` records it either way.
+  """
+  if module_name != "__main__":
+    yield
+    return
+  signals.install()
   try:
     yield
-  except KeyboardInterrupt:
-    print("interrupted: stopped by Ctrl-C while starting; nothing was written",
-          file=sys.stderr, flush=True)
-    os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+    signals.check()
+  except BaseException as e:  # pylint: disable=broad-except
+    error = e if isinstance(e, KeyboardInterrupt) else signals.received()
+    if error is None:
+      raise
+    status, prefix, message = _interrupt_line(error)
+    print(f"{prefix}: {message} while starting; nothing was written", file=sys.stderr,
+          flush=True)
+    os._exit(status)  # pylint: disable=protected-access
 
 
 def _workdir_flag() -> Optional[str]:
@@ -180,6 +202,11 @@ def run(main: Callable[[List[str]], None]) -> NoReturn:
   try:
     app.run(guard(main, _workdir_flag), flags_parser=parse_flags)
   except SystemExit as e:
+    if not e.code and signals.received() is not None:
+      # A signal whose exception Python dropped: the command did not finish.
+      status, prefix, message = _interrupt_line(signals.received())
+      print(f"{prefix}: {message}", file=console.stream(), flush=True)
+      _leave(status)
     _leave(e.code)
   except KeyboardInterrupt as e:  # Ctrl-C while the flags load.
     status, prefix, message = _interrupt_line(e)

@@ -17,7 +17,7 @@ Several processes: start the same command in each with ``--distributed``
 
 from softvq_jax import cli
 
-with cli.interruptible_start():
+with cli.interruptible_start(__name__):
   import os
 
   from absl import flags

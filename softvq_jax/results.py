@@ -21,6 +21,7 @@ import numpy as np
 from softvq_jax import figures
 from softvq_jax import runs
 from softvq_jax import workdir as workdir_lib
+from softvq_jax.errors import InputError, first_line
 
 METRICS = ("clustering_acc", "nmi", "probe_acc")
 TITLES = {"clustering_acc": "clustering ACC (%)", "nmi": "NMI", "probe_acc": "probe acc (%)"}
@@ -153,7 +154,11 @@ def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
     if label in seen or not os.path.exists(latents):
       continue
     seen.add(label)
-    with np.load(latents) as f:  # Written by this package; no pickles allowed.
-      panels.append((name, f["latents"], f["labels"]))
+    try:
+      with np.load(latents) as f:  # Written by this package; no pickles allowed.
+        panels.append((name, f["latents"], f["labels"]))
+    except (ValueError, KeyError, OSError, EOFError) as e:
+      raise InputError(f"{latents} cannot be read as this package's latents ({first_line(e)})"
+                       "; pickled objects are never loaded. Move it away and rerun") from None
   if panels:
     figures.tsne(path, panels, num_points, seed=0)

@@ -8,12 +8,18 @@
 * ``deferred()`` holds SIGINT and SIGTERM back for the length of a block
   (a checkpoint save, waiting for one) and delivers them when it ends, so
   that no checkpoint is left half-written by an interrupt.
+* Python drops an exception raised where it cannot propagate (a garbage
+  collector callback, such as jax's, or a ``__del__``): a Ctrl-C that lands
+  there would be lost, and the run would finish with status 0. The
+  handlers also record the signal, and ``check()``, called between steps
+  and before results are written, raises it again.
 """
 
 import contextlib
 import signal
+import sys
 import threading
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -22,14 +28,50 @@ class Terminated(KeyboardInterrupt):
   """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
 
-def _raise_terminated(signum, frame):
-  del signum, frame
-  raise Terminated("stopped by SIGTERM")
+_received: List[int] = []  # The signals the installed handlers have taken.
+
+
+def _error(signum: int) -> KeyboardInterrupt:
+  if signum == signal.SIGTERM:
+    return Terminated("stopped by SIGTERM")
+  return KeyboardInterrupt("stopped by Ctrl-C")
+
+
+def _handler(signum, frame):
+  del frame
+  _received.append(signum)
+  raise _error(signum)
 
 
 def install() -> None:
-  """Raises ``Terminated`` on SIGTERM (main thread only, as every handler)."""
-  signal.signal(signal.SIGTERM, _raise_terminated)
+  """Raises ``KeyboardInterrupt`` on SIGINT and ``Terminated`` on SIGTERM,
+  and records them for ``check()`` (main thread only, as every handler).
+  A SIGINT that the parent shell ignores (a background job) stays ignored."""
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, _handler)
+  signal.signal(signal.SIGTERM, _handler)
+  if sys.unraisablehook is not _unraisable:
+    _unraisable.previous = sys.unraisablehook
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable) -> None:
+  """Python's report of a dropped exception, without the dropped signals
+  (``check()`` raises them again)."""
+  if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _received):
+    _unraisable.previous(unraisable)
+
+
+def received() -> Optional[KeyboardInterrupt]:
+  """The error of the first signal the handlers took, None if none."""
+  return _error(_received[0]) if _received else None
+
+
+def check() -> None:
+  """Raises the first signal taken, in case its exception was dropped."""
+  error = received()
+  if error is not None:
+    raise error
 
 
 @contextlib.contextmanager

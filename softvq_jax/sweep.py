@@ -29,7 +29,7 @@ says so (``workdir.lock``).
 
 from softvq_jax import cli
 
-with cli.interruptible_start():
+with cli.interruptible_start(__name__):
   import copy
   import dataclasses
   import importlib.util

@@ -43,10 +43,11 @@ from softvq_jax import figures
 from softvq_jax import input_pipeline
 from softvq_jax import models
 from softvq_jax import runs as runs_lib
+from softvq_jax import signals
 from softvq_jax import steps
 from softvq_jax import validation
 from softvq_jax import workdir as workdir_lib
-from softvq_jax.errors import InputError
+from softvq_jax.errors import InputError, RunStopped, first_line
 
 
 class Diverged(FloatingPointError):
@@ -193,13 +194,14 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
           for run in runs]
   try:
     state = _train_chunks(state, program, runs, train_config, managers, logs)
-  except KeyboardInterrupt:
     managers.wait()
-    raise KeyboardInterrupt(f"stopped by Ctrl-C. {managers.last_good()}") from None
+  except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (signals.Terminated).
+    managers.wait()
+    cause = str(e) or "stopped by Ctrl-C"
+    raise type(e)(f"{cause}. {managers.last_good()}") from None
   finally:
     for log in logs:
       log.close()
-  managers.wait()
   return state
 
 
@@ -211,6 +213,7 @@ def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
   checkpoint_every = train_config.checkpoint_every
   step = int(state.step[0])
   while step < num_steps:
+    signals.check()
     chunk_end = min(num_steps, (step // log_every + 1) * log_every,
                     (step // checkpoint_every + 1) * checkpoint_every)
     t0 = time.time()
@@ -269,8 +272,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
   timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
             "trained_steps": config.train.num_steps - start_step}
   # Evaluation is local work: process 0 does it and writes the results.
-  return [evaluate_run(run, data, steps.run_slice(state, i), timing)
-          if jax.process_index() == 0 else None for i, run in enumerate(runs)]
+  try:
+    return [evaluate_run(run, data, steps.run_slice(state, i), timing)
+            if jax.process_index() == 0 else None for i, run in enumerate(runs)]
+  except OSError as e:  # A full disk, say: training is safe on disk.
+    raise RunStopped(f"evaluation failed ({first_line(e)}); {_kept(config)}") from e
+  except KeyboardInterrupt as e:
+    raise type(e)(f"{str(e) or 'stopped by Ctrl-C'} while evaluating; {_kept(config)}"
+                  ) from None
+
+
+def _kept(config: ml_collections.ConfigDict) -> str:
+  return (f"training is finished and its checkpoint at step {config.train.num_steps} is "
+          "kept: rerun the same command to evaluate")
 
 
 def _resume_and_train(config: ml_collections.ConfigDict, program: Program, runs: List[Run],
@@ -305,6 +319,7 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
 
 
 def _write_results(run: Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
+  signals.check()  # A Ctrl-C that Python dropped never leaves a finished run.
   workdir_lib.write_results(run.workdir, results, timing)
   logging.info("eval of seed %d: %s", run.config.seed, json.dumps(results))
 

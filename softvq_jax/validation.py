@@ -141,7 +141,17 @@ def _validate_quantizer(model: ml_collections.ConfigDict) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ``InputError`` for the first invalid key of ``config``."""
+  """Raises ``InputError`` for the first invalid or missing key of ``config``."""
+  try:
+    _validate_config(config, num_devices)
+  except (KeyError, AttributeError) as e:  # ConfigDict's KeyError: ("'model'",).
+    key = str(e.args[0] if e.args else e).strip("'\"")
+    raise InputError(f"the config has no key {key!r}; config files build on "
+                     "softvq_jax.configs.default.get_base_config(), which declares every "
+                     "key") from None
+
+
+def _validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   c = config  # ConfigDict answers dotted keys: c["model.latent_dim"].
   _choice(c, "model.bottleneck", models.BOTTLENECKS)
   _choice(c, "model.network", models.NETWORKS)
@@ -199,9 +209,10 @@ def validate_workdir(workdir: str) -> None:
     path = os.path.join(workdir, name)
     if os.path.islink(path) or (os.path.exists(path) and os.path.isdir(path) != (
         kind == "directory")):
-      raise InputError(f"{path} should be a {kind}, not "
-                       f"{'a symlink' if os.path.islink(path) else 'what it is'}; move "
-                       "it away or use a new --workdir")
+      found = ("a symlink" if os.path.islink(path) else
+               "a directory" if os.path.isdir(path) else "a file")
+      raise InputError(f"{path} should be a {kind}, not {found}; move it away or use a "
+                       "new --workdir")
   writable(workdir, "--workdir")
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     writable(os.path.join(workdir, "checkpoints"), "--workdir")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from softvq_jax import checkpoints
 from softvq_jax import cli
 from softvq_jax import input_pipeline
 from softvq_jax import runs
+from softvq_jax import signals
 from softvq_jax import steps
 from softvq_jax import sweep
 from softvq_jax import train
@@ -356,12 +358,18 @@ def test_resuming_on_another_device_count_warns(tmp_path, caplog):
     (["--config=configs/missing.py"],
      "error: --config: [Errno 2] No such file or directory: 'configs/missing.py'"),
     (["--config={broken}"], "error: --config: SyntaxError: invalid syntax"),
+    (["--config={exits}"], "error: --config: the config file called sys.exit(0) while it "
+     "loaded"),
+    (["--config={none}"], "error: --config: get_config() returned None, not a ConfigDict"),
 ])
 def test_bad_flags_are_one_line_and_status_2(argv, line, tmp_path, capsys, monkeypatch):
   monkeypatch.chdir(ROOT)
-  broken = tmp_path / "broken.py"
-  broken.write_text("def get_config(:\n")
-  argv = [a.format(broken=broken) for a in argv]
+  files_ = {"broken": "def get_config(:\n",
+            "exits": "import sys\ndef get_config():\n  sys.exit(0)\n",
+            "none": "def get_config():\n  return None\n"}
+  for name, text in files_.items():
+    (tmp_path / f"{name}.py").write_text(text)
+  argv = [a.format(**{name: tmp_path / f"{name}.py" for name in files_}) for a in argv]
   if not any(a.startswith("--config=") for a in argv):
     argv = ["--config=configs/digits.py"] + argv
   flag_values = flags.FlagValues()
@@ -383,6 +391,11 @@ def test_bad_flags_are_one_line_and_status_2(argv, line, tmp_path, capsys, monke
      "error: [Errno 28] No space left on device; nothing written before it is lost"),
     (KeyboardInterrupt("stopped by Ctrl-C. The last good checkpoint is at step 300"),
      cli.EXIT_INTERRUPTED, "interrupted: stopped by Ctrl-C. The last good checkpoint"),
+    (signals.Terminated("stopped by SIGTERM. The last good checkpoint is at step 300"),
+     cli.EXIT_TERMINATED, "terminated: stopped by SIGTERM. The last good checkpoint"),
+    (InputError("workdir /tmp/a\nb is a file"), cli.EXIT_INPUT,
+     "error: workdir /tmp/a b is a file"),
+    (MemoryError("cannot allocate"), cli.EXIT_STOPPED, "error: out of memory (MemoryError"),
 ])
 def test_errors_end_in_one_line_with_their_status(error, status, prefix, capsys):
   def main(argv):
@@ -441,3 +454,31 @@ def test_a_checkpoint_that_diverges_at_once_is_set_aside(tiny_config, tmp_path,
   with caplog.at_level(logging.WARNING):
     assert train.train_and_evaluate(tiny_config, str(run)) == expected
   assert "checkpoint 20 set aside (a non-finite loss in its first steps)" in caplog.text
+
+
+def test_signals_in_a_deferred_block_arrive_at_its_end():
+  reached_the_end = []
+  with pytest.raises(KeyboardInterrupt):
+    with signals.deferred():
+      signal.raise_signal(signal.SIGINT)
+      reached_the_end.append(True)  # A save here is never cut short.
+  assert reached_the_end == [True]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_dropped_interrupt_is_raised_again_by_check(monkeypatch):
+  monkeypatch.setattr(signals, "_received", [])
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    signals.install()
+
+    class DropsIt:  # Python drops what a __del__ raises, as in a gc callback.
+      def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+    DropsIt()
+    with pytest.raises(signals.Terminated, match="stopped by SIGTERM"):
+      signals.check()
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
