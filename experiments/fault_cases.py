@@ -165,7 +165,8 @@ def signal_when(ctx, launch, name, trigger_parts, send=signal.SIGINT, delay=0.0)
 
 def sigint_compiling(ctx, launch):
   # config.json is written just before the model is built and compiled.
-  workdir, outcome = signal_when(ctx, launch, "sigint_compile", ["config.json"], delay=0.3)
+  name = f"sigint_compile_{len(os.listdir(ctx.scratch))}"
+  workdir, outcome = signal_when(ctx, launch, name, ["config.json"], delay=0.3)
   return outcome, not os.path.exists(os.path.join(workdir, "eval.json")), "it finished"
 
 
@@ -394,7 +395,8 @@ CASES = [
     Case("checkpoints_is_a_file", S, I + r".*checkpoints should be a directory",
          checkpoints_a_file, 30),
     Case("checkpoints_read_only", S, I + r".*is not writable", checkpoints_read_only, 30),
-    Case("sigint_while_compiling", 130, r"^interrupted: stopped by Ctrl-C", sigint_compiling),
+    *[Case(f"sigint_while_compiling_{i}_of_3", 130, r"^interrupted: stopped by Ctrl-C",
+           sigint_compiling) for i in (1, 2, 3)],
     Case("sigint_during_final_save", 130, r"^interrupted: .*checkpoint is at step 300",
          sigint_final_save),
     Case("sigint_during_evaluation_then_rerun", 130,

@@ -1,14 +1,17 @@
-"""What a launcher shows on the terminal: its own lines, nothing else.
+"""What a launcher shows on the terminal: its own lines, not the libraries'.
 
 The launchers (``softvq_jax.main``, ``softvq_jax.sweep``) print this
 package's log lines and, at the end, one line (``softvq_jax.cli``). What
-the libraries below print on their way (orbax's and asyncio's tracebacks
-from background threads, tensorstore's and XLA's lines written straight to
-file descriptor 2, thousands of warnings) is kept off the terminal:
+Python libraries print on their way (orbax's and asyncio's tracebacks from
+background threads, their warnings, thousands of them after a damaged
+checkpoint) is kept off the terminal:
 
-* ``capture()`` points descriptor 2, and so ``sys.stderr``, at an anonymous
-  temporary file; the terminal is reached through ``stream()`` alone, where
-  absl's handler writes the records logged from this package.
+* ``capture()`` points ``sys.stderr``, which those tracebacks, warnings and
+  log records are written to, at an anonymous temporary file; the terminal
+  is reached through ``stream()`` alone, where absl's handler writes the
+  records logged from this package. File descriptor 2 is left alone: what
+  the runtime itself writes there (XLA's fatal errors, "another task died",
+  a crash report) stays on the terminal, since no line of ours follows it.
 * ``save(workdir)`` appends what was captured to ``WORKDIR/library.log``
   (where the workdir is a directory already) and returns that path, so
   that the last line can name it.
@@ -42,20 +45,25 @@ def stream() -> IO[str]:
 
 
 def capture() -> None:
-  """Sends descriptor 2 to a temporary file and this package's log to the terminal."""
-  sys.stderr.flush()
-  terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+  """Sends ``sys.stderr`` to a temporary file, this package's log to the terminal."""
+  terminal = sys.stderr
+  terminal.flush()
   capture_file = tempfile.TemporaryFile()
-  os.dup2(capture_file.fileno(), 2)
+  sys.stderr = open(capture_file.fileno(), "w", buffering=1, encoding="utf-8",
+                    errors="replace", closefd=False)
   _captured.update(terminal=terminal, file=capture_file)
   absl_handler = logging.get_absl_handler().python_handler
   absl_handler.stream = terminal
   absl_handler.addFilter(ours)
+  root = std_logging.getLogger()
+  for handler in list(root.handlers):  # A library's logging.basicConfig, say.
+    if isinstance(handler, std_logging.StreamHandler) and handler.stream is terminal:
+      root.removeHandler(handler)
   library = std_logging.StreamHandler(sys.stderr)
   library.setLevel(std_logging.WARNING)
   library.setFormatter(absl_handler.formatter)
   library.addFilter(lambda record: not ours(record))
-  std_logging.getLogger().addHandler(library)
+  root.addHandler(library)
 
 
 def save(workdir: Optional[str]) -> Optional[str]:
@@ -72,7 +80,7 @@ def save(workdir: Optional[str]) -> Optional[str]:
   try:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     with os.fdopen(fd, "ab") as out:
-      # pread: descriptor 2 shares the capture's offset, which must not move.
+      # pread: sys.stderr shares the capture's offset, which must not move.
       for offset in range(0, size, _CHUNK):
         out.write(os.pread(capture_file.fileno(), _CHUNK, offset))
   except OSError:

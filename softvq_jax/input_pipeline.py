@@ -19,8 +19,9 @@ Sources (``config.data.source``):
            from the official servers (or ``data.download_url``) and checked
            against their sizes and sha256 (``softvq_jax.download``). MNIST
            and SVHN files are md5-checked against the official sums
-           (``data.verify_md5``); every file is checked for its header,
-           shape and label range.
+           (``data.verify_md5``), CIFAR-10's ``*.bin`` against the official
+           tarball, which alone has published sums (``_cifar_sums``); every
+           file is checked for its header, shape and label range.
   sklearn  scikit-learn's 8x8 digits (1797 images shipped with the package),
            split 1437 / 360 by a fixed permutation.
 """

@@ -64,6 +64,7 @@ def test_unknown_preset():
     mnist.get_config("nope")
 
 
+@pytest.mark.slow
 def test_command_line_overrides_reach_config_json(tmp_path):
   result = run_main("--config=configs/digits.py:vq_vae,quick", "--config.model.num_codewords=8",
                     "--config.model.mlp_hidden=(16,)", "--config.eval.figures=False",
@@ -133,6 +134,7 @@ def run_main(*args, env=None):
                         capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,expected", [
     (["--config.model.num_codewords=0"], "error: config.model.num_codewords=0"),
     (["--config.data.source=files"], "error: config.data.source='files' cannot load"),
@@ -151,6 +153,7 @@ def test_main_bad_input_exits_2_with_one_line(tmp_path, overrides, expected):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_agree(tmp_path):
   """The global batch split over 4 devices, with 2 vmapped seeds, trains the same model."""
   results = {}

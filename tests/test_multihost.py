@@ -16,6 +16,8 @@ import pytest
 from softvq_jax import distributed
 from softvq_jax.errors import InputError
 
+pytestmark = pytest.mark.slow  # Launchers in subprocesses, several processes.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ("--config=configs/digits.py", "--config.model.mlp_hidden=(64, 64)",
         "--config.train.num_steps=100", "--config.train.log_every=25",

@@ -223,6 +223,7 @@ EMA_ON_4_DEVICES = textwrap.dedent("""
     """)
 
 
+@pytest.mark.slow
 def test_ema_with_axis_name_on_4_devices_equals_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
@@ -231,6 +232,7 @@ def test_ema_with_axis_name_on_4_devices_equals_one_device():
   assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_tokenizer_example_agrees_on_one_device_jit_and_shard_map():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")

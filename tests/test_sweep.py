@@ -43,6 +43,7 @@ def test_table_sweeps_cover_rows_and_seeds():
   assert workdir.point_dir(mnist.get_sweep("codebook")[0]) == "soft_vq_vae/num_codewords_16/seed_0"
 
 
+@pytest.mark.slow
 def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):
   points = small_points(digits, "table1", lambda p: p.row in ("raw", "ae", "soft_vq_vae")
                         and p.seed < 2)
@@ -141,6 +142,7 @@ def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypat
   assert [r["model"] for r in table["rows"]] == ["vae"]
 
 
+@pytest.mark.slow
 def test_table2_sweep_on_mock_data(tmp_path, mock_tfds):
   config = cifar10.get_config()
   config.model.cnn_channels = (4, 4, 4, 4)

@@ -74,6 +74,7 @@ def test_data_codebook_init_trains_end_to_end(tiny_config, tmp_path):
   assert json.load(open(tmp_path / "config.json"))["model"]["codebook_init"] == "data"
 
 
+@pytest.mark.slow
 def test_figures_are_written(tiny_config, tmp_path):
   tiny_config.eval.figures = True
   train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -132,6 +133,7 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_pat
   assert not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bottleneck,num_seeds,key,values,run_dirs", [
     ("soft_vq", 2, "", (), ["seed_0", "seed_1"]),
     ("soft_vq", 1, "model.noise_std", (0.0, 0.5),
@@ -184,6 +186,7 @@ def test_partly_finished_seeds_are_refused(tiny_config, tmp_path):
   assert not (tmp_path / "seed_1").exists()
 
 
+@pytest.mark.slow
 def test_kmeans_init_ema_and_dead_code_restart_train_end_to_end(tiny_config, tmp_path):
   tiny_config.model.codebook_init = "kmeans"
   tiny_config.model.ema_decay, tiny_config.model.dead_code_threshold = 0.9, 0.5
