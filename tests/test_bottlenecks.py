@@ -183,6 +183,7 @@ def test_ema_update_hand_computed():
   np.testing.assert_allclose(codebook, [[2.0, 0.0], [0.0, 3.0]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(6, 4), (2, 3, 3, 4)])
 def test_leading_shapes_jit_vmap_grad(shape):
   rng = np.random.default_rng(0)

@@ -76,6 +76,7 @@ def test_command_line_overrides_reach_config_json(tmp_path):
   assert (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_locked_config_rejects_unknown_keys(tmp_path):
   result = run_main("--config=configs/digits.py", "--config.model.codewords=8",
                     f"--workdir={tmp_path}")

@@ -72,6 +72,7 @@ def inertia(x, ids):
   return sum(((x[ids == c] - x[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "sklearn"])
 def test_kmeans_keeps_best_inertia(backend):
   x, _ = blobs(2, classes=4, spread=1.5)

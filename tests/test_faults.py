@@ -40,6 +40,7 @@ def files(directory):
   return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path):
   expected = train.train_and_evaluate(tiny_config, str(tmp_path / "full"))
   run = tmp_path / "damaged"
@@ -52,6 +53,7 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tiny_config, tmp_path)
   assert train.train_and_evaluate(tiny_config, str(run)) == expected
 
 
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_naming_the_last_good_checkpoint(
     tiny_config, tmp_path, monkeypatch):
   save = ocp.CheckpointManager.save
@@ -69,6 +71,7 @@ def test_a_failed_save_stops_the_run_naming_the_last_good_checkpoint(
   assert not (tmp_path / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_pending_saves_and_names_the_resume_step(
     tiny_config, tmp_path, monkeypatch):
   write = workdir_lib.MetricsLog.write
@@ -85,6 +88,7 @@ def test_ctrl_c_finishes_pending_saves_and_names_the_resume_step(
   assert train.train_and_evaluate(tiny_config, str(tmp_path))["eval_split"] == "test"
 
 
+@pytest.mark.slow
 def test_divergence_before_the_first_checkpoint_says_so(tiny_config, tmp_path,
                                                           monkeypatch):
   load = train.input_pipeline.load
@@ -106,6 +110,7 @@ def test_second_launcher_is_refused_naming_the_holder(tiny_config, tmp_path):
   assert sorted(os.listdir(tmp_path)) == [workdir_lib.LOCK_FILE]
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_launcher_does_not_block(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys, time; from softvq_jax import workdir\n"
@@ -419,6 +424,7 @@ def _interrupted_after_step_20(config, run):
   os.remove(run / checkpoints.CHECKSUMS_DIR / "30.json")
 
 
+@pytest.mark.slow
 def test_a_bit_flipped_checkpoint_is_set_aside_for_the_one_before(tiny_config, tmp_path,
                                                                   caplog):
   tiny_config.train.num_steps, tiny_config.train.max_checkpoints = 30, 3
@@ -437,6 +443,7 @@ def test_a_bit_flipped_checkpoint_is_set_aside_for_the_one_before(tiny_config, t
   assert sorted(os.listdir(run / "checkpoints")) == ["10", "20", "30"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_diverges_at_once_is_set_aside(tiny_config, tmp_path,
                                                         monkeypatch, caplog):
   tiny_config.train.num_steps, tiny_config.train.max_checkpoints = 30, 3

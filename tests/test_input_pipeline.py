@@ -133,6 +133,7 @@ def _official_size_bins(directory):
   return sums
 
 
+@pytest.mark.slow
 def test_cifar_bins_of_the_official_size_are_checked_against_the_tarballs_sums(tmp_path):
   sums = _official_size_bins(tmp_path)
   config = data_config(name="cifar10", dir=str(tmp_path), verify_md5=True)

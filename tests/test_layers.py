@@ -151,6 +151,7 @@ def _count(module, shape):
   return sum(p.size for p in jax.tree.leaves(variables["params"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,shape,expected", [
     # 784*500+500 + 500*500+500 + 500*2000+2000
     (networks.MLPEncoder(), (1, 28, 28, 1), 392500 + 250500 + 1002000),
@@ -198,6 +199,7 @@ def test_reconstruction_loss(kind, outputs, x, expected):
   assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_model_encode_returns_latent():
   config = ml_collections.ConfigDict(dict(
       bottleneck="vae", network="mlp", mlp_hidden=(8,), latent_dim=3, beta=1.0,
@@ -211,6 +213,7 @@ def test_model_encode_returns_latent():
   np.testing.assert_allclose(z, h @ expected["kernel"] + expected["bias"], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network", ["mlp", "cnn"])
 def test_bfloat16_compute_keeps_float32_params_quantizer_and_loss(network):
   config = ml_collections.ConfigDict(dict(

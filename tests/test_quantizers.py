@@ -29,6 +29,7 @@ def _data(n, k, d, scale=1.0, seed=0):
           rng.normal(size=(n, d)).astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,k,d,chunk,normalizer", [
     (37, 50, 5, 16, "paper"),  # Both N and K padded.
     (9, 7, 3, 1024, "paper"),  # Chunk larger than K.
@@ -152,6 +153,7 @@ def test_soft_ema_statistics_are_weighted_by_the_posterior():
   np.testing.assert_allclose(embed_sum, [[0.5 * 0.75, 0.5 * 1.0], [0.5 * 0.25, 0.5 * 1.0]])
 
 
+@pytest.mark.slow
 def test_dead_code_restart_revives_an_unused_codeword():
   module = quantizers.VectorQuantizer(4, ema_decay=0.9, dead_code_threshold=0.5)
   z = jax.random.normal(jax.random.key(0), (32, 3))
@@ -171,6 +173,7 @@ def test_dead_code_restart_revives_an_unused_codeword():
   assert 2 in set(np.asarray(aux["indices"]).tolist())
 
 
+@pytest.mark.slow
 def test_kmeans_init_beats_random_init_on_clustered_data():
   rng = np.random.default_rng(0)
   centres = 10.0 * rng.normal(size=(8, 5))

@@ -8,6 +8,7 @@ import pytest
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heading", ["## Using a bottleneck in your own model",
                                      "## Quantizers in your own model"])
 def test_readme_examples_run(heading):

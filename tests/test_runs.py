@@ -105,6 +105,7 @@ def old_layout_finished_run(sweep_dir, name, config):
   return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,sweep_name,name", [
     (digits, "table1", "vq_vae/seed_1"),
     (mnist, "variants", "soft_vq_vae/validation/noise_std_0.05/seed_0"),

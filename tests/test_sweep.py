@@ -127,6 +127,7 @@ def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypatch):
   points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
   train_and_evaluate = sweep.train.train_and_evaluate
@@ -159,6 +160,7 @@ def test_table2_sweep_on_mock_data(tmp_path, mock_tfds):
   assert soft["paper"]["clustering_acc"] == 17.68
 
 
+@pytest.mark.slow
 def test_sweep_command_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "softvq_jax.sweep", "--config=configs/digits.py:quick",

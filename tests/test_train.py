@@ -20,6 +20,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bottleneck,ema", [
     ("none", None), ("vae", None), ("info_dropout", None), ("vq", None),
     ("vq", 0.99), ("soft_vq", None)])
@@ -45,6 +46,7 @@ def test_end_to_end(tiny_config, tmp_path, bottleneck, ema):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bottleneck", ["vq", "soft_vq"])
 def test_data_codebook_init_starts_at_distinct_encodings(tiny_config, bottleneck):
   tiny_config.model.bottleneck, tiny_config.model.num_codewords = bottleneck, 6
@@ -67,6 +69,7 @@ def test_data_codebook_init_starts_at_distinct_encodings(tiny_config, bottleneck
   jax.tree.map(np.testing.assert_array_equal, state.params, uniform.params)
 
 
+@pytest.mark.slow
 def test_data_codebook_init_trains_end_to_end(tiny_config, tmp_path):
   tiny_config.model.codebook_init = "data"
   results = train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -82,6 +85,7 @@ def test_figures_are_written(tiny_config, tmp_path):
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   full, resumed = tmp_path / "full", tmp_path / "resumed"
   expected = train.train_and_evaluate(tiny_config, str(full))
@@ -96,12 +100,14 @@ def test_resume_matches_uninterrupted_run(tiny_config, tmp_path):
   assert [r["loss"] for r in resumed_log] == [r["loss"] for r in full_log]
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_retrained(tiny_config, tmp_path, monkeypatch):
   expected = train.train_and_evaluate(tiny_config, str(tmp_path))
   monkeypatch.setattr(train.input_pipeline, "load", lambda _: pytest.fail("retrained"))
   assert train.train_and_evaluate(tiny_config, str(tmp_path)) == expected
 
 
+@pytest.mark.slow
 def test_other_config_is_refused_and_nothing_changes(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, str(tmp_path))
   before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -168,6 +174,7 @@ def test_vmapped_runs_match_separate_runs(tiny_config, tmp_path, bottleneck, num
   assert losses[0] != losses[1]
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_resume(tiny_config, tmp_path):
   tiny_config.train.num_seeds = 2
   expected = train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -177,6 +184,7 @@ def test_vmapped_seeds_resume(tiny_config, tmp_path):
   assert train.train_and_evaluate(tiny_config, str(tmp_path)) == expected
 
 
+@pytest.mark.slow
 def test_partly_finished_seeds_are_refused(tiny_config, tmp_path):
   single = tiny_config.copy_and_resolve_references()
   train.train_and_evaluate(single, str(tmp_path / "seed_0"))
