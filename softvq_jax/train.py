@@ -217,9 +217,18 @@ def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
     chunk_end = min(num_steps, (step // log_every + 1) * log_every,
                     (step // checkpoint_every + 1) * checkpoint_every)
     t0 = time.time()
-    state, metrics = program.run_steps(state, program.images, program.train_rngs,
-                                   program.scalars, num_steps=chunk_end - step)
-    reached = np.asarray(state.step)
+    try:
+      state, metrics = program.run_steps(state, program.images, program.train_rngs,
+                                         program.scalars, num_steps=chunk_end - step)
+      reached = np.asarray(state.step)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" in str(e):
+        raise  # Out of memory: softvq_jax.cli says so.
+      # A collective whose peer died (another process, a device): no save can
+      # finish either, so none is waited for.
+      raise RunStopped(f"the runtime failed in steps {step}-{chunk_end} ({first_line(e)}); "
+                       "if another process died, rerun every process. "
+                       f"{managers.last_good()}") from e
     if np.any(reached != chunk_end):
       managers.wait()
       bad = [(run.workdir, int(r)) for run, r in zip(runs, reached) if r != chunk_end]

@@ -86,11 +86,11 @@ def test_two_processes_match_one_and_resume_after_a_kill(tmp_path):
   t0 = time.time()
   codes, errors = finish(processes)
   assert codes[0] != 0 and time.time() - t0 < 60  # Stopped by the heartbeat, no hang.
-  # JAX's own words, on the terminal or, if orbax's threads met them first, in
-  # the library log that the last line names.
+  # JAX's heartbeat ("another task died"), or the collective that lost its
+  # peer first: on the terminal, or in the library log the last line names.
   log = killed / "library.log"
-  assert "another task died" in errors[0] + (log.read_text() if log.exists() else ""), (
-      errors[0][-3000:])
+  said = errors[0] + (log.read_text() if log.exists() else "")
+  assert "another task died" in said or "the runtime failed in steps" in said, said[-3000:]
   assert not (killed / "eval.json").exists(), "the run finished before it was killed"
   codes, errors = finish(start("softvq_jax.main", [*ARGS, f"--workdir={killed}"]))
   assert codes == [0, 0], errors[0][-2000:] + errors[1][-2000:]
