@@ -155,7 +155,8 @@ def _out_of_memory(error: Exception) -> bool:
 @contextlib.contextmanager
 def interruptible_start(module_name: str) -> Iterator[None]:
   """Ctrl-C or SIGTERM while a launcher (``module_name`` ``"__main__"``;
-  an import of it changes nothing) imports its modules: one line.
+  an import of it changes nothing) imports its modules, or a module of the
+  ``experiments`` extra missing: one line.
 
   A signal that lands in a C extension's initialisation surfaces as an
   ``ImportError``, or is dropped; ``signals`` records it either way.
@@ -169,6 +170,10 @@ def interruptible_start(module_name: str) -> Iterator[None]:
     signals.check()
   except BaseException as e:  # pylint: disable=broad-except
     error = e if isinstance(e, KeyboardInterrupt) else signals.received()
+    if error is None and isinstance(e, ModuleNotFoundError):
+      print(f"error: the launcher needs its extra, pip install 'softvq_jax[experiments]' "
+            f"({e})", file=sys.stderr, flush=True)
+      os._exit(EXIT_INPUT)  # pylint: disable=protected-access
     if error is None:
       raise
     status, prefix, message = _interrupt_line(error)
