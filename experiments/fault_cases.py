@@ -3,12 +3,10 @@
 import dataclasses
 import gzip
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -382,120 +380,3 @@ def corrupt_eval(ctx, launch):
 def finished_rerun(ctx, launch):
   outcome = launch(args(ctx.path("reference")))
   return outcome, eval_bytes(ctx.path("reference")) == ctx.reference["eval"], ""
-
-
-I, S = r"^error: .*", 2  # The input-error line and status.
-CASES = [
-    Case("reference", 0, r"eval of seed 0", reference),
-    Case("sweep_overrides_a_preset_key", S, I + r"--config.model.bottleneck is set per row",
-         sweep_preset_override),
-    Case("bit_flipped_checkpoint", 0, r"eval of seed 0", bit_flipped_checkpoint),
-    Case("truncated_checkpoint_without_manifest", 0, r"eval of seed 0",
-         truncated_checkpoint_no_manifest),
-    Case("checkpoints_is_a_file", S, I + r".*checkpoints should be a directory",
-         checkpoints_a_file, 30),
-    Case("checkpoints_read_only", S, I + r".*is not writable", checkpoints_read_only, 30),
-    *[Case(f"sigint_while_compiling_{i}_of_3", 130, r"^interrupted: stopped by Ctrl-C",
-           sigint_compiling) for i in (1, 2, 3)],
-    Case("sigint_during_final_save", 130, r"^interrupted: .*checkpoint is at step 300",
-         sigint_final_save),
-    Case("sigint_during_evaluation_then_rerun", 130,
-         r"^interrupted: .*step 300 is kept: rerun the same command to evaluate",
-         sigint_evaluating_then_rerun),
-    Case("sigterm_then_rerun", 143, r"^terminated: stopped by SIGTERM\. The last good",
-         sigterm_then_rerun),
-    Case("sigkill_then_rerun", 0, r"eval of seed 0", sigkill_then_rerun),
-    Case("sigint_while_importing", 130, r"^interrupted: stopped by Ctrl-C", sigint_importing),
-    Case("full_disk_while_training", 1, I + r"saving a checkpoint .*No space left on device",
-         full_disk_training, 60),
-    Case("full_disk_while_evaluating", 1, I + r"evaluation failed .*No space left on device"
-         r".*step 300 is kept", full_disk_evaluating, 60),
-    Case("seed_2_32", S, I + r"config.seed=4294967296 is not valid",
-         refused("seed32", "--config.seed=4294967296"), 30),
-    Case("seed_2_64", S, I + r"config.seed=18446744073709551616 is not valid",
-         refused("seed64", "--config.seed=18446744073709551616"), 30),
-    Case("tsne_points_0", S, I + r"config.eval.tsne_points=0 is not valid",
-         refused("tsne0", "--config.eval.tsne_points=0", "--config.eval.figures=True"), 30),
-    Case("eval_batch_1e9", S, I + r"the model needs at least",
-         refused("evalbatch", "--config.eval.batch_size=1000000000"), 30),
-    Case("probe_batch_1e9", S, I + r"the model needs at least",
-         refused("probebatch", "--config.eval.probe_batch_size=1000000000"), 30),
-    Case("codewords_2_31", S, I + r"config.model.num_codewords=2147483648 is not valid",
-         refused("k31", "--config.model.num_codewords=2147483648"), 30),
-    Case("over_the_process_memory_limit", S, I + r"the model needs at least .* has 8\.0 GiB",
-         refused("limit", "--config.model.num_codewords=5000000",
-                 prefix=("prlimit", f"--as={8 << 30}")), 30),
-    Case("mnist_with_no_training_images", S, I + r"holds 0 training and 20 test images",
-         mnist_files_case("empty_mnist", train_images=np.zeros((0, 28, 28))), 30),
-    Case("idx_header_overflow", S, I + r"data file corrupt: .*IDX header",
-         mnist_files_case("idx_overflow", header=bytes([0, 0, 8, 3]) + b"\xff" * 12), 30),
-    Case("gzip_bomb", S, I + r"data file truncated or corrupt: .*its header says \(10, 28, 28",
-         mnist_files_case("gzip_bomb", header=bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big")
-                          + (28).to_bytes(4, "big") * 2, bomb=True), 60),
-    Case("cifar_random_bins_of_official_size", S, I + r"cannot be checked", cifar_random_bins,
-         60),
-    Case("download_longer_than_official", S, I + r"sent more than the official 9912422",
-         download_case("long_download", "long"), 60),
-    Case("download_redirect_loop", S, I + r"download of .* failed: HTTP 302 .*infinite loop",
-         download_case("loop_download", "loop"), 30),
-    Case("planted_lock_symlink", S, I + r"\.lock should be a file, not a symlink",
-         planted_symlink("lock_link", "lock"), 30),
-    Case("planted_part_symlink", S, I + r"\.part is a symlink",
-         planted_symlink("part_link", "part"), 30),
-    Case("config_without_keys", S, I + r"the config has no key 'model'",
-         config_file_case("nokeys", "def get_config():\n  c = ml_collections.ConfigDict()\n"
-                          "  c.seed = 0\n  return c\n"), 30),
-    Case("config_raises", S, I + r"--config: RuntimeError: boom",
-         config_file_case("raises", "def get_config():\n  raise RuntimeError('boom')\n"), 30),
-    Case("config_returns_none", S, I + r"--config: get_config\(\) returned None, not a ConfigDict",
-         config_file_case("none", "def get_config():\n  return None\n"), 30),
-    Case("config_calls_sys_exit_0", S, I + r"--config: the config file called sys.exit\(0\)",
-         config_file_case("exits", "import sys\ndef get_config():\n  sys.exit(0)\n"), 30),
-    Case("corrupt_config_json", S, I + r".*config.json is not valid JSON",
-         prepared(_write(("corrupt_config", "config.json"), "{torn"),
-                  refused("corrupt_config")), 30),
-    Case("config_json_a_directory", S, I + r".*config.json should be a file",
-         prepared(_write(("config_dir", "config.json"), directory=True),
-                  refused("config_dir")), 30),
-    Case("corrupt_eval_json", S, I + r".*eval.json is not valid JSON", corrupt_eval, 30),
-    Case("dangling_symlink_workdir", S, I + r"--workdir=.* is a symlink to .*, which does not",
-         prepared(lambda ctx: os.symlink(ctx.path("nowhere"), ctx.path("dangling")),
-                  refused("dangling")), 30),
-    Case("newline_in_workdir_is_a_file", S, I + r"--workdir=.* is a file, not a directory$",
-         prepared(_write(("new\nline",), "mine"), refused("new\nline")), 30),
-    Case("results_under_a_file", S, I + r"--results=.* is a file, not a directory",
-         results_under_a_file, 30),
-    Case("latents_with_a_pickle", S, I + r"pickled objects are never loaded",
-         latents_with_a_pickle, 60),
-    Case("another_launcher_holds_the_workdir", S, I + r"workdir .* is in use by pid",
-         second_launcher, 30),
-    Case("workdir_of_another_config", S, I + r"holds a run of another config",
-         refused("reference", "--config.train.learning_rate=0.1"), 30),
-    Case("finished_run_is_not_retrained", 0, r"", finished_rerun, 60),
-    Case("unknown_key", S, I + r"--config: the config has no key 'num_step'; did you mean",
-         refused("unknown", "--config.train.num_step=5"), 30),
-    Case("file_url_refused", S, I + r"download_url='file:///etc' is not an http",
-         refused("file_url", "--config.data.name=mnist", "--config.data.source=files",
-                 "--config.data.dir={ctx.scratch}/file_url_data", "--config.data.download=True",
-                 "--config.data.download_url=file:///etc"), 30),
-]
-
-
-def run_case(case: Case, ctx, launch) -> dict:
-  """Runs ``case`` and judges it: a row of the table."""
-  ctx.root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  t0 = time.time()
-  outcome, disk_ok, note = case.act(ctx, launch)
-  if outcome is None:
-    return {"case": case.name, "expects": str(case.status), "exit": "", "stderr_lines": 0,
-            "foreign_lines": 0, "last_line": note, "verdict": "skipped", "seconds": 0.0}
-  checks = {"exit": outcome.status == case.status,
-            "last line": re.search(case.last, outcome.last) is not None,
-            "one line": outcome.foreign == 0,
-            "disk": disk_ok, "time": outcome.seconds <= case.max_seconds}
-  failed = [name for name, ok in checks.items() if not ok]
-  return {"case": case.name, "expects": str(case.status), "exit": outcome.status,
-          "stderr_lines": len(outcome.lines), "foreign_lines": outcome.foreign,
-          "last_line": outcome.last, "seconds": round(time.time() - t0, 1),
-          "verdict": "holds" if not failed else "BROKEN: " + ", ".join(failed)
-                     + (f" ({note})" if note else "")}

@@ -25,7 +25,6 @@ exactly like one trained alone and can be resumed either way.
 """
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from softvq_jax import download
 from softvq_jax import signals
 from softvq_jax import steps
 from softvq_jax.errors import RunStopped, first_line
@@ -58,16 +58,9 @@ def latest_step(workdir: str) -> int:
 
 def _file_sums(directory: str) -> Dict[str, str]:
   """The sha256 of every file below ``directory``, keyed by relative path."""
-  sums = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      digest = hashlib.sha256()
-      with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
-          digest.update(block)
-      sums[os.path.relpath(path, directory)] = digest.hexdigest()
-  return sums
+  return {os.path.relpath(os.path.join(root, name), directory):
+          download.digest_of(os.path.join(root, name))
+          for root, _, names in os.walk(directory) for name in names}
 
 
 class _Run:
@@ -102,8 +95,11 @@ class _Run:
     (or there is no manifest)."""
     if not os.path.exists(self.manifest(step)):
       return None
-    with open(self.manifest(step)) as f:
-      expected = json.load(f)
+    try:
+      with open(self.manifest(step)) as f:
+        expected = json.load(f)
+    except ValueError:
+      return f"its manifest {self.manifest(step)} is not JSON"
     found = _file_sums(self.step_dir(step))
     changed = sorted(p for p in set(expected) | set(found) if expected.get(p) != found.get(p))
     return f"sha256 mismatch in {changed[0]}" if changed else None
@@ -118,7 +114,7 @@ class _Run:
       target = os.path.join(directory, f"checkpoint_{step}.{n}")
     os.replace(self.step_dir(step), target)
     if os.path.exists(self.manifest(step)):
-      os.replace(self.manifest(step), os.path.join(target + ".checksums.json"))
+      os.replace(self.manifest(step), target + ".checksums.json")
     return target
 
 

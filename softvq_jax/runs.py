@@ -117,15 +117,16 @@ def check_command_line(points: Sequence[Point], command_line: Mapping[str, Any])
   Raises:
     InputError: naming the key and the values the rows give it.
   """
-  _unset = object()
   trained = [p for p in points if not p.raw]
   for key in sorted(command_line):
-    values = {p.config_overrides().get(key, _unset) for p in trained}
+    values = {repr(p.config_overrides()[key]) if key in p.config_overrides() else None
+              for p in trained}  # repr: values may be lists; None: the base's value.
     if len(values) > 1:
-      shown = sorted(repr(v) for v in values if v is not _unset)
-      shown += ["the default"] if _unset in values else []
+      shown = sorted(v for v in values if v is not None)
+      shown += ["the default"] if None in values else []
       raise InputError(
-          f"--config.{key} is set per row by this sweep ({', '.join(shown)}); overriding it would train one model under every row's name. Drop "
+          f"--config.{key} is set per row by this sweep ({', '.join(shown)}); overriding "
+          "it would train one model under every row's name. Drop "
           "it, or run the rows alone (python -m softvq_jax.main --config=FILE:PRESET); "
           "--config=FILE:quick shortens every row")
 

@@ -20,11 +20,13 @@ import ml_collections
 import numpy as np
 
 from softvq_jax import bottlenecks
+from softvq_jax import checkpoints
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
 from softvq_jax import quantizers
 from softvq_jax import models
 from softvq_jax import steps
+from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -191,9 +193,11 @@ def _validate_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
 
 
 # What a workdir holds, by kind: a directory, or a regular file.
-WORKDIR_ENTRIES = {"checkpoints": "directory", "checksums": "directory",
-                   "set_aside": "directory", "config.json": "file", "eval.json": "file",
-                   "timing.json": "file", "metrics.jsonl": "file", ".lock": "file"}
+WORKDIR_ENTRIES = {
+    checkpoints.CHECKPOINTS_DIR: "directory", checkpoints.CHECKSUMS_DIR: "directory",
+    checkpoints.SET_ASIDE_DIR: "directory", workdir_lib.CONFIG_FILE: "file",
+    workdir_lib.EVAL_FILE: "file", workdir_lib.TIMING_FILE: "file",
+    workdir_lib.METRICS_FILE: "file", workdir_lib.LOCK_FILE: "file"}
 
 
 def validate_workdir(workdir: str) -> None:
@@ -214,8 +218,8 @@ def validate_workdir(workdir: str) -> None:
       raise InputError(f"{path} should be a {kind}, not {found}; move it away or use a "
                        "new --workdir")
   writable(workdir, "--workdir")
-  if os.path.isdir(os.path.join(workdir, "checkpoints")):
-    writable(os.path.join(workdir, "checkpoints"), "--workdir")
+  if os.path.isdir(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR)):
+    writable(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR), "--workdir")
 
 
 def writable(path: str, flag: str) -> None:
@@ -266,7 +270,8 @@ def memory_estimate(config: ml_collections.ConfigDict, data: input_pipeline.Spli
   Per run trained together: the parameters, their gradients, Adam's two
   moments and the step's updated parameters and moments (7 copies), and for
   a codebook the (batch, K) distances, weights and their gradients; once:
-  the training split, and evaluation's batch of images and of probe latents. Computed from shapes alone (``jax.eval_shape``).
+  the training split, and evaluation's batch of images and of probe latents.
+  Computed from shapes alone (``jax.eval_shape``).
   """
   model = models.make_model(config.model, data.image_shape)
   optimizer = steps.make_optimizer(config.train)
