@@ -158,28 +158,22 @@ def interruptible_start(module_name: str) -> Iterator[None]:
   an import of it changes nothing) imports its modules, or a module of the
   ``experiments`` extra missing: one line.
 
-  A signal that lands in a C extension's initialisation surfaces as an
-  ``ImportError``, or is dropped; ``signals`` records it either way.
+  A signal is only recorded while the modules import (``signals.install``'s
+  ``record_only``: an exception inside jaxlib's initialisation can crash the
+  interpreter later) and reported once they have.
   """
   if module_name != "__main__":
     yield
     return
-  signals.install()
+  signals.install(record_only=True)
   try:
     yield
-    signals.check()
-  except BaseException as e:  # pylint: disable=broad-except
-    error = e if isinstance(e, KeyboardInterrupt) else signals.received()
-    if error is None and isinstance(e, ModuleNotFoundError):
-      print(f"error: the launcher needs its extra, pip install 'softvq_jax[experiments]' "
-            f"({e})", file=sys.stderr, flush=True)
-      os._exit(EXIT_INPUT)  # pylint: disable=protected-access
-    if error is None:
-      raise
-    status, prefix, message = _interrupt_line(error)
-    print(f"{prefix}: {message} while starting; nothing was written", file=sys.stderr,
-          flush=True)
-    os._exit(status)  # pylint: disable=protected-access
+  except ModuleNotFoundError as e:
+    print(f"error: the launcher needs its extra, pip install 'softvq_jax[experiments]' "
+          f"({e})", file=sys.stderr, flush=True)
+    _leave(EXIT_INPUT)
+  if signals.received() is not None:
+    _stop_on_signal(signals.received(), " while starting; nothing was written")
 
 
 def _workdir_flag() -> Optional[str]:
@@ -199,6 +193,13 @@ def _leave(status) -> NoReturn:
   sys.exit(0)
 
 
+def _stop_on_signal(error: KeyboardInterrupt, suffix: str = "") -> NoReturn:
+  """The line and exit status of Ctrl-C or SIGTERM that ``guard`` did not see."""
+  status, prefix, message = _interrupt_line(error)
+  print(f"{prefix}: {message}{suffix}", file=console.stream(), flush=True)
+  _leave(status)
+
+
 def run(main: Callable[[List[str]], None]) -> NoReturn:
   """``app.run(main)`` with this module's exit statuses and error lines,
   SIGTERM as Ctrl-C, and the libraries' output captured."""
@@ -209,14 +210,10 @@ def run(main: Callable[[List[str]], None]) -> NoReturn:
   except SystemExit as e:
     if not e.code and signals.received() is not None:
       # A signal whose exception Python dropped: the command did not finish.
-      status, prefix, message = _interrupt_line(signals.received())
-      print(f"{prefix}: {message}", file=console.stream(), flush=True)
-      _leave(status)
+      _stop_on_signal(signals.received())
     _leave(e.code)
   except KeyboardInterrupt as e:  # Ctrl-C while the flags load.
-    status, prefix, message = _interrupt_line(e)
-    print(f"{prefix}: {message}", file=console.stream(), flush=True)
-    _leave(status)
+    _stop_on_signal(e)
   except BaseException:  # pylint: disable=broad-except
     # A bug, not an input or a stop: its traceback belongs on the terminal.
     traceback.print_exc(file=console.stream())

@@ -105,7 +105,6 @@ def _receive(url: str, part: str, remote: RemoteFile, timeout: float) -> None:
     progress.close()
 
 
-
 def fetch(base_url: str, remote: RemoteFile, directory: str,
           timeout: float = TIMEOUT_S) -> str:
   """Downloads ``base_url/remote.name`` to ``directory/remote.name``.

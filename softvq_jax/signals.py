@@ -43,13 +43,22 @@ def _handler(signum, frame):
   raise _error(signum)
 
 
-def install() -> None:
+def _record(signum, frame):
+  del frame
+  _received.append(signum)
+
+
+def install(record_only: bool = False) -> None:
   """Raises ``KeyboardInterrupt`` on SIGINT and ``Terminated`` on SIGTERM,
   and records them for ``check()`` (main thread only, as every handler).
-  A SIGINT that the parent shell ignores (a background job) stays ignored."""
+  ``record_only``: records them and raises nothing, for while C extensions
+  initialise (an exception inside one can leave it half-made, and crash the
+  interpreter later); ``check()`` raises them afterwards. A SIGINT that the
+  parent shell ignores (a background job) stays ignored."""
+  handler = _record if record_only else _handler
   if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-    signal.signal(signal.SIGINT, _handler)
-  signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, handler)
+  signal.signal(signal.SIGTERM, handler)
   if sys.unraisablehook is not _unraisable:
     _unraisable.previous = sys.unraisablehook
     sys.unraisablehook = _unraisable

@@ -91,11 +91,12 @@ def prepare_runs(config: ml_collections.ConfigDict,
       or only some of the runs finished.
   """
   validation.validate_config(config, jax.device_count())
-  validation.validate_workdir(workdir)
   runs = runs_of(config, workdir)
+  # A single run's workdir is ``workdir`` itself: each directory is checked once.
+  for path in dict.fromkeys([workdir] + [run.workdir for run in runs]):
+    validation.validate_workdir(path)
   for run in runs:
     validation.validate_config(run.config, jax.device_count())
-    validation.validate_workdir(run.workdir)
   return runs, finished_results(runs, workdir)
 
 

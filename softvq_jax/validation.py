@@ -69,7 +69,7 @@ def _integers(config) -> None:
     value = config[key]
     if not isinstance(value, int) or value >= SIZE_LIMIT:
       raise InputError(f"config.{key}={value!r} is not valid; it must be an integer "
-                       f"< 2**31")
+                       "< 2**31")
   last_seed = config.seed + config.train.num_seeds - 1
   if not isinstance(config.seed, int) or last_seed >= SEED_LIMIT:
     raise InputError(f"config.seed={config.seed!r} is not valid; seeds (with "
