@@ -10,7 +10,8 @@ latents at scale 1e2 would overflow or lose every digit of a distance);
 latent-shaped outputs (quantized latents, posteriors, looked-up codewords)
 come back in the input's dtype, scalar losses and statistics in float32.
 
-The Flax modules that wrap these functions live in ``softvq_jax.layers``.
+The Flax modules that wrap these functions live in ``softvq_jax.layers`` (the
+paper's) and ``softvq_jax.quantizers`` / ``softvq_jax.nnx`` (for any model).
 
 Reductions: every loss term here is a squared norm or a KL *per latent
 vector* (summed over ``d``) averaged over all leading axes, so that it adds to
@@ -236,35 +237,59 @@ def info_dropout_penalty(alpha: Array, max_alpha: float) -> Array:
   return -jnp.sum(jnp.log(alpha / max_alpha + 1e-3), axis=-1)
 
 
-def codebook_perplexity(assignments: Array, axis_name: Optional[str] = None) -> Array:
-  """exp(entropy) of the average codeword assignment.
+def perplexity(average: Array, axis_name: Optional[str] = None) -> Array:
+  """exp(entropy) of an average assignment over the codewords.
 
   Args:
-    assignments: soft posteriors or one-hot vectors, shape ``(..., K)``.
+    average: the mean of one-hot or posterior assignments, shape ``(K,)``
+      (``index_counts`` / N: of the nearest or most probable codewords, the
+      number tokenizers report; or the mean posterior).
     axis_name: under ``shard_map``/``pmap``, average over that axis too.
 
   Returns:
     Scalar in [1, K]: the effective number of codewords in use.
   """
-  avg = jnp.mean(as_float32(assignments).reshape(-1, assignments.shape[-1]), axis=0)
+  average = as_float32(average)
   if axis_name is not None:
-    avg = jax.lax.pmean(avg, axis_name)
-  return jnp.exp(-jnp.sum(avg * jnp.log(jnp.maximum(avg, 1e-10))))
+    average = jax.lax.pmean(average, axis_name)
+  return jnp.exp(-jnp.sum(average * jnp.log(jnp.maximum(average, 1e-10))))
 
 
-def codebook_usage(indices: Array, num_codewords: int,
-                   axis_name: Optional[str] = None) -> Array:
-  """Fraction of the ``num_codewords`` codewords hit by ``indices`` (any
-  shape); under ``shard_map``/``pmap`` counted over ``axis_name`` too."""
-  counts = jnp.zeros((num_codewords,)).at[indices.reshape(-1)].add(1.0)
+def index_counts(indices: Array, num_codewords: int) -> Array:
+  """How often each of ``num_codewords`` codewords occurs in ``indices`` (any
+  shape): float32, shape ``(K,)``."""
+  return jnp.zeros((num_codewords,)).at[indices.reshape(-1)].add(1.0)
+
+
+def usage(counts: Array, axis_name: Optional[str] = None) -> Array:
+  """Fraction of codewords with a nonzero count (``index_counts``); under
+  ``shard_map``/``pmap`` counted over ``axis_name`` too."""
   if axis_name is not None:
     counts = jax.lax.psum(counts, axis_name)
   return jnp.mean(counts > 0)
 
 
-def ema_codebook_update(cluster_size: Array, embed_sum: Array, z: Array,
-                        assignments: Array, decay: float, eps: float = 1e-5,
-                        axis_name: Optional[str] = None) -> Tuple[Array, Array, Array]:
+def assignment_sums(z: Array, assignments: Array) -> Tuple[Array, Array]:
+  """Per-codeword counts ``(K,)`` and sums of ``z`` ``(K, d)`` of one-hot or
+  posterior ``assignments`` ``(..., K)``: float32, without gradient."""
+  num_codewords = assignments.shape[-1]
+  z = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  weights = as_float32(jax.lax.stop_gradient(assignments)).reshape(-1, num_codewords)
+  return jnp.sum(weights, axis=0), jnp.matmul(weights.T, z, precision=PRECISION)
+
+
+def index_sums(z: Array, indices: Array, num_codewords: int) -> Tuple[Array, Array]:
+  """``assignment_sums`` of hard ``indices`` ``(...)`` without the one-hot
+  ``(N, K)`` matrix."""
+  z = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  indices = indices.reshape(-1)
+  return (jax.ops.segment_sum(jnp.ones(indices.shape), indices, num_codewords),
+          jax.ops.segment_sum(z, indices, num_codewords))
+
+
+def ema_codebook_step(cluster_size: Array, embed_sum: Array, counts: Array, sums: Array,
+                      decay: float, eps: float = 1e-5,
+                      axis_name: Optional[str] = None) -> Tuple[Array, Array, Array]:
   """Exponential-moving-average codebook update (VQ-VAE paper, appendix A.1).
 
   Hard assignments (one-hot) give the VQ-VAE update; soft posteriors give
@@ -273,8 +298,7 @@ def ema_codebook_update(cluster_size: Array, embed_sum: Array, z: Array,
   Args:
     cluster_size: EMA of codeword counts, float32, shape ``(K,)``.
     embed_sum: EMA of the sums of assigned latents, float32, ``(K, d)``.
-    z: latents, shape ``(..., d)``; treated as constants.
-    assignments: one-hot or posterior weights, shape ``(..., K)``.
+    counts, sums: this batch's (``assignment_sums``, ``index_sums``).
     decay: EMA decay in (0, 1).
     eps: Laplace smoothing of the counts.
     axis_name: under ``shard_map``/``pmap``, the axis over which the batch
@@ -285,10 +309,6 @@ def ema_codebook_update(cluster_size: Array, embed_sum: Array, z: Array,
     ``(cluster_size, embed_sum, codebook)`` after one update, float32.
   """
   num_codewords = cluster_size.shape[0]
-  z = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-  weights = as_float32(jax.lax.stop_gradient(assignments)).reshape(-1, num_codewords)
-  counts = jnp.sum(weights, axis=0)
-  sums = jnp.matmul(weights.T, z, precision=PRECISION)
   if axis_name is not None:
     counts, sums = jax.lax.psum((counts, sums), axis_name)
   cluster_size = decay * cluster_size + (1 - decay) * counts

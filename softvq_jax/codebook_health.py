@@ -1,10 +1,11 @@
 """Codebook health as pure, jit-safe functions: k-means initialisation, dead
 codewords and their restart.
 
-The quantizer modules (``softvq_jax.layers``) wire them in:
+The quantizer core (``softvq_jax.quantizer_core``) wires them in:
 ``codebook_init="kmeans"`` runs ``kmeans_codebook`` on the encodings of the
-initialisation batch, and ``dead_code_threshold`` restarts the codewords
-whose EMA count falls under it with ``restart_dead_codes``.
+first training batch (the initialisation batch for the paper's layers), and
+``dead_code_threshold`` restarts the codewords whose EMA count falls under
+it with ``restart_dead_codes``.
 """
 
 from typing import Optional
@@ -14,12 +15,13 @@ import jax.numpy as jnp
 
 from softvq_jax import bottlenecks as bn
 from softvq_jax import kmeans
+from softvq_jax import streaming
 
 Array = jax.Array
 
 
-def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
-                    num_iters: int = 10) -> Array:
+def kmeans_codebook(rng: Array, z: Array, num_codewords: int, num_iters: int = 10,
+                    chunk_size: Optional[int] = None) -> Array:
   """A codebook from k-means on encodings: k-means++ seeding (one candidate
   per centre, unlike the evaluation's greedy ``kmeans.kmeans_plus_plus``),
   then ``num_iters`` of ``kmeans.lloyd_step``.
@@ -32,6 +34,8 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
     z: encodings, shape ``(..., d)``, at least ``num_codewords`` of them.
     num_codewords: K.
     num_iters: Lloyd iterations after the seeding.
+    chunk_size: None, or codewords per chunk of a streamed nearest-codeword
+      search (``streaming.nearest_codewords``): no ``(N, K)`` temporaries.
 
   Returns:
     Float32 centres, shape ``(K, d)``. A centre left without points keeps
@@ -51,7 +55,16 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int,
 
   centres, _ = jax.lax.fori_loop(1, num_codewords, seed, (centres, nearest))
 
-  return jax.lax.fori_loop(0, num_iters, lambda _, c: kmeans.lloyd_step(z, c), centres)
+  step = (kmeans.lloyd_step if chunk_size is None
+          else lambda z, c: _streamed_lloyd_step(z, c, chunk_size))
+  return jax.lax.fori_loop(0, num_iters, lambda _, c: step(z, c), centres)
+
+
+def _streamed_lloyd_step(z: Array, centres: Array, chunk_size: int) -> Array:
+  """``kmeans.lloyd_step`` with a streamed nearest-centre search."""
+  labels = streaming.nearest_codewords(z, centres, chunk_size)[0]
+  counts, sums = bn.index_sums(z, labels, centres.shape[0])
+  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
 
 
 def kmeans_inertia(z: Array, codebook: Array) -> Array:

@@ -12,12 +12,14 @@ information dropout, a log-variance head of size K for soft VQ).
 ``aux`` holds ``loss`` (the bottleneck's own term, a scalar), ``latent`` (the
 representation used downstream: z_e, or the mean for the VAE), the scalar
 ``DIAGNOSTICS`` that the bottleneck has (its individual loss terms, and for
-the quantizers ``perplexity`` and ``usage``, the fraction of codewords used
-in the batch) and for the quantizers ``indices`` (hard) or ``probs`` (soft).
+the quantizers ``perplexity`` (and soft VQ's ``posterior_perplexity``) and
+``usage``, the fraction of codewords used in the batch) and for the quantizers ``indices`` (hard) or ``probs`` (soft).
 
 The quantizers that take a given ``z`` (no head), for use in any model, are
 in ``softvq_jax.quantizers``; ``VQ`` and ``SoftVQ`` own their heads and
-call its cores (``quantize_hard``, ``quantize_soft``).
+call the same functions (``quantizers.linen_hard_forward``,
+``linen_soft_forward``), reading a data initialisation from the batch they
+are initialised on (the launcher's ``steps.init_images``).
 
 Stochastic bottlenecks draw from the ``'noise'`` rng stream in training.
 """
@@ -37,7 +39,7 @@ Aux = Dict[str, Any]
 
 # The scalar diagnostics a bottleneck may put in its aux, logged with the loss.
 DIAGNOSTICS = ("kl", "penalty", "codebook_loss", "commitment_loss", "perplexity",
-               "usage", "dead_code_fraction")
+               "posterior_perplexity", "usage", "dead_code_fraction")
 
 glorot_uniform = nn.initializers.glorot_uniform()
 
@@ -108,10 +110,10 @@ class VQ(qz.QuantizerOptions):
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
-    return qz.quantize_hard(self, z, train=train)
+    return qz.linen_hard_forward(self, z, train=train, first_batch=False)
 
   def embed(self, indices: Array) -> Array:
-    return qz.embed(self, indices)
+    return qz.linen_embed(self, indices)
 
 
 class SoftVQ(qz.SoftOptions):
@@ -126,14 +128,14 @@ class SoftVQ(qz.SoftOptions):
   """
   latent_dim: int
   num_codewords: int
-  # One of quantizers.VARIANCES; the paper's is a head per latent vector.
+  # One of quantizer_core.VARIANCES; the paper's is a head per latent vector.
   variance: str = dataclasses.field(default="sample", kw_only=True)
 
   @nn.compact
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
     z = dense(self.latent_dim, "z_e")(h)
     log_var = dense(self.num_codewords, "log_var")(h) if self.variance == "sample" else None
-    return qz.quantize_soft(self, z, log_var, train=train)
+    return qz.linen_soft_forward(self, z, log_var, train=train, first_batch=False)
 
   def embed(self, indices: Array) -> Array:
-    return qz.embed(self, indices)
+    return qz.linen_embed(self, indices)

@@ -23,7 +23,7 @@ from softvq_jax import bottlenecks
 from softvq_jax import checkpoints
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
-from softvq_jax import quantizers
+from softvq_jax import quantizer_core
 from softvq_jax import models
 from softvq_jax import steps
 from softvq_jax import workdir as workdir_lib
@@ -160,12 +160,12 @@ def _validate_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
   _choice(c, "model.recon", models.RECONSTRUCTIONS)
   _choice(c, "model.output_activation", models.OUTPUT_ACTIVATIONS)
   _choice(c, "model.normalizer", bottlenecks.NORMALIZERS)
-  _choice(c, "model.variance", quantizers.VARIANCES)
+  _choice(c, "model.variance", quantizer_core.VARIANCES)
   _choice(c, "data.name", input_pipeline.DATASETS)
   _choice(c, "data.source", input_pipeline.SOURCES)
   _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
   _choice(c, "train.lr_schedule", LR_SCHEDULES)
-  _choice(c, "model.codebook_init", quantizers.CODEBOOK_INITS)
+  _choice(c, "model.codebook_init", quantizer_core.CODEBOOK_INITS)
   _choice(c, "eval.kmeans_backend", evaluation.KMEANS_BACKENDS)
   _choice(c, "train.compute_dtype", models.COMPUTE_DTYPES)
   for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",

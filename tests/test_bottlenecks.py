@@ -164,20 +164,25 @@ def test_info_dropout_hand_computed():
     ([[0.25] * 4, [0.25] * 4], 4.0),
     ([[1, 0, 0, 0], [1, 0, 0, 0]], 1.0),
 ])
-def test_codebook_perplexity(assignments, perplexity):
-  assert float(bn.codebook_perplexity(jnp.array(assignments, jnp.float32))) == \
-      pytest.approx(perplexity, rel=1e-5)
+def test_perplexity(assignments, perplexity):
+  average = jnp.mean(jnp.array(assignments, jnp.float32), axis=0)
+  assert float(bn.perplexity(average)) == pytest.approx(perplexity, rel=1e-5)
 
 
-def test_codebook_usage():
-  assert float(bn.codebook_usage(jnp.array([[0, 3], [3, 3]]), 8)) == 2 / 8
+def test_index_counts_and_usage():
+  counts = bn.index_counts(jnp.array([[0, 3], [3, 3]]), 8)
+  np.testing.assert_array_equal(counts, [1, 0, 0, 3, 0, 0, 0, 0])
+  assert float(bn.usage(counts)) == 2 / 8
 
 
-def test_ema_update_hand_computed():
+@pytest.mark.parametrize("hard", [False, True])
+def test_ema_update_hand_computed(hard):
   z = jnp.array([[2.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
-  size, embed_sum, codebook = bn.ema_codebook_update(
-      jnp.ones(2), jnp.zeros((2, 2)), z, jax.nn.one_hot(jnp.array([0, 0, 1]), 2), decay=0.5,
-      eps=0.0)
+  indices = jnp.array([0, 0, 1])
+  sums = (bn.index_sums(z, indices, 2) if hard
+          else bn.assignment_sums(z, jax.nn.one_hot(indices, 2)))
+  size, embed_sum, codebook = bn.ema_codebook_step(jnp.ones(2), jnp.zeros((2, 2)), *sums,
+                                                   decay=0.5, eps=0.0)
   np.testing.assert_allclose(size, [1.5, 1.0])
   np.testing.assert_allclose(embed_sum, [[3.0, 0.0], [0.0, 3.0]])
   np.testing.assert_allclose(codebook, [[2.0, 0.0], [0.0, 3.0]])

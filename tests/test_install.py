@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBRARY = ("bottlenecks", "streaming", "quantizers", "codebook_health", "kmeans", "layers",
-           "networks")
+LIBRARY = ("bottlenecks", "streaming", "quantizer_core", "quantizers", "nnx",
+           "codebook_health", "kmeans", "layers", "networks")
 # What only the launcher (the `experiments` extra) may import.
 LAUNCHER_ONLY = ("tensorflow_datasets", "orbax", "matplotlib", "sklearn", "tensorboardX",
                  "ml_collections", "optax")

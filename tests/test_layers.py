@@ -123,9 +123,12 @@ def test_soft_vq_variances_from_a_head_per_codeword_or_fixed(variance, heads, tr
     np.testing.assert_array_equal(start["params"]["log_var"], np.full(K, 0.5))
 
 
-def test_a_soft_quantizer_without_log_var_needs_a_variance_of_its_own():
-  with pytest.raises(ValueError, match="needs a log_var argument"):
+def test_a_soft_quantizer_takes_a_log_var_argument_exactly_when_variance_is_sample():
+  with pytest.raises(ValueError, match="takes a log_var argument"):
     quantizers.SoftVectorQuantizer(K, variance="sample").init(RNGS, jnp.ones((3, D)), train=False)
+  with pytest.raises(ValueError, match="holds its own log_var"):
+    quantizers.SoftVectorQuantizer(K).init(RNGS, jnp.ones((3, D)), jnp.ones((3, K)),
+                                           train=False)
 
 
 def test_vq_decoder_input_is_nearest_codeword():
@@ -256,11 +259,17 @@ def test_data_codebook_init_takes_the_first_encodings_of_the_init_batch(module):
   jax.tree.map(np.testing.assert_array_equal, params, uniform)
 
 
-@pytest.mark.parametrize("module,h_shape,message", [
-    (layers.SoftVQ(D, K, codebook_init="data"), (3, 7), "at least 10 encodings"),
-    (layers.VQ(D, K, dead_code_threshold=0.5), (12, 7), "set ema_decay"),
-    (layers.VQ(D, K, codebook_init="nope"), (12, 7), "codebook_init must be one of"),
+@pytest.mark.parametrize("kind", ["data", "kmeans"])
+def test_an_init_batch_with_fewer_encodings_than_k_gives_k_distinct_codewords(kind):
+  params = layers.SoftVQ(D, K, codebook_init=kind).init(RNGS, jnp.ones((3, 7)),
+                                                         train=False)["params"]
+  assert len(np.unique(np.asarray(params["codebook"]), axis=0)) == K
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: layers.VQ(D, K, dead_code_threshold=0.5), "set ema_decay"),
+    (lambda: layers.VQ(D, K, codebook_init="nope"), "codebook_init must be one of"),
 ])
-def test_codebook_init_errors(module, h_shape, message):
+def test_codebook_init_errors(build, message):
   with pytest.raises(ValueError, match=message):
-    module.init(RNGS, jnp.ones(h_shape), train=False)
+    build()

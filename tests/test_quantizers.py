@@ -14,6 +14,7 @@ import pytest
 from softvq_jax import bottlenecks as bn
 from softvq_jax import codebook_health as health
 from softvq_jax import layers
+from softvq_jax import quantizer_core
 from softvq_jax import quantizers
 from softvq_jax import streaming
 
@@ -52,8 +53,10 @@ def test_chunked_leading_shape_and_log_var_shape():
   out = streaming.soft_quantize_chunked(z.reshape(2, 3, 4, 4), codebook, log_var, chunk_size=4)
   np.testing.assert_allclose(out.reshape(24, 4),
                              streaming.soft_quantize_chunked(z, codebook, log_var, chunk_size=4))
-  with pytest.raises(ValueError, match=r"log_var must have shape \(K,\)"):
-    streaming.soft_quantize_chunked(z, codebook, np.zeros((24, 10), np.float32))
+  per_latent = np.random.default_rng(1).normal(size=(2, 3, 4, 10)).astype(np.float32)
+  np.testing.assert_allclose(
+      streaming.soft_quantize_chunked(z.reshape(2, 3, 4, 4), codebook, per_latent, chunk_size=4),
+      bn.soft_quantize(z.reshape(2, 3, 4, 4), codebook, per_latent)[0], atol=2e-6)
 
 
 def test_chunked_memory_at_large_k_stays_under_1_gib():
@@ -111,26 +114,29 @@ def test_embed_round_trip(module):
 def test_modules_keep_float32_parameters_and_return_their_dtype(module):
   x = 100.0 * jax.random.normal(jax.random.key(0), (16, 4))
   variables = module.init(RNGS, x, train=False)
-  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
-  z_q, aux = module.apply(variables, x, train=True, rngs={"noise": jax.random.key(2)})
+  floats = [v for v in jax.tree.leaves(variables) if jnp.issubdtype(v.dtype, jnp.floating)]
+  assert floats and all(v.dtype == jnp.float32 for v in floats)
+  (z_q, aux), _ = module.apply(variables, x, train=True, rngs={"noise": jax.random.key(2)},
+                               mutable=["ema"])
   assert z_q.dtype == jnp.bfloat16 and aux["loss"].dtype == jnp.float32
   assert np.isfinite(float(aux["loss"]))
 
 
-def test_soft_log_var_is_an_argument_or_a_learned_parameter():
+def test_soft_log_var_is_an_argument_or_fitted_on_the_first_training_batch():
   x = jax.random.normal(jax.random.key(0), (6, 4))
   module = quantizers.SoftVectorQuantizer(5)
-  learned = module.init(RNGS, x, train=False)["params"]
-  nearest = np.min(np.sum((np.asarray(x)[:, None] - np.asarray(learned["codebook"])[None]) ** 2,
-                          axis=-1), axis=1)
-  np.testing.assert_allclose(learned["log_var"], np.full(5, np.log(nearest.mean() / 4)),
-                             rtol=1e-5)
-  given = module.init(RNGS, x, jnp.zeros((6, 5)), train=False)["params"]
-  assert set(given) == {"codebook"}
+  variables = module.init(RNGS, x, train=False)
+  np.testing.assert_array_equal(variables["params"]["log_var"], np.zeros(5))
+  _, state = module.apply(variables, x, train=True, mutable=["ema"])
+  log_var = variables["params"]["log_var"] + state["ema"]["log_var_offset"]
+  codebook = np.asarray(variables["params"]["codebook"])
+  nearest = np.min(np.sum((np.asarray(x)[:, None] - codebook[None]) ** 2, axis=-1), axis=1)
+  np.testing.assert_allclose(log_var, np.full(5, np.log(nearest.mean() / 4)), rtol=1e-5)
+  given = module.clone(variance="sample").init(RNGS, x, jnp.zeros((6, 5)), train=False)
+  assert set(given["params"]) == {"codebook"}
   # A per-codeword log-variance is eq. (5) with sigma_k: compare by hand.
-  _, aux = module.apply({"params": learned}, x, train=False)
-  sigma2 = np.exp(np.asarray(learned["log_var"]))
-  expected = jax.nn.softmax(-0.5 * bn.squared_distances(x, learned["codebook"]) / sigma2, -1)
+  _, aux = module.apply({**variables, **state}, x, train=False)
+  expected = jax.nn.softmax(-0.5 * bn.squared_distances(x, codebook) / np.exp(log_var), -1)
   np.testing.assert_allclose(aux["probs"], expected, atol=1e-6)
 
 
@@ -147,8 +153,8 @@ def test_training_an_ema_codebook_without_a_mutable_collection_is_an_error(modul
 def test_soft_ema_statistics_are_weighted_by_the_posterior():
   z = jnp.array([[1.0, 0.0], [0.0, 2.0]])
   probs = jnp.array([[0.75, 0.25], [0.5, 0.5]])
-  size, embed_sum, _ = bn.ema_codebook_update(jnp.zeros(2), jnp.zeros((2, 2)), z, probs,
-                                              decay=0.5, eps=0.0)
+  size, embed_sum, _ = bn.ema_codebook_step(jnp.zeros(2), jnp.zeros((2, 2)),
+                                            *bn.assignment_sums(z, probs), decay=0.5, eps=0.0)
   np.testing.assert_allclose(size, [0.5 * 1.25, 0.5 * 0.75])
   np.testing.assert_allclose(embed_sum, [[0.5 * 0.75, 0.5 * 1.0], [0.5 * 0.25, 0.5 * 1.0]])
 
@@ -179,13 +185,14 @@ def test_kmeans_init_beats_random_init_on_clustered_data():
   centres = 10.0 * rng.normal(size=(8, 5))
   z = (centres[rng.integers(0, 8, 800)] + 0.1 * rng.normal(size=(800, 5))).astype(np.float32)
   kmeans = health.kmeans_codebook(jax.random.key(0), z, 8)
-  random = quantizers.uniform_unit_scaling(jax.random.key(0), (8, 5))
+  random = quantizer_core.uniform_unit_scaling(jax.random.key(0), (8, 5))
   data = z[:8]
   inertia = lambda codebook: float(health.kmeans_inertia(z, codebook))
   assert inertia(kmeans) < 0.05 < inertia(data) < inertia(random)
   module = quantizers.SoftVectorQuantizer(8, codebook_init="kmeans")
-  codebook = module.init(RNGS, z, train=False)["params"]["codebook"]
-  assert inertia(codebook) < 0.05
+  variables = module.init(RNGS, z, train=False)
+  _, state = module.apply(variables, z, train=True, mutable=["ema"])
+  assert inertia(variables["params"]["codebook"] + state["ema"]["codebook_offset"]) < 0.05
 
 
 EMA_ON_4_DEVICES = textwrap.dedent("""
@@ -202,7 +209,7 @@ EMA_ON_4_DEVICES = textwrap.dedent("""
       variables = one.init(rngs, z.reshape(24, 3), train=False)
       ema = dict(variables["ema"])  # A starved codeword, restarted in this step.
       ema["cluster_size"] = ema["cluster_size"].at[1].set(0.1)
-      variables = {"ema": ema} if "params" not in variables else {**variables, "ema": ema}
+      variables = {**variables, "ema": ema}
       (out, aux), ref = one.apply(variables, z.reshape(24, 3), train=True, mutable=["ema"],
                                   rngs={"noise": jax.random.key(3)})
       sharded = cls(5, axis_name="batch", **kwargs)

@@ -1,0 +1,121 @@
+"""The quantizers as Flax NNX modules, over the same pure core as linen's.
+
+::
+
+    from flax import nnx
+    from softvq_jax import nnx as vq
+
+    quantizer = vq.SoftVectorQuantizer(512, 64, rngs=nnx.Rngs(0), ema_decay=0.99)
+    z_q, aux = quantizer(z, train=True)      # z: (..., 64); updates the state in place
+    codewords = quantizer.embed(aux["indices"])
+
+``VectorQuantizer(num_codewords, dim, *, rngs, **options)`` and
+``SoftVectorQuantizer(...)`` take the options of their linen namesakes in
+``softvq_jax.quantizers`` (``QuantizerOptions``, ``SoftOptions``: the same
+names and defaults, declared there once) and return the same outputs. The
+codebook and a soft quantizer's own ``log_var`` are ``nnx.Param``s; EMA
+statistics and the first-batch initialisation are ``QuantizerState``
+variables, updated in place in training (under ``nnx.jit`` too). Randomness
+(noise, dead-code restarts) draws from ``rngs.noise()`` (its ``default``
+stream when there is no ``noise`` one), only where it is used.
+"""
+
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from softvq_jax import quantizer_core as core
+from softvq_jax import quantizers
+
+Array = jax.Array
+
+
+class QuantizerState(nnx.Variable):
+  """A quantizer's state: EMA statistics and the first-batch initialisation
+  (linen's ``'ema'`` collection)."""
+
+
+def _defaults(options_class) -> Dict[str, Any]:
+  """The keyword options of a linen options class and their defaults."""
+  return {f.name: f.default for f in dataclasses.fields(options_class)
+          if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+
+
+class _Quantizer(nnx.Module):
+  """Variables and calls shared by both NNX quantizers."""
+  _soft = False
+
+  def __init__(self, num_codewords: int, dim: int, *, rngs: nnx.Rngs, **options):
+    defaults = _defaults(quantizers.SoftOptions if self._soft else quantizers.QuantizerOptions)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+      raise TypeError(f"{type(self).__name__}: unknown options {unknown}; "
+                      f"the options are {sorted(defaults)}")
+    for name, value in {**defaults, **options}.items():
+      setattr(self, name, value)
+    self.num_codewords = num_codewords
+    core.check_options(self, self._soft)
+    if not isinstance(dim, int) or dim < 1:
+      raise ValueError(f"{type(self).__name__}: dim must be an integer >= 1, got {dim!r}")
+    self.dim = dim
+    table = core.uniform_unit_scaling(rngs.params(), (num_codewords, dim), self.param_dtype)
+    state = core.ema_state(table) if self.ema_decay is not None else {}
+    if self.ema_decay is None:
+      self.codebook = nnx.Param(table)
+    if self._soft and core.learns_log_var(self):
+      start = 0.0 if self.log_var_init is None else self.log_var_init
+      self.log_var = nnx.Param(jnp.full((num_codewords,), start, self.param_dtype))
+    if core.needs_first_batch(self, self._soft):
+      state.update({name: make(rngs.params())
+                    for name, make in core.first_batch_state(self, dim, self._soft).items()})
+    for name, value in state.items():
+      setattr(self, name, QuantizerState(value))
+    self.state_names = tuple(state)
+    self.rngs = rngs
+
+  def _variables(self) -> Tuple[core.Variables, core.Variables]:
+    params = {name: getattr(self, name).get_value() for name in ("codebook", "log_var")
+              if isinstance(getattr(self, name, None), nnx.Param)}
+    return params, {name: getattr(self, name).get_value() for name in self.state_names}
+
+  def _forward(self, forward, z: Array, *args, train: bool):
+    z = jnp.asarray(z)
+    core.check_input(self, z, self.dim)
+    z = z.astype(self.dtype or z.dtype)
+    params, state = self._variables()
+    out, aux, state = forward(self, params, state, z, *args, train=train,
+                              make_rng=lambda: self.rngs.noise())
+    if train:
+      for name in self.state_names:
+        getattr(self, name).set_value(state[name])
+    return out, aux
+
+  def embed(self, indices: Array) -> Array:
+    """The codewords of integer ``indices`` ``(...)``: ``(..., d)`` in ``dtype``
+    (``param_dtype`` when that is None); ``quantizer_core.embed``."""
+    table = core.codebook(self, *self._variables())
+    return core.embed(table, indices, self.dtype or table.dtype)
+
+
+class VectorQuantizer(_Quantizer):
+  """Nearest-codeword quantization (eq. 1): ``q(z, *, train) -> (z_q, aux)``;
+  ``quantizers.VectorQuantizer`` documents the options and outputs."""
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
+    return self._forward(core.hard_forward, z, train=train)
+
+
+class SoftVectorQuantizer(_Quantizer):
+  """Soft quantization (eqs. 5-7): ``q(z, log_var=None, *, train) -> (z_hat,
+  aux)``; ``quantizers.SoftVectorQuantizer`` documents the options and
+  outputs."""
+  _soft = True
+
+  def __call__(self, z: Array, log_var: Optional[Array] = None, *,
+               train: bool) -> Tuple[Array, core.Aux]:
+    z = jnp.asarray(z)
+    core.check_log_var(self, z, log_var)
+    return self._forward(core.soft_forward, z, log_var, train=train)

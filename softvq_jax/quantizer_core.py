@@ -1,0 +1,403 @@
+"""The one functional core of every quantizer module: pure functions of
+``(params, state, z)`` that return ``(z_q, aux, new_state)``.
+
+The Flax linen modules (``softvq_jax.quantizers``, and the paper's
+``layers.VQ`` / ``layers.SoftVQ``) and the Flax NNX modules
+(``softvq_jax.nnx``) only hold the variables and call ``hard_forward`` or
+``soft_forward``; the options they read are the attributes of
+``quantizers.QuantizerOptions`` / ``SoftOptions``, passed as ``opts``.
+
+Variables:
+
+* ``params``: ``codebook`` ``(K, d)`` when trained by gradient; ``log_var``
+  ``(K,)``, a soft quantizer's per-codeword log sigma_k^2.
+* ``state`` (linen's ``'ema'`` collection, NNX's ``QuantizerState``):
+  ``cluster_size``, ``embed_sum``, ``codebook`` of an EMA codebook; and, for
+  an initialisation on the first training batch, ``initialized``,
+  ``init_key`` and the ``codebook_offset`` / ``log_var_offset`` that the
+  initialisation sets. A parameter so initialised is used as ``param +
+  offset``: the offset is fixed, so gradient steps (SGD, Adam, ...) move
+  the sum exactly as they would move a parameter that started there.
+
+Statistics (EMA sums, usage, perplexities, the initialisation's data) are
+float32 whatever the input dtype, and combined over ``axis_name`` when that
+axis is bound (inside ``shard_map``/``pmap``); unbound, they are local.
+"""
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softvq_jax import bottlenecks as bn
+from softvq_jax import codebook_health as health
+from softvq_jax import streaming
+
+Array = jax.Array
+Aux = Dict[str, Any]
+Variables = Dict[str, Array]
+
+CODEBOOK_INITS = ("uniform", "data", "kmeans")
+# Where a soft quantizer's log sigma_k^2 come from: the caller, per latent
+# vector (the paper's head; ``SoftVQ``), one learned per codeword, or one
+# fixed at the first training batch's fit.
+VARIANCES = ("sample", "codeword", "fixed")
+
+# TF1's uniform_unit_scaling_initializer for a (K, d) codebook: U(+-sqrt(3/K)).
+uniform_unit_scaling = nn.initializers.variance_scaling(
+    1.0, "fan_in", "uniform", in_axis=0, out_axis=1)
+
+
+def check_options(opts: Any, soft: bool) -> None:
+  """One ``ValueError`` naming the argument for options that make no sense
+  (at construction; traced scalars are not checked)."""
+  name = type(opts).__name__
+  k = opts.num_codewords
+  if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    raise ValueError(f"{name}: num_codewords must be an integer >= 1, got {k!r}")
+  chunk = opts.chunk_size
+  if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
+    raise ValueError(f"{name}: chunk_size must be a positive integer or None, got {chunk!r}")
+  if opts.ema_decay is not None and not 0.0 < opts.ema_decay < 1.0:
+    raise ValueError(f"{name}: ema_decay must lie in (0, 1) or be None, got {opts.ema_decay!r}")
+  if opts.codebook_init not in CODEBOOK_INITS:
+    raise ValueError(f"{name}: codebook_init must be one of {CODEBOOK_INITS}, "
+                     f"got {opts.codebook_init!r}")
+  numbers = {"commitment": opts.commitment, "vq_weight": opts.vq_weight,
+             "dead_code_threshold": opts.dead_code_threshold}
+  if soft:
+    numbers["noise_std"] = opts.noise_std
+    if opts.normalizer not in bn.NORMALIZERS:
+      raise ValueError(f"{name}: normalizer must be one of {bn.NORMALIZERS}, "
+                       f"got {opts.normalizer!r}")
+    if opts.variance not in VARIANCES:
+      raise ValueError(f"{name}: variance must be one of {VARIANCES}, got {opts.variance!r}")
+    if opts.log_var_init is not None and not np.isfinite(opts.log_var_init):
+      raise ValueError(f"{name}: log_var_init must be finite, got {opts.log_var_init!r}")
+  for key, value in numbers.items():
+    if isinstance(value, (int, float)) and not (np.isfinite(value) and value >= 0):
+      raise ValueError(f"{name}: {key} must be finite and >= 0, got {value!r}")
+  if opts.dead_code_threshold > 0 and opts.ema_decay is None:
+    raise ValueError(f"{name}: dead_code_threshold restarts codewords of an EMA codebook; "
+                     "set ema_decay")
+
+
+def check_input(opts: Any, z: Array, dim: Optional[int]) -> None:
+  """One error naming ``z`` for an input that is not a float ``(..., dim)``."""
+  name = type(opts).__name__
+  if not jnp.issubdtype(z.dtype, jnp.floating):
+    raise TypeError(f"{name}: z must be a floating-point array, got dtype {z.dtype}")
+  if z.ndim < 1 or (dim is not None and z.shape[-1] != dim):
+    raise ValueError(f"{name}: z's last dimension must be the codeword size {dim}, got "
+                     f"shape {z.shape}")
+
+
+def check_log_var(opts: Any, z: Array, log_var: Optional[Array]) -> None:
+  """One error naming ``log_var``: given exactly when ``variance="sample"``,
+  and broadcastable against ``(..., K)``."""
+  name = type(opts).__name__
+  own = learns_log_var(opts)
+  if own and log_var is not None:
+    raise ValueError(f"{name}: variance={opts.variance!r} holds its own log_var; give a "
+                     "log_var argument with variance='sample'")
+  if not own and log_var is None:
+    raise ValueError(f"{name}: variance='sample' takes a log_var argument of shape (..., K)")
+  if log_var is None:
+    return
+  target = tuple(z.shape[:-1]) + (opts.num_codewords,)
+  try:
+    shape = jnp.broadcast_shapes(jnp.shape(log_var), target)
+  except ValueError:
+    shape = None
+  if shape != target:
+    raise ValueError(f"{name}: log_var of shape {jnp.shape(log_var)} does not broadcast "
+                     f"against (..., K) = {target}")
+
+
+def bound_axis(axis_name: Optional[str]) -> Optional[str]:
+  """``axis_name`` where it is bound (inside ``shard_map``/``pmap``), else None."""
+  if axis_name is None:
+    return None
+  try:
+    jax.lax.axis_index(axis_name)
+  except NameError:
+    return None
+  return axis_name
+
+
+def learns_log_var(opts: Any) -> bool:
+  """Whether a soft quantizer holds its own per-codeword ``log_var``."""
+  return opts.variance in ("codeword", "fixed")
+
+
+def needs_first_batch(opts: Any, soft: bool) -> bool:
+  """Whether initialisation reads data: a data codebook or a variance fit."""
+  fit = soft and learns_log_var(opts) and opts.log_var_init is None
+  return opts.codebook_init != "uniform" or fit
+
+
+def first_batch_state(opts: Any, dim: int, soft: bool) -> Dict[str, Callable[[Array], Array]]:
+  """Initialisers (of a PRNG key) of the state that the first training batch sets."""
+  k = opts.num_codewords
+  state = {"initialized": lambda key: jnp.zeros((), bool),
+           "init_key": jax.random.key_data}
+  if opts.ema_decay is None and opts.codebook_init != "uniform":
+    state["codebook_offset"] = lambda key: jnp.zeros((k, dim), opts.param_dtype)
+  if soft and learns_log_var(opts) and opts.log_var_init is None:
+    state["log_var_offset"] = lambda key: jnp.zeros((k,), opts.param_dtype)
+  return state
+
+
+def ema_state(codebook: Array) -> Variables:
+  """An EMA codebook's statistics, starting at ``codebook`` with unit counts."""
+  codebook = bn.as_float32(codebook)
+  return {"cluster_size": jnp.ones(codebook.shape[:1]), "embed_sum": codebook,
+          "codebook": codebook}
+
+
+def data_codebook(kind: str, rng: Array, z: Array, num_codewords: int,
+                  chunk_size: Optional[int] = None) -> Array:
+  """A ``(K, d)`` float32 codebook from encodings ``z`` ``(..., d)``: their
+  first K (``"data"``, cycled when there are fewer) or k-means centres
+  (``"kmeans"``), then ``distinct_codewords``."""
+  z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  if kind == "kmeans":
+    codebook = health.kmeans_codebook(rng, z, num_codewords, chunk_size=chunk_size)
+  else:
+    codebook = z[jnp.arange(num_codewords) % z.shape[0]]
+  return distinct_codewords(jax.random.fold_in(rng, 1), codebook, z)
+
+
+def distinct_codewords(rng: Array, codebook: Array, z: Array) -> Array:
+  """``codebook`` with every repeated row moved off its twin by a small
+  Gaussian step (1% of the encodings' spread, at least 1e-4 of their root
+  mean square, at least 1e-7), so that a batch with fewer distinct vectors
+  than K still gives K distinct codewords. Rows without a twin are returned
+  unchanged."""
+  projection = jnp.matmul(codebook, jax.random.normal(rng, codebook.shape[1:]),
+                          precision=bn.PRECISION)
+  order = jnp.argsort(projection)
+  ordered = codebook[order]
+  repeat = jnp.concatenate([jnp.zeros((1,), bool),
+                            jnp.all(ordered[1:] == ordered[:-1], axis=-1)])
+  repeat = jnp.zeros_like(repeat).at[order].set(repeat)
+  spread = jnp.sqrt(jnp.mean(jnp.var(z, axis=0)))
+  step = 0.01 * jnp.maximum(spread, 0.01 * jnp.sqrt(jnp.mean(jnp.square(z))) + 1e-5)
+  jitter = step * jax.random.normal(jax.random.fold_in(rng, 1), codebook.shape)
+  return jnp.where(repeat[:, None], codebook + jitter, codebook)
+
+
+def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None) -> Array:
+  """log sigma^2, one for all codewords: the mean squared distance of ``z`` to
+  its nearest codeword per dimension (at least 1e-6).
+
+  That is the maximum-likelihood variance of an isotropic mixture with hard
+  assignments, so the posterior starts as sharp as the codebook fits the
+  data. A start much wider than the clusters (sigma = 1 on small latents)
+  makes every posterior near-uniform, and a posterior-weighted EMA then
+  pulls every codeword to the mean of the data.
+  """
+  if chunk_size is None:
+    inertia = health.kmeans_inertia(z, codebook)
+  else:
+    inertia = jnp.mean(streaming.nearest_codewords(z, codebook, chunk_size)[1])
+  return jnp.log(jnp.maximum(inertia / z.shape[-1], 1e-6))
+
+
+def codebook(opts: Any, params: Variables, state: Variables) -> Array:
+  """The codebook in use: the EMA one, or the parameter (plus its offset)."""
+  if opts.ema_decay is not None:
+    return state["codebook"]
+  if "codebook_offset" in state:
+    return params["codebook"] + state["codebook_offset"]
+  return params["codebook"]
+
+
+def codeword_log_var(opts: Any, params: Variables, state: Variables) -> Array:
+  """A soft quantizer's own ``(K,)`` log sigma_k^2; ``"fixed"`` ones get no gradient."""
+  log_var = params["log_var"]
+  if "log_var_offset" in state:
+    log_var = log_var + state["log_var_offset"]
+  return jax.lax.stop_gradient(log_var) if opts.variance == "fixed" else log_var
+
+
+def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
+                train: bool) -> Variables:
+  """In training, the state after the data-dependent initialisation on ``z``
+  (all shards' ``z`` under a bound ``axis_name``), once: later calls and a
+  restored state with ``initialized`` set return ``state`` unchanged."""
+  if not train or "initialized" not in state:
+    return state
+  axis = bound_axis(opts.axis_name)
+
+  def initialise():
+    x = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+    if axis is not None:  # Every shard's rows, in axis order, the same on every shard.
+      full = jnp.zeros((jax.lax.psum(1, axis),) + x.shape).at[jax.lax.axis_index(axis)].set(x)
+      x = jax.lax.psum(full, axis).reshape(-1, x.shape[-1])
+    new = dict(state, initialized=jnp.ones((), bool))
+    fitted = codebook(opts, params, state)
+    if opts.codebook_init != "uniform":
+      key = jax.random.wrap_key_data(state["init_key"])
+      fitted = data_codebook(opts.codebook_init, key, x, opts.num_codewords,
+                             opts.chunk_size).astype(fitted.dtype)
+      if opts.ema_decay is not None:
+        new.update(ema_state(fitted))
+      else:
+        new["codebook_offset"] = fitted - params["codebook"]
+    if "log_var_offset" in state:
+      log_var = fit_log_var(x, fitted, opts.chunk_size)
+      new["log_var_offset"] = (log_var - params["log_var"]).astype(params["log_var"].dtype)
+    return new
+
+  return jax.lax.cond(state["initialized"], lambda: state, initialise)
+
+
+def embed(table: Array, indices: Array, dtype: Any) -> Array:
+  """The codewords of integer ``indices`` (any shape), ``(..., d)`` in ``dtype``.
+
+  Out-of-range indices are a ``ValueError`` where the indices are concrete;
+  traced (under jit) they are clamped to ``[0, K - 1]``, the nearest valid
+  codeword, never NaN.
+  """
+  if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
+    raise TypeError(f"embed takes integer indices, got dtype {jnp.result_type(indices)}")
+  try:
+    values = np.asarray(indices)
+  except jax.errors.TracerArrayConversionError:
+    values = None
+  if values is not None and values.size and (values.min() < 0
+                                             or values.max() >= table.shape[0]):
+    raise ValueError(f"embed: indices must lie in [0, {table.shape[0]}), got "
+                     f"{values.min()} to {values.max()}")
+  return jnp.take(table, indices, axis=0, mode="clip").astype(dtype)
+
+
+def hard_forward(opts: Any, params: Variables, state: Variables, z: Array, *, train: bool,
+                 make_rng: Callable[[], Array]) -> Tuple[Array, Aux, Variables]:
+  """Nearest-codeword quantization (eq. 1) with eq. (27)'s terms, straight-through.
+
+  Args:
+    opts: the module's options (``quantizers.QuantizerOptions``).
+    params, state: the module's variables (module docstring).
+    z: latents, float ``(..., d)``.
+    train: update the state (first-batch initialisation, EMA, restarts).
+    make_rng: a PRNG key, called only where randomness is used.
+
+  Returns:
+    ``(z_q, aux, state)``; aux holds ``loss``, ``latent``, ``codebook_loss``,
+    ``commitment_loss``, ``indices``, ``perplexity``, ``usage`` and, with
+    EMA, ``dead_code_fraction``.
+  """
+  state = first_batch(opts, params, state, z, train=train)
+  table = codebook(opts, params, state)
+  z_stop = jax.lax.stop_gradient(z)
+  if opts.chunk_size is None:
+    z_q, indices = bn.hard_quantize(z_stop, table)
+    onehot = jax.nn.one_hot(indices, opts.num_codewords, dtype=jnp.float32)
+    sums = lambda: bn.assignment_sums(z, onehot)
+  else:
+    indices = streaming.nearest_codewords(z_stop, table, opts.chunk_size)[0]
+    z_q = bn.lookup(table, indices).astype(z.dtype)
+    sums = lambda: bn.index_sums(z, indices, opts.num_codewords)
+  state, extra = _ema(opts, state, sums, z, train=train, make_rng=make_rng)
+  out, aux = _outputs(opts, z, z, z_q, indices, train_codebook=opts.ema_decay is None)
+  return out, {**aux, **extra}, state
+
+
+def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
+                 log_var: Optional[Array], *, train: bool,
+                 make_rng: Callable[[], Array]) -> Tuple[Array, Aux, Variables]:
+  """Soft quantization by the Bayesian estimator (eqs. 5-7) with eq. (27)'s terms.
+
+  As ``hard_forward``, with ``log_var`` (log sigma_k^2 broadcastable against
+  ``(..., K)``, or None for the module's own per codeword), white noise of
+  ``opts.noise_std`` on ``z`` in training (the paper's z'_e; per shard under
+  a bound ``axis_name``), and aux ``posterior_perplexity`` (of the average
+  posterior) beside ``perplexity`` (of the most probable codewords), and
+  ``probs`` (the posterior, without ``chunk_size``).
+  """
+  state = first_batch(opts, params, state, z, train=train)
+  table = codebook(opts, params, state)
+  z_in = z
+  if train and not (isinstance(opts.noise_std, (int, float)) and opts.noise_std == 0):
+    key = make_rng()
+    axis = bound_axis(opts.axis_name)
+    if axis is not None:
+      key = jax.random.fold_in(key, jax.lax.axis_index(axis))
+    z_in = z + opts.noise_std * jax.random.normal(key, z.shape, z.dtype)
+  if log_var is None:
+    log_var = codeword_log_var(opts, params, state)
+  z_stop = jax.lax.stop_gradient(z_in)
+  extra = {}
+  if opts.chunk_size is None:
+    probs = jax.nn.softmax(bn.soft_assignment_logits(z_stop, table, log_var, opts.normalizer))
+    z_hat = bn.posterior_mean(probs, table).astype(z.dtype)
+    indices = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    sums = lambda: bn.assignment_sums(z_in, probs)
+    average = jnp.mean(probs.reshape(-1, opts.num_codewords), axis=0)
+    extra["probs"] = probs.astype(z.dtype)
+  else:
+    z_hat, indices, lse = streaming.soft_quantize_chunked(
+        z_stop, table, log_var, opts.normalizer, opts.chunk_size, with_indices=True)
+    posterior = streaming.posterior_sums(z_stop, table, log_var, lse, opts.normalizer,
+                                         opts.chunk_size)
+    sums = lambda: posterior
+    average = posterior[0] / indices.size
+  state, ema_aux = _ema(opts, state, sums, z_in, train=train, make_rng=make_rng)
+  # The codebook term trains the variances (and a codebook without EMA).
+  out, aux = _outputs(opts, z, z_in, z_hat, indices, train_codebook=True)
+  extra["posterior_perplexity"] = bn.perplexity(average, bound_axis(opts.axis_name))
+  return out, {**aux, **ema_aux, **extra}, state
+
+
+def _outputs(opts: Any, z_e: Array, z_in: Array, z_q: Array, indices: Array, *,
+             train_codebook: bool) -> Tuple[Array, Aux]:
+  """Straight-through output, eq. (27)'s VQ terms and the index statistics.
+
+  ``z_e`` is the downstream latent, ``z_in`` the quantizer's input (z_e plus
+  noise for soft VQ); ``train_codebook`` is False when the codebook term
+  would train nothing (a hard quantizer's EMA codebook).
+  """
+  axis = bound_axis(opts.axis_name)
+  commit = bn.commitment_loss(z_in, z_q, opts.commitment)
+  cb = bn.codebook_loss(z_in, z_q) if train_codebook else jnp.zeros_like(commit)
+  counts = bn.index_counts(indices, opts.num_codewords)
+  aux = {
+      "loss": opts.vq_weight * (cb + commit),
+      "latent": z_e,
+      "codebook_loss": cb,
+      "commitment_loss": commit,
+      "perplexity": bn.perplexity(counts / indices.size, axis),
+      "usage": bn.usage(counts, axis),
+      "indices": indices,
+  }
+  return bn.straight_through(z_in, z_q), aux
+
+
+def _ema(opts: Any, state: Variables, sums: Callable[[], Tuple[Array, Array]], z: Array, *,
+         train: bool, make_rng: Callable[[], Array]) -> Tuple[Variables, Aux]:
+  """In training, the EMA codebook step from ``sums()`` (the assignments'
+  counts and sums of ``z``) and the restart of dead codewords.
+
+  Returns the new state and ``dead_code_fraction`` for EMA codebooks (the
+  fraction whose EMA count is under ``dead_code_threshold``, or under one
+  assignment per step when that is 0), before the restart.
+  """
+  if opts.ema_decay is None:
+    return state, {}
+  axis = bound_axis(opts.axis_name)
+  threshold = opts.dead_code_threshold
+  dead = health.dead_codes(state["cluster_size"], threshold if threshold > 0 else 1.0)
+  aux = {"dead_code_fraction": jnp.mean(dead)}
+  if not train:
+    return state, aux
+  size, embed_sum, table = bn.ema_codebook_step(
+      state["cluster_size"], state["embed_sum"], *sums(), opts.ema_decay, axis_name=axis)
+  if threshold > 0:
+    table = health.restart_dead_codes(make_rng(), table, dead, z, axis)
+    size = jnp.where(dead, threshold, size)
+    embed_sum = jnp.where(dead[:, None], table * threshold, embed_sum)
+  return dict(state, cluster_size=size, embed_sum=embed_sum, codebook=table), aux
