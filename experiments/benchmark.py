@@ -270,11 +270,12 @@ def quantizer_modules(lines, repeats, shape=(32, 16, 16, 256), k=8192):
                        ("soft_vector_quantizer", quantizers.SoftVectorQuantizer(k))):
     for dtype in (jnp.float32, jnp.bfloat16):
       z = jax.random.normal(jax.random.key(0), shape, dtype)
-      params = module.init({"params": jax.random.key(1)}, z, train=False)["params"]
+      variables = module.init({"params": jax.random.key(1)}, z, train=False)
+      params = variables["params"]
 
-      def loss(params, z, module=module):
-        z_q, aux = module.apply({"params": params}, z, train=True,
-                                rngs={"noise": jax.random.key(2)})
+      def loss(params, z, module=module, variables=variables):
+        (z_q, aux), _ = module.apply({**variables, "params": params}, z, train=True,
+                                     mutable=["ema"])
         return jnp.sum(z_q.astype(jnp.float32)) + aux["loss"]
       grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
       tag = f"{name}_{'x'.join(map(str, shape))}_k{k}_{jnp.dtype(dtype).name}"

@@ -232,13 +232,14 @@ def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
     return state
   axis = bound_axis(opts.axis_name)
 
-  def initialise():
+  def initialise():  # Offsets are constants: gradients reach the parameters alone.
+    params_stop = jax.lax.stop_gradient(params)
     x = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
     if axis is not None:  # Every shard's rows, in axis order, the same on every shard.
       full = jnp.zeros((jax.lax.psum(1, axis),) + x.shape).at[jax.lax.axis_index(axis)].set(x)
       x = jax.lax.psum(full, axis).reshape(-1, x.shape[-1])
     new = dict(state, initialized=jnp.ones((), bool))
-    fitted = codebook(opts, params, state)
+    fitted = codebook(opts, params_stop, state)
     if opts.codebook_init != "uniform":
       key = jax.random.wrap_key_data(state["init_key"])
       fitted = data_codebook(opts.codebook_init, key, x, opts.num_codewords,
@@ -246,10 +247,11 @@ def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
       if opts.ema_decay is not None:
         new.update(ema_state(fitted))
       else:
-        new["codebook_offset"] = fitted - params["codebook"]
+        new["codebook_offset"] = fitted - params_stop["codebook"]
     if "log_var_offset" in state:
       log_var = fit_log_var(x, fitted, opts.chunk_size)
-      new["log_var_offset"] = (log_var - params["log_var"]).astype(params["log_var"].dtype)
+      new["log_var_offset"] = (log_var - params_stop["log_var"]).astype(
+          params_stop["log_var"].dtype)
     return new
 
   return jax.lax.cond(state["initialized"], lambda: state, initialise)
