@@ -29,6 +29,8 @@ import jax.numpy as jnp
 
 from softvq_jax import quantizer_core as core
 from softvq_jax import quantizers
+from softvq_jax import residual as rq
+from softvq_jax import scalar_quantization as sq
 
 Array = jax.Array
 
@@ -44,18 +46,25 @@ def _defaults(options_class) -> Dict[str, Any]:
           if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
 
 
+def _set_options(module: nnx.Module, linen_class, options: Dict[str, Any]) -> None:
+  """Sets ``options`` (a subset of ``linen_class``'s, the rest at their
+  defaults) as attributes of ``module``; unknown names are a TypeError."""
+  defaults = _defaults(linen_class)
+  unknown = sorted(set(options) - set(defaults))
+  if unknown:
+    raise TypeError(f"{type(module).__name__}: unknown options {unknown}; "
+                    f"the options are {sorted(defaults)}")
+  for name, value in {**defaults, **options}.items():
+    setattr(module, name, value)
+
+
 class _Quantizer(nnx.Module):
   """Variables and calls shared by both NNX quantizers."""
   _soft = False
 
   def __init__(self, num_codewords: int, dim: int, *, rngs: nnx.Rngs, **options):
-    defaults = _defaults(quantizers.SoftOptions if self._soft else quantizers.QuantizerOptions)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-      raise TypeError(f"{type(self).__name__}: unknown options {unknown}; "
-                      f"the options are {sorted(defaults)}")
-    for name, value in {**defaults, **options}.items():
-      setattr(self, name, value)
+    _set_options(self, quantizers.SoftOptions if self._soft else quantizers.QuantizerOptions,
+                 options)
     self.num_codewords = num_codewords
     core.check_options(self, self._soft)
     if not isinstance(dim, int) or dim < 1:
@@ -119,3 +128,61 @@ class SoftVectorQuantizer(_Quantizer):
     z = jnp.asarray(z)
     core.check_log_var(self, z, log_var)
     return self._forward(core.soft_forward, z, log_var, train=train)
+
+
+class FSQ(nnx.Module):
+  """Finite scalar quantization: ``FSQ(levels, **options)``,
+  ``q(z, *, train) -> (codes, aux)``; ``quantizers.FSQ`` documents it. No
+  parameters and no state."""
+
+  def __init__(self, levels, **options):
+    _set_options(self, quantizers.FSQ, options)
+    self.levels = sq.check_levels(levels)
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
+    del train  # FSQ is the same in training and evaluation.
+    return sq.fsq_call(self, jnp.asarray(z))
+
+  def embed(self, indices: Array) -> Array:
+    return sq.fsq_embed(self, indices)
+
+
+class LFQ(nnx.Module):
+  """Lookup-free quantization (BSQ with ``spherical``): ``LFQ(dim, **options)``,
+  ``q(z, *, train) -> (codes, aux)``; ``quantizers.LFQ`` documents it. No
+  parameters and no state."""
+
+  def __init__(self, dim: int, **options):
+    _set_options(self, quantizers.LFQ, options)
+    self.dim = dim
+    sq.check_lfq_dim(self)
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
+    return sq.lfq_call(self, jnp.asarray(z), train)
+
+  def embed(self, indices: Array) -> Array:
+    return sq.lfq_embed(self, indices)
+
+
+class ResidualQuantizer(nnx.Module):
+  """Residual quantization over ``stages`` (NNX quantizers of this module):
+  ``ResidualQuantizer(stages, *, rngs=None, quantizer_dropout=0.0)``,
+  ``q(z, *, train) -> (z_q, aux)``; ``quantizers.ResidualQuantizer``
+  documents it. ``rngs`` (its ``noise`` stream) draws the quantizer dropout."""
+
+  def __init__(self, stages, *, rngs: Optional[nnx.Rngs] = None, **options):
+    _set_options(self, quantizers.ResidualQuantizer, options)
+    self.stages = nnx.List(stages)
+    rq.check_stages(self)
+    if self.quantizer_dropout > 0 and rngs is None:
+      raise ValueError("ResidualQuantizer: quantizer_dropout draws from rngs; pass rngs")
+    self.rngs = rngs
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
+    rng = self.rngs.noise() if train and self.quantizer_dropout > 0 else None
+    active = rq.num_active_stages(rng, len(self.stages), self.quantizer_dropout)
+    calls = [lambda r, stage=stage: stage(r, train=train) for stage in self.stages]
+    return rq.residual_forward(calls, jnp.asarray(z), active)
+
+  def embed(self, indices: Array) -> Array:
+    return rq.residual_embed([stage.embed for stage in self.stages], indices)

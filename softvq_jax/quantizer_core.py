@@ -258,11 +258,17 @@ def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
 
 
 def embed(table: Array, indices: Array, dtype: Any) -> Array:
-  """The codewords of integer ``indices`` (any shape), ``(..., d)`` in ``dtype``.
+  """The codewords of integer ``indices`` (any shape), ``(..., d)`` in ``dtype``
+  (``checked_indices`` for indices out of range)."""
+  return jnp.take(table, checked_indices(indices, table.shape[0]), axis=0).astype(dtype)
+
+
+def checked_indices(indices: Array, num_codes: int) -> Array:
+  """Integer ``indices`` of ``num_codes`` codes, for a lookup.
 
   Out-of-range indices are a ``ValueError`` where the indices are concrete;
-  traced (under jit) they are clamped to ``[0, K - 1]``, the nearest valid
-  codeword, never NaN.
+  traced (under jit) they are clamped to ``[0, num_codes - 1]``, the nearest
+  valid code, never NaN.
   """
   if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
     raise TypeError(f"embed takes integer indices, got dtype {jnp.result_type(indices)}")
@@ -270,11 +276,10 @@ def embed(table: Array, indices: Array, dtype: Any) -> Array:
     values = np.asarray(indices)
   except jax.errors.TracerArrayConversionError:
     values = None
-  if values is not None and values.size and (values.min() < 0
-                                             or values.max() >= table.shape[0]):
-    raise ValueError(f"embed: indices must lie in [0, {table.shape[0]}), got "
+  if values is not None and values.size and (values.min() < 0 or values.max() >= num_codes):
+    raise ValueError(f"embed: indices must lie in [0, {num_codes}), got "
                      f"{values.min()} to {values.max()}")
-  return jnp.take(table, indices, axis=0, mode="clip").astype(dtype)
+  return jnp.clip(indices, 0, num_codes - 1)
 
 
 def hard_forward(opts: Any, params: Variables, state: Variables, z: Array, *, train: bool,

@@ -20,13 +20,15 @@ follows exponential moving averages in the ``'ema'`` collection
 """
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from softvq_jax import quantizer_core as core
+from softvq_jax import residual as rq
+from softvq_jax import scalar_quantization as sq
 
 Array = jax.Array
 Aux = core.Aux
@@ -204,3 +206,89 @@ class SoftVectorQuantizer(SoftOptions):
 
   def embed(self, indices: Array) -> Array:
     return linen_embed(self, indices)
+
+
+class FSQ(nn.Module):
+  """Finite scalar quantization (Mentzer et al. 2024; ``scalar_quantization.fsq``).
+
+  ``(z, *, train) -> (codes, aux)`` for ``z`` of shape ``(..., len(levels))``:
+  each dimension bounded to its ``levels`` and rounded, straight-through;
+  no parameters, no state, no auxiliary loss (``aux["loss"]`` is 0). aux
+  ``indices`` (``[0, prod(levels))``), ``perplexity``, ``usage`` (over
+  ``axis_name`` where bound). ``embed(indices)`` gives the grid points.
+  """
+  levels: Sequence[int]  # L_i per dimension, e.g. (8, 5, 5, 5) for 1000 codes.
+  axis_name: Optional[str] = None  # The batch axis under shard_map / pmap; unbound: local.
+  dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: float32).
+
+  def __post_init__(self):
+    sq.check_levels(self.levels)
+    super().__post_init__()
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
+    del train  # FSQ is the same in training and evaluation.
+    return sq.fsq_call(self, z)
+
+  def embed(self, indices: Array) -> Array:
+    return sq.fsq_embed(self, indices)
+
+
+class LFQ(nn.Module):
+  """Lookup-free quantization (MAGVIT-v2), or BSQ with ``spherical``
+  (``scalar_quantization.lfq``).
+
+  ``(z, *, train) -> (codes, aux)`` for ``z`` of shape ``(..., dim)``: the
+  sign of each dimension, straight-through, ``2^dim`` codes. ``aux["loss"]``
+  is ``entropy_weight * (per-sample entropy - diversity_gamma * batch
+  entropy)`` (in training) plus ``commitment * ||z - sg(code)||^2``; aux
+  ``per_sample_entropy``, ``batch_entropy``, ``commitment_loss``,
+  ``indices``, ``perplexity``, ``usage``. ``embed(indices)`` gives the codes.
+  """
+  dim: int  # Bits per token: 2^dim codes (at most 24).
+  spherical: bool = False  # BSQ: inputs and codes on the unit sphere.
+  entropy_weight: float = 0.1  # Weight of MAGVIT-v2's entropy penalty.
+  diversity_gamma: float = 1.0  # Weight of the batch entropy within it.
+  inv_temperature: float = 100.0  # Of the code distribution softmax(2 inv_t z . c).
+  commitment: float = 0.0  # Weight of ||z - sg(code)||^2.
+  axis_name: Optional[str] = None  # The batch axis under shard_map / pmap; unbound: local.
+  dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: float32).
+
+  def __post_init__(self):
+    sq.check_lfq_dim(self)
+    super().__post_init__()
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
+    return sq.lfq_call(self, z, train)
+
+  def embed(self, indices: Array) -> Array:
+    return sq.lfq_embed(self, indices)
+
+
+class ResidualQuantizer(nn.Module):
+  """Residual quantization over ``stages`` (``softvq_jax.residual``).
+
+  ``ResidualQuantizer([VectorQuantizer(1024) for _ in range(4)])`` (or soft
+  ones, FSQ, LFQ, mixed): ``(z, *, train) -> (z_q, aux)``, stage ``s``
+  quantizing what the earlier ones left. aux ``loss`` (summed), ``indices``
+  ``(..., num_stages)``, ``perplexity`` / ``usage`` / ``residual_norms`` per
+  stage, ``active_stages``. ``quantizer_dropout``: the probability that a
+  training batch uses a random number of stages, 1 to all (SoundStream;
+  ``'noise'`` rng; dropped stages give index -1). ``embed(indices)`` sums
+  the stages' codewords. The stages' state (EMA, first-batch
+  initialisation) is in their ``'ema'`` collections.
+  """
+  stages: Sequence[nn.Module]
+  quantizer_dropout: float = 0.0  # Probability of a random number of stages in training.
+
+  def __post_init__(self):
+    rq.check_stages(self)
+    super().__post_init__()
+
+  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
+    rng = (self.make_rng("noise") if train and self.quantizer_dropout > 0 else None)
+    active = rq.num_active_stages(rng, len(self.stages), self.quantizer_dropout)
+    calls = [functools.partial(stage, train=train) for stage in self.stages]
+    return rq.residual_forward(calls, z, active)
+
+  def embed(self, indices: Array) -> Array:
+    return rq.residual_embed([stage.embed for stage in self.stages], indices)
