@@ -166,35 +166,87 @@ def straight_through(z: Array, z_q: Array) -> Array:
   return z + jax.lax.stop_gradient(z_q - z)
 
 
-def _mean_sq_norm(x: Array) -> Array:
-  return jnp.mean(jnp.sum(jnp.square(as_float32(x)), axis=-1))
+def rotation_trick(z: Array, z_q: Array) -> Array:
+  """The rotation trick (Fifty et al., "Restructuring Vector Quantization with
+  the Rotation Trick", ICLR 2025, eq. 4 and Algorithm 1).
+
+  Forward value ``z_q``; the gradient reaches ``z`` through the fixed linear
+  map ``sg(lambda R)``, where ``R`` is the rotation (a Householder
+  reflection pair) taking ``z / ||z||`` to ``z_q / ||z_q||`` and ``lambda =
+  ||z_q|| / ||z||``, instead of the identity of ``straight_through``.
+  Float32 arithmetic; returned in ``z``'s dtype.
+  """
+  e, q = as_float32(z), as_float32(jax.lax.stop_gradient(z_q))
+  e_norm = jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  q_norm = jnp.linalg.norm(q, axis=-1, keepdims=True)
+  u = jax.lax.stop_gradient(e / e_norm)
+  q_hat = q / jnp.maximum(q_norm, 1e-12)
+  w = u + q_hat
+  w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+  dot = lambda a, b: jnp.sum(a * b, axis=-1, keepdims=True)
+  rotated = e - 2 * dot(e, w) * w + 2 * dot(e, u) * q_hat
+  return (rotated * jax.lax.stop_gradient(q_norm / e_norm)).astype(z.dtype)
 
 
-def codebook_loss(z: Array, z_q: Array) -> Array:
+def l2_normalize(x: Array) -> Array:
+  """``x / ||x||`` along the last axis in float32 (cosine-similarity codebooks)."""
+  x = as_float32(x)
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def orthogonal_loss(codebook: Array) -> Array:
+  """Orthogonal regularisation of a codebook: the mean squared cosine
+  similarity of all pairs of codewords minus its minimum ``1/K`` (Shin et
+  al., "Translation-equivariant Image Quantizer for Bi-directional Image-Text
+  Generation", 2021, eq. 6; vector-quantize-pytorch's
+  ``orthogonal_reg_loss_fn``).
+
+  Computed as ``||N^T N||_F^2 / K^2 - 1/K`` from the ``(d, d)`` Gram matrix
+  of the normalised codebook ``N``: O(K d^2), never the ``(K, K)`` matrix.
+  """
+  normed = l2_normalize(codebook)
+  gram = jnp.matmul(normed.T, normed, precision=PRECISION)
+  k = codebook.shape[0]
+  return jnp.sum(jnp.square(gram)) / k ** 2 - 1.0 / k
+
+
+def _mean_sq_norm(x: Array, weights: Optional[Array] = None) -> Array:
+  squares = jnp.sum(jnp.square(as_float32(x)), axis=-1)
+  if weights is None:
+    return jnp.mean(squares)
+  weights = as_float32(weights).reshape(squares.shape)
+  return jnp.sum(squares * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def codebook_loss(z: Array, z_q: Array, weights: Optional[Array] = None) -> Array:
   """||sg(z') - z_hat||^2 of eq. (27): trains the codebook only.
 
   Args:
     z: encoder latents z'_e, shape ``(..., d)``; gradient is stopped.
     z_q: quantized latents (hard or soft), shape ``(..., d)``.
+    weights: optional ``(...)`` weights of the latents (a padding mask).
 
   Returns:
-    Scalar: squared norm over ``d``, averaged over leading axes.
+    Scalar: squared norm over ``d``, averaged (weighted) over leading axes.
   """
-  return _mean_sq_norm(jax.lax.stop_gradient(z) - z_q)
+  return _mean_sq_norm(jax.lax.stop_gradient(z) - z_q, weights)
 
 
-def commitment_loss(z: Array, z_q: Array, beta: float) -> Array:
+def commitment_loss(z: Array, z_q: Array, beta: float,
+                    weights: Optional[Array] = None) -> Array:
   """beta ||z' - sg(z_hat)||^2 of eq. (27): trains the encoder only.
 
   Args:
     z: encoder latents z'_e, shape ``(..., d)``.
     z_q: quantized latents, shape ``(..., d)``; gradient is stopped.
     beta: commitment weight.
+    weights: optional ``(...)`` weights of the latents (a padding mask).
 
   Returns:
-    Scalar: squared norm over ``d``, averaged over leading axes, times beta.
+    Scalar: squared norm over ``d``, averaged (weighted) over leading axes,
+    times beta.
   """
-  return beta * _mean_sq_norm(z - jax.lax.stop_gradient(z_q))
+  return beta * _mean_sq_norm(z - jax.lax.stop_gradient(z_q), weights)
 
 
 def reparameterize(rng: Array, mean: Array, log_var: Array) -> Array:
@@ -255,10 +307,13 @@ def perplexity(average: Array, axis_name: Optional[str] = None) -> Array:
   return jnp.exp(-jnp.sum(average * jnp.log(jnp.maximum(average, 1e-10))))
 
 
-def index_counts(indices: Array, num_codewords: int) -> Array:
+def index_counts(indices: Array, num_codewords: int,
+                 weights: Optional[Array] = None) -> Array:
   """How often each of ``num_codewords`` codewords occurs in ``indices`` (any
-  shape): float32, shape ``(K,)``."""
-  return jnp.zeros((num_codewords,)).at[indices.reshape(-1)].add(1.0)
+  shape), each occurrence counted with its ``weights`` (default 1): float32,
+  shape ``(K,)``."""
+  counted = 1.0 if weights is None else as_float32(weights).reshape(-1)
+  return jnp.zeros((num_codewords,)).at[indices.reshape(-1)].add(counted)
 
 
 def usage(counts: Array, axis_name: Optional[str] = None) -> Array:
@@ -269,22 +324,29 @@ def usage(counts: Array, axis_name: Optional[str] = None) -> Array:
   return jnp.mean(counts > 0)
 
 
-def assignment_sums(z: Array, assignments: Array) -> Tuple[Array, Array]:
+def assignment_sums(z: Array, assignments: Array,
+                    row_weights: Optional[Array] = None) -> Tuple[Array, Array]:
   """Per-codeword counts ``(K,)`` and sums of ``z`` ``(K, d)`` of one-hot or
-  posterior ``assignments`` ``(..., K)``: float32, without gradient."""
+  posterior ``assignments`` ``(..., K)``, each latent weighted by
+  ``row_weights`` ``(...)`` (default 1): float32, without gradient."""
   num_codewords = assignments.shape[-1]
   z = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   weights = as_float32(jax.lax.stop_gradient(assignments)).reshape(-1, num_codewords)
+  if row_weights is not None:
+    weights = weights * as_float32(row_weights).reshape(-1, 1)
   return jnp.sum(weights, axis=0), jnp.matmul(weights.T, z, precision=PRECISION)
 
 
-def index_sums(z: Array, indices: Array, num_codewords: int) -> Tuple[Array, Array]:
+def index_sums(z: Array, indices: Array, num_codewords: int,
+               row_weights: Optional[Array] = None) -> Tuple[Array, Array]:
   """``assignment_sums`` of hard ``indices`` ``(...)`` without the one-hot
   ``(N, K)`` matrix."""
   z = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   indices = indices.reshape(-1)
-  return (jax.ops.segment_sum(jnp.ones(indices.shape), indices, num_codewords),
-          jax.ops.segment_sum(z, indices, num_codewords))
+  counted = (jnp.ones(indices.shape) if row_weights is None
+             else as_float32(row_weights).reshape(-1))
+  return (jax.ops.segment_sum(counted, indices, num_codewords),
+          jax.ops.segment_sum(z * counted[:, None], indices, num_codewords))
 
 
 def ema_codebook_step(cluster_size: Array, embed_sum: Array, counts: Array, sums: Array,

@@ -27,12 +27,19 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from softvq_jax import quantizer_checks as checks
 from softvq_jax import quantizer_core as core
+from softvq_jax import quantizer_forward as fwd
 from softvq_jax import quantizers
 from softvq_jax import residual as rq
 from softvq_jax import scalar_quantization as sq
 
 Array = jax.Array
+
+
+# The parameters a VQ module may hold (quantizer_core, quantizer_forward).
+PARAMS = ("codebook", "log_var", "project_in", "project_in_bias", "project_out",
+          "project_out_bias")
 
 
 class QuantizerState(nnx.Variable):
@@ -66,11 +73,18 @@ class _Quantizer(nnx.Module):
     _set_options(self, quantizers.SoftOptions if self._soft else quantizers.QuantizerOptions,
                  options)
     self.num_codewords = num_codewords
-    core.check_options(self, self._soft)
+    checks.check_options(self, self._soft)
     if not isinstance(dim, int) or dim < 1:
       raise ValueError(f"{type(self).__name__}: dim must be an integer >= 1, got {dim!r}")
     self.dim = dim
-    table = core.uniform_unit_scaling(rngs.params(), (num_codewords, dim), self.param_dtype)
+    c = self.codebook_dim or dim
+    keys = iter(jax.random.split(rngs.params(), 4))
+    if self.codebook_dim:
+      for name, shape in (("project_in", (dim, c)), ("project_out", (c, dim))):
+        setattr(self, name, nnx.Param(nnx.initializers.lecun_normal()(
+            next(keys), shape, self.param_dtype)))
+        setattr(self, name + "_bias", nnx.Param(jnp.zeros(shape[1:], self.param_dtype)))
+    table = core.uniform_unit_scaling(next(keys), (num_codewords, c), self.param_dtype)
     state = core.ema_state(table) if self.ema_decay is not None else {}
     if self.ema_decay is None:
       self.codebook = nnx.Param(table)
@@ -78,24 +92,25 @@ class _Quantizer(nnx.Module):
       start = 0.0 if self.log_var_init is None else self.log_var_init
       self.log_var = nnx.Param(jnp.full((num_codewords,), start, self.param_dtype))
     if core.needs_first_batch(self, self._soft):
-      state.update({name: make(rngs.params())
-                    for name, make in core.first_batch_state(self, dim, self._soft).items()})
+      state.update({name: make(next(keys))
+                    for name, make in core.first_batch_state(self, c, self._soft).items()})
     for name, value in state.items():
       setattr(self, name, QuantizerState(value))
     self.state_names = tuple(state)
     self.rngs = rngs
 
   def _variables(self) -> Tuple[core.Variables, core.Variables]:
-    params = {name: getattr(self, name).get_value() for name in ("codebook", "log_var")
+    params = {name: getattr(self, name).get_value() for name in PARAMS
               if isinstance(getattr(self, name, None), nnx.Param)}
     return params, {name: getattr(self, name).get_value() for name in self.state_names}
 
-  def _forward(self, forward, z: Array, *args, train: bool):
+  def _forward(self, forward, z: Array, *args, train: bool, mask: Optional[Array]):
     z = jnp.asarray(z)
-    core.check_input(self, z, self.dim)
+    checks.check_input(self, z, self.dim)
+    checks.check_mask(self, z, mask)
     z = z.astype(self.dtype or z.dtype)
     params, state = self._variables()
-    out, aux, state = forward(self, params, state, z, *args, train=train,
+    out, aux, state = forward(self, params, state, z, *args, train=train, mask=mask,
                               make_rng=lambda: self.rngs.noise())
     if train:
       for name in self.state_names:
@@ -104,17 +119,17 @@ class _Quantizer(nnx.Module):
 
   def embed(self, indices: Array) -> Array:
     """The codewords of integer ``indices`` ``(...)``: ``(..., d)`` in ``dtype``
-    (``param_dtype`` when that is None); ``quantizer_core.embed``."""
-    table = core.codebook(self, *self._variables())
-    return core.embed(table, indices, self.dtype or table.dtype)
+    (``param_dtype`` when that is None); ``quantizer_core.checked_indices``."""
+    return fwd.embed(self, *self._variables(), indices, self.dtype or self.param_dtype)
 
 
 class VectorQuantizer(_Quantizer):
   """Nearest-codeword quantization (eq. 1): ``q(z, *, train) -> (z_q, aux)``;
   ``quantizers.VectorQuantizer`` documents the options and outputs."""
 
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
-    return self._forward(core.hard_forward, z, train=train)
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
+    return self._forward(fwd.hard_forward, z, train=train, mask=mask)
 
 
 class SoftVectorQuantizer(_Quantizer):
@@ -123,11 +138,11 @@ class SoftVectorQuantizer(_Quantizer):
   outputs."""
   _soft = True
 
-  def __call__(self, z: Array, log_var: Optional[Array] = None, *,
-               train: bool) -> Tuple[Array, core.Aux]:
+  def __call__(self, z: Array, log_var: Optional[Array] = None, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
     z = jnp.asarray(z)
-    core.check_log_var(self, z, log_var)
-    return self._forward(core.soft_forward, z, log_var, train=train)
+    checks.check_log_var(self, z, log_var)
+    return self._forward(fwd.soft_forward, z, log_var, train=train, mask=mask)
 
 
 class FSQ(nnx.Module):

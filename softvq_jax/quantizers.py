@@ -26,7 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from softvq_jax import quantizer_checks as checks
 from softvq_jax import quantizer_core as core
+from softvq_jax import quantizer_forward as fwd
 from softvq_jax import residual as rq
 from softvq_jax import scalar_quantization as sq
 
@@ -35,28 +37,31 @@ Aux = core.Aux
 STATE = "ema"  # The collection of a quantizer's state (quantizer_core's docstring).
 
 
-def linen_hard_forward(module: nn.Module, z: Array, *, train: bool,
-                       first_batch: bool = True) -> Tuple[Array, Aux]:
-  """``quantizer_core.hard_forward`` on the module's variables.
+def linen_hard_forward(module: nn.Module, z: Array, *, train: bool, first_batch: bool = True,
+                       mask: Optional[Array] = None) -> Tuple[Array, Aux]:
+  """``quantizer_forward.hard_forward`` on the module's variables.
 
   ``first_batch``: data-dependent initialisation on the first training
   batch; False (the paper's layers) reads it from the batch ``init`` sees.
   """
+  checks.check_mask(module, z, mask)
   params, state = _variables(module, z, soft=False, first_batch=first_batch)
-  out, aux, new_state = core.hard_forward(module, params, state, z, train=train,
-                                          make_rng=lambda: module.make_rng("noise"))
+  out, aux, new_state = fwd.hard_forward(module, params, state, z, train=train, mask=mask,
+                                         make_rng=lambda: module.make_rng("noise"))
   _store(module, new_state, train)
   return out, aux
 
 
 def linen_soft_forward(module: nn.Module, z: Array, log_var: Optional[Array], *,
-                       train: bool, first_batch: bool = True) -> Tuple[Array, Aux]:
-  """``quantizer_core.soft_forward`` on the module's variables: ``log_var``
+                       train: bool, first_batch: bool = True,
+                       mask: Optional[Array] = None) -> Tuple[Array, Aux]:
+  """``quantizer_forward.soft_forward`` on the module's variables: ``log_var``
   from the caller (``variance="sample"``), else the module's own."""
-  core.check_log_var(module, z, log_var)
+  checks.check_log_var(module, z, log_var)
+  checks.check_mask(module, z, mask)
   params, state = _variables(module, z, soft=True, first_batch=first_batch)
-  out, aux, new_state = core.soft_forward(module, params, state, z, log_var, train=train,
-                                          make_rng=lambda: module.make_rng("noise"))
+  out, aux, new_state = fwd.soft_forward(module, params, state, z, log_var, train=train,
+                                         mask=mask, make_rng=lambda: module.make_rng("noise"))
   _store(module, new_state, train)
   return out, aux
 
@@ -64,25 +69,34 @@ def linen_soft_forward(module: nn.Module, z: Array, log_var: Optional[Array], *,
 def linen_embed(module: nn.Module, indices: Array) -> Array:
   """The codewords of integer ``indices`` ``(...)``: ``(..., d)`` in the
   module's ``dtype`` (``param_dtype`` when that is None); see
-  ``quantizer_core.embed`` for indices out of range."""
-  params = module.variables.get("params", {})
-  table = core.codebook(module, params, module.variables.get(STATE, {}))
-  return core.embed(table, indices, module.dtype or table.dtype)
+  ``quantizer_core.checked_indices`` for indices out of range."""
+  return fwd.embed(module, module.variables.get("params", {}), module.variables.get(STATE, {}),
+                   indices, module.dtype or module.param_dtype)
 
 
 def _variables(module: nn.Module, z: Array, *, soft: bool, first_batch: bool):
   """The module's ``(params, state)``, created on first use (``quantizer_core``)."""
-  existing = module.get_variable("params", "codebook", module.get_variable(STATE, "codebook"))
-  core.check_input(module, z, None if existing is None else existing.shape[-1])
+  existing = module.get_variable("params", "project_in" if module.codebook_dim else "codebook",
+                                 module.get_variable(STATE, "codebook"))
+  checks.check_input(module, z, None if existing is None else (
+      existing.shape[0] if module.codebook_dim else existing.shape[-1]))
   k, d = module.num_codewords, z.shape[-1]
-  lazy = first_batch and core.needs_first_batch(module, soft)
-  init = core.uniform_unit_scaling if lazy else _codebook_initializer(module, z)
+  c = module.codebook_dim or d
   params, state = {}, {}
+  if module.codebook_dim:
+    for name, shape in (("project_in", (d, c)), ("project_out", (c, d))):
+      params[name] = module.param(name, nn.initializers.lecun_normal(), shape,
+                                  module.param_dtype)
+      params[name + "_bias"] = module.param(name + "_bias", nn.initializers.zeros, shape[1:],
+                                            module.param_dtype)
+  x = fwd.quantizer_input(module, params, z)  # What an initialisation reads.
+  lazy = first_batch and core.needs_first_batch(module, soft)
+  init = core.uniform_unit_scaling if lazy else _codebook_initializer(module, x)
   if module.ema_decay is None:
-    params["codebook"] = module.param("codebook", init, (k, d), module.param_dtype)
+    params["codebook"] = module.param("codebook", init, (k, c), module.param_dtype)
   else:
     init_rng = module.make_rng("params") if module.is_initializing() else None
-    start = functools.lru_cache(lambda: core.ema_state(init(init_rng, (k, d))))
+    start = functools.lru_cache(lambda: core.ema_state(init(init_rng, (k, c))))
     for name in ("cluster_size", "embed_sum", "codebook"):
       state[name] = module.variable(STATE, name, lambda n=name: start()[n]).value
   if soft and core.learns_log_var(module):
@@ -92,10 +106,10 @@ def _variables(module: nn.Module, z: Array, *, soft: bool, first_batch: bool):
       log_var_init = nn.initializers.zeros
     else:
       log_var_init = nn.initializers.constant(
-          core.fit_log_var(z, core.codebook(module, params, state), module.chunk_size))
+          core.fit_log_var(x, fwd.table(module, params, state), module.chunk_size))
     params["log_var"] = module.param("log_var", log_var_init, (k,), module.param_dtype)
   if lazy:
-    for name, make in core.first_batch_state(module, d, soft).items():
+    for name, make in core.first_batch_state(module, c, soft).items():
       rng = module.make_rng("params") if module.is_initializing() else None
       state[name] = module.variable(STATE, name, make, rng).value
   return params, state
@@ -129,11 +143,15 @@ class QuantizerOptions(nn.Module, kw_only=True):
   dead_code_threshold: float = 0.0  # EMA count under which a codeword restarts; 0: off.
   axis_name: Optional[str] = None  # The batch axis under shard_map / pmap; unbound: local.
   chunk_size: Optional[int] = None  # Codewords per streamed chunk (large K); None: dense.
+  cosine: bool = False  # l2-normalised inputs and codewords (cosine-similarity codebook).
+  rotation_trick: bool = False  # Gradients through the rotation (Fifty et al.), not copied.
+  codebook_dim: Optional[int] = None  # Quantize in a learned projection to this size.
+  orthogonal_weight: float = 0.0  # Weight of the codebook's orthogonal regularisation.
   dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: param_dtype).
   param_dtype: Any = jnp.float32  # Of the codebook and learned variances.
 
   def __post_init__(self):
-    core.check_options(self, soft=isinstance(self, SoftOptions))
+    checks.check_options(self, soft=isinstance(self, SoftOptions))
     super().__post_init__()
 
 
@@ -170,8 +188,9 @@ class VectorQuantizer(QuantizerOptions):
   num_codewords: int
 
   @nn.compact
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
-    return linen_hard_forward(self, z.astype(self.dtype or z.dtype), train=train)
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, Aux]:
+    return linen_hard_forward(self, z.astype(self.dtype or z.dtype), train=train, mask=mask)
 
   def embed(self, indices: Array) -> Array:
     return linen_embed(self, indices)
@@ -200,9 +219,10 @@ class SoftVectorQuantizer(SoftOptions):
   num_codewords: int
 
   @nn.compact
-  def __call__(self, z: Array, log_var: Optional[Array] = None, *,
-               train: bool) -> Tuple[Array, Aux]:
-    return linen_soft_forward(self, z.astype(self.dtype or z.dtype), log_var, train=train)
+  def __call__(self, z: Array, log_var: Optional[Array] = None, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, Aux]:
+    return linen_soft_forward(self, z.astype(self.dtype or z.dtype), log_var, train=train,
+                              mask=mask)
 
   def embed(self, indices: Array) -> Array:
     return linen_embed(self, indices)

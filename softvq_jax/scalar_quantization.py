@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from softvq_jax import bottlenecks as bn
-from softvq_jax.quantizer_core import bound_axis, check_input, checked_indices
+from softvq_jax.quantizer_checks import check_input
+from softvq_jax.quantizer_core import bound_axis, checked_indices
 
 Array = jax.Array
 

@@ -18,7 +18,7 @@ dense functions of ``bottlenecks``.
 """
 
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -109,27 +109,31 @@ def soft_quantize_chunked(z: Array, codebook: Array, log_var: Array,
 
 
 def posterior_sums(z: Array, codebook: Array, log_var: Array, lse: Array,
-                   normalizer: str = "paper", chunk_size: int = 1024) -> Tuple[Array, Array]:
+                   normalizer: str = "paper", chunk_size: int = 1024,
+                   row_weights: Optional[Array] = None) -> Tuple[Array, Array]:
   """Per-codeword sums of the posterior, streamed: ``(counts, sums)``.
 
-  ``counts[k] = sum_n p(mu_k | z_n)`` ``(K,)`` and ``sums[k] = sum_n
-  p(mu_k | z_n) z_n`` ``(K, d)``, float32, without gradient: the soft EMA
-  statistics and the average posterior, from the log-normalisers ``lse``
-  that ``soft_quantize_chunked(..., with_indices=True)`` returns.
+  ``counts[k] = sum_n w_n p(mu_k | z_n)`` ``(K,)`` and ``sums[k] = sum_n w_n
+  p(mu_k | z_n) z_n`` ``(K, d)``, float32, without gradient (``w``:
+  ``row_weights`` ``(...)``, default 1): the soft EMA statistics and the
+  average posterior, from the log-normalisers ``lse`` that
+  ``soft_quantize_chunked(..., with_indices=True)`` returns.
   """
   weight = normalizer_weight(normalizer, z.shape[-1])
   flat = as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   codebook = as_float32(jax.lax.stop_gradient(codebook))
   log_var = jax.lax.stop_gradient(_log_var_rows(log_var, z.shape[:-1], codebook.shape[0]))
   chunk = _chunk(codebook, chunk_size)
-  valid = jnp.ones(flat.shape[:1], bool)
+  valid = (jnp.ones(flat.shape[:1]) if row_weights is None
+           else as_float32(row_weights).reshape(-1))
 
   def rows(totals, args, lv_rows):
     z_rows, lse_rows, valid_rows = args
 
     def step(_, chunk_args):
       logits, _ = _chunk_logits(z_rows, *chunk_args, weight)
-      probs = jnp.where(valid_rows[:, None], jnp.exp(logits - lse_rows[:, None]), 0.0)
+      probs = jnp.where(valid_rows[:, None] > 0,
+                        jnp.exp(logits - lse_rows[:, None]) * valid_rows[:, None], 0.0)
       return None, (jnp.sum(probs, axis=0), jnp.matmul(probs.T, z_rows, precision=PRECISION))
 
     _, (counts, sums) = jax.lax.scan(step, None, _codebook_chunks(codebook, lv_rows, chunk))

@@ -227,7 +227,7 @@ def test_nnx_and_linen_agree_on_outputs_and_state_updates(kind, kwargs):
 
 
 @pytest.mark.parametrize("build,error,message", [
-    (lambda: quantizers.VectorQuantizer(0), ValueError, "num_codewords must be an integer"),
+    (lambda: quantizers.VectorQuantizer(0), ValueError, "num_codewords must be a positive integer"),
     (lambda: quantizers.SoftVectorQuantizer(8, chunk_size=0), ValueError, "chunk_size"),
     (lambda: quantizers.VectorQuantizer(8, ema_decay=1.5), ValueError, "ema_decay"),
     (lambda: quantizers.SoftVectorQuantizer(8, noise_std=-1.0), ValueError, "noise_std"),
