@@ -21,7 +21,8 @@ Array = jax.Array
 
 
 def kmeans_codebook(rng: Array, z: Array, num_codewords: int, num_iters: int = 10,
-                    chunk_size: Optional[int] = None) -> Array:
+                    chunk_size: Optional[int] = None,
+                    weights: Optional[Array] = None) -> Array:
   """A codebook from k-means on encodings: k-means++ seeding (one candidate
   per centre, unlike the evaluation's greedy ``kmeans.kmeans_plus_plus``),
   then ``num_iters`` of ``kmeans.lloyd_step``.
@@ -36,35 +37,48 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int, num_iters: int = 1
     num_iters: Lloyd iterations after the seeding.
     chunk_size: None, or codewords per chunk of a streamed nearest-codeword
       search (``streaming.nearest_codewords``): no ``(N, K)`` temporaries.
+    weights: None, or ``(...)`` non-negative weights of the encodings (0:
+      left out, e.g. padding), in the seeding and the means.
 
   Returns:
     Float32 centres, shape ``(K, d)``. A centre left without points keeps
     its previous position.
   """
   z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-  first = jax.random.randint(jax.random.fold_in(rng, 0), (), 0, z.shape[0])
+  if weights is None:
+    first = jax.random.randint(jax.random.fold_in(rng, 0), (), 0, z.shape[0])
+    log_weights = 0.0
+  else:
+    log_weights = jnp.log(bn.as_float32(weights).reshape(-1))
+    first = jax.random.categorical(jax.random.fold_in(rng, 0), log_weights)
   centres = jnp.zeros((num_codewords, z.shape[-1]), jnp.float32).at[0].set(z[first])
   nearest = jnp.sum(jnp.square(z - z[first]), axis=-1)
 
   def seed(k, carry):  # k-means++: the next centre with probability ~ D(x)^2.
     centres, nearest = carry
-    logits = jnp.log(jnp.maximum(nearest, 1e-30))
+    logits = jnp.log(jnp.maximum(nearest, 1e-30)) + log_weights
     pick = jax.random.categorical(jax.random.fold_in(rng, k), logits)
     nearest = jnp.minimum(nearest, jnp.sum(jnp.square(z - z[pick]), axis=-1))
     return centres.at[k].set(z[pick]), nearest
 
   centres, _ = jax.lax.fori_loop(1, num_codewords, seed, (centres, nearest))
 
-  step = (kmeans.lloyd_step if chunk_size is None
-          else lambda z, c: _streamed_lloyd_step(z, c, chunk_size))
+  if chunk_size is None and weights is None:
+    step = kmeans.lloyd_step
+  else:
+    step = lambda z, c: _general_lloyd_step(z, c, chunk_size, weights)
   return jax.lax.fori_loop(0, num_iters, lambda _, c: step(z, c), centres)
 
 
-def _streamed_lloyd_step(z: Array, centres: Array, chunk_size: int) -> Array:
-  """``kmeans.lloyd_step`` with a streamed nearest-centre search."""
-  labels = streaming.nearest_codewords(z, centres, chunk_size)[0]
-  counts, sums = bn.index_sums(z, labels, centres.shape[0])
-  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+def _general_lloyd_step(z: Array, centres: Array, chunk_size: Optional[int],
+                        weights: Optional[Array]) -> Array:
+  """``kmeans.lloyd_step`` with a streamed nearest-centre search and weights."""
+  if chunk_size is None:
+    labels = jnp.argmin(bn.squared_distances(z, centres), axis=-1)
+  else:
+    labels = streaming.nearest_codewords(z, centres, chunk_size)[0]
+  counts, sums = bn.index_sums(z, labels, centres.shape[0], weights)
+  return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centres)
 
 
 def kmeans_inertia(z: Array, codebook: Array) -> Array:

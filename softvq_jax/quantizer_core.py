@@ -24,7 +24,7 @@ float32 whatever the input dtype, and combined over ``axis_name`` when that
 axis is bound (inside ``shard_map``/``pmap``); unbound, they are local.
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -92,16 +92,24 @@ def ema_state(codebook: Array) -> Variables:
 
 
 def data_codebook(kind: str, rng: Array, z: Array, num_codewords: int,
-                  chunk_size: Optional[int] = None) -> Array:
+                  chunk_size: Optional[int] = None, weights: Optional[Array] = None) -> Array:
   """A ``(K, d)`` float32 codebook from encodings ``z`` ``(..., d)``: their
   first K (``"data"``, cycled when there are fewer) or k-means centres
-  (``"kmeans"``), then ``distinct_codewords``."""
+  (``"kmeans"``), then ``distinct_codewords``. Encodings of zero
+  ``weights`` ``(...)`` (padding) are left out."""
   z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  valid = z
+  if weights is not None:  # The weighted rows first (in order), the padding last.
+    weights = bn.as_float32(weights).reshape(-1)
+    order = jnp.argsort(weights <= 0, stable=True)
+    z, weights = z[order], weights[order]
+    valid = z[jnp.arange(z.shape[0]) % jnp.maximum(jnp.sum(weights > 0), 1)]
   if kind == "kmeans":
-    codebook = health.kmeans_codebook(rng, z, num_codewords, chunk_size=chunk_size)
+    codebook = health.kmeans_codebook(rng, z, num_codewords, chunk_size=chunk_size,
+                                      weights=weights)
   else:
-    codebook = z[jnp.arange(num_codewords) % z.shape[0]]
-  return distinct_codewords(jax.random.fold_in(rng, 1), codebook, z)
+    codebook = valid[jnp.arange(num_codewords) % valid.shape[0]]
+  return distinct_codewords(jax.random.fold_in(rng, 1), codebook, valid)
 
 
 def distinct_codewords(rng: Array, codebook: Array, z: Array) -> Array:
@@ -123,9 +131,11 @@ def distinct_codewords(rng: Array, codebook: Array, z: Array) -> Array:
   return jnp.where(repeat[:, None], codebook + jitter, codebook)
 
 
-def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None) -> Array:
-  """log sigma^2, one for all codewords: the mean squared distance of ``z`` to
-  its nearest codeword per dimension (at least 1e-6).
+def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None,
+                weights: Optional[Array] = None) -> Array:
+  """log sigma^2, one for all codewords: the (``weights``-weighted) mean
+  squared distance of ``z`` to its nearest codeword per dimension (at least
+  1e-6).
 
   That is the maximum-likelihood variance of an isotropic mixture with hard
   assignments, so the posterior starts as sharp as the codebook fits the
@@ -133,10 +143,15 @@ def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None) -> 
   makes every posterior near-uniform, and a posterior-weighted EMA then
   pulls every codeword to the mean of the data.
   """
-  if chunk_size is None:
+  if chunk_size is None and weights is None:
     inertia = health.kmeans_inertia(z, codebook)
   else:
-    inertia = jnp.mean(streaming.nearest_codewords(z, codebook, chunk_size)[1])
+    if chunk_size is None:
+      nearest = jnp.min(bn.squared_distances(z, codebook), axis=-1)
+    else:
+      nearest = streaming.nearest_codewords(z, codebook, chunk_size)[1]
+    w = jnp.ones(nearest.shape) if weights is None else bn.as_float32(weights)
+    inertia = jnp.sum(nearest * w) / jnp.maximum(jnp.sum(w), 1e-30)
   return jnp.log(jnp.maximum(inertia / z.shape[-1], 1e-6))
 
 
@@ -158,37 +173,47 @@ def codeword_log_var(opts: Any, params: Variables, state: Variables) -> Array:
 
 
 def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
-                train: bool) -> Variables:
+                train: bool, weights: Optional[Array] = None) -> Variables:
   """In training, the state after the data-dependent initialisation on ``z``
-  (all shards' ``z`` under a bound ``axis_name``), once: later calls and a
-  restored state with ``initialized`` set return ``state`` unchanged."""
+  (all shards' ``z`` under a bound ``axis_name``; rows of zero ``weights``
+  left out), once: later calls and a restored state with ``initialized``
+  set return ``state`` unchanged."""
   if not train or "initialized" not in state:
     return state
-  axis = bound_axis(opts.axis_name)
 
   def initialise():  # Offsets are constants: gradients reach the parameters alone.
     params_stop = jax.lax.stop_gradient(params)
     x = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-    if axis is not None:  # Every shard's rows, in axis order, the same on every shard.
-      full = jnp.zeros((jax.lax.psum(1, axis),) + x.shape).at[jax.lax.axis_index(axis)].set(x)
-      x = jax.lax.psum(full, axis).reshape(-1, x.shape[-1])
+    w = None if weights is None else bn.as_float32(weights).reshape(-1)
+    x, w = _gather(opts.axis_name, x), None if w is None else _gather(opts.axis_name, w)
     new = dict(state, initialized=jnp.ones((), bool))
     fitted = codebook(opts, params_stop, state)
     if opts.codebook_init != "uniform":
       key = jax.random.wrap_key_data(state["init_key"])
       fitted = data_codebook(opts.codebook_init, key, x, opts.num_codewords,
-                             opts.chunk_size).astype(fitted.dtype)
+                             opts.chunk_size, w).astype(fitted.dtype)
       if opts.ema_decay is not None:
         new.update(ema_state(fitted))
       else:
         new["codebook_offset"] = fitted - params_stop["codebook"]
     if "log_var_offset" in state:
-      log_var = fit_log_var(x, fitted, opts.chunk_size)
+      table = bn.l2_normalize(fitted) if opts.cosine else fitted
+      log_var = fit_log_var(x, table, opts.chunk_size, w)
       new["log_var_offset"] = (log_var - params_stop["log_var"]).astype(
           params_stop["log_var"].dtype)
     return new
 
   return jax.lax.cond(state["initialized"], lambda: state, initialise)
+
+
+def _gather(axis_name: Optional[str], x: Array) -> Array:
+  """Every shard's rows of ``x``, in axis order and the same on every shard,
+  under a bound ``axis_name``; ``x`` itself otherwise."""
+  axis = bound_axis(axis_name)
+  if axis is None:
+    return x
+  full = jnp.zeros((jax.lax.psum(1, axis),) + x.shape).at[jax.lax.axis_index(axis)].set(x)
+  return jax.lax.psum(full, axis).reshape((-1,) + x.shape[1:])
 
 
 def embed(table: Array, indices: Array, dtype: Any) -> Array:

@@ -66,7 +66,7 @@ def hard_forward(opts: Any, params: Variables, state: Variables, z: Array, *, tr
     ``orthogonal_loss``.
   """
   x, weights = quantizer_input(opts, params, z), _weights(mask)
-  state = core.first_batch(opts, params, state, _valid_rows(x, mask), train=train)
+  state = core.first_batch(opts, params, state, x, train=train, weights=weights)
   codewords = table(opts, params, state)
   x_stop = jax.lax.stop_gradient(x)
   if opts.chunk_size is None:
@@ -97,7 +97,7 @@ def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
   codewords), and ``probs`` (the posterior, without ``chunk_size``).
   """
   x, weights = quantizer_input(opts, params, z), _weights(mask)
-  state = core.first_batch(opts, params, state, _valid_rows(x, mask), train=train)
+  state = core.first_batch(opts, params, state, x, train=train, weights=weights)
   codewords = table(opts, params, state)
   x_in = x
   if train and not (isinstance(opts.noise_std, (int, float)) and opts.noise_std == 0):
