@@ -177,12 +177,10 @@ def rotation_trick(z: Array, z_q: Array) -> Array:
   Float32 arithmetic; returned in ``z``'s dtype.
   """
   e, q = as_float32(z), as_float32(jax.lax.stop_gradient(z_q))
-  e_norm = jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-  q_norm = jnp.linalg.norm(q, axis=-1, keepdims=True)
+  e_norm, q_norm = _safe_norm(e), _safe_norm(q)
   u = jax.lax.stop_gradient(e / e_norm)
-  q_hat = q / jnp.maximum(q_norm, 1e-12)
-  w = u + q_hat
-  w = w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), 1e-12)
+  q_hat = q / q_norm
+  w = l2_normalize(u + q_hat)
   dot = lambda a, b: jnp.sum(a * b, axis=-1, keepdims=True)
   rotated = e - 2 * dot(e, w) * w + 2 * dot(e, u) * q_hat
   return (rotated * jax.lax.stop_gradient(q_norm / e_norm)).astype(z.dtype)
@@ -191,7 +189,12 @@ def rotation_trick(z: Array, z_q: Array) -> Array:
 def l2_normalize(x: Array) -> Array:
   """``x / ||x||`` along the last axis in float32 (cosine-similarity codebooks)."""
   x = as_float32(x)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return x / _safe_norm(x)
+
+
+def _safe_norm(x: Array) -> Array:
+  """||x|| along the last axis, at least 1e-12, with a finite gradient at 0."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
 
 
 def orthogonal_loss(codebook: Array) -> Array:
