@@ -66,6 +66,7 @@ import numpy as np
 import optax
 
 import jsonl  # experiments/jsonl.py, beside this script.
+from timing import best_time  # experiments/timing.py.
 from softvq_jax import bottlenecks
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
@@ -91,17 +92,6 @@ BOTTLENECKS = ("none", "vae", "info_dropout", "vq", "soft_vq")
 
 def emit(lines, name, value, unit):
   jsonl.emit(lines, {"name": name, "value": round(float(value), 4), "unit": unit})
-
-
-def best_time(fn, *args, repeats):
-  """Fastest of ``repeats`` timed calls after one warm-up (compile) call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return min(times)
 
 
 def cost(jitted, *args):

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jsonl  # pylint: disable=g-import-not-at-top
+import timing  # pylint: disable=g-import-not-at-top
 
 from softvq_jax import quantizers  # pylint: disable=g-import-not-at-top
 
@@ -59,16 +60,6 @@ def train_step(module):
   return jax.jit(step)
 
 
-def best_ms(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1000 * min(times)
-
-
 def measure(lines, name, n, k, d):
   """One size and module: both programs' temporaries, and their times."""
   dense = MODULES[name](k)
@@ -85,7 +76,8 @@ def measure(lines, name, n, k, d):
     z = jax.random.normal(jax.random.key(1), (n, d))
     variables = dense.init({"params": jax.random.key(0)}, z, train=False)
     for path, program in compiled.items():
-      record[f"{path}_ms"] = round(best_ms(program, variables, z, repeats=FLAGS.repeats), 1)
+      seconds = timing.best_time(program, variables, z, repeats=FLAGS.repeats)
+      record[f"{path}_ms"] = round(1000 * seconds, 1)
     record["chunked_over_dense"] = round(record["chunked_ms"] / record["dense_ms"], 3)
   jsonl.emit(lines, record)
 

@@ -38,6 +38,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jsonl  # pylint: disable=g-import-not-at-top
 import mnist_arrays  # pylint: disable=g-import-not-at-top
+import token_statistics  # pylint: disable=g-import-not-at-top
 
 from softvq_jax import quantizers as q  # pylint: disable=g-import-not-at-top
 
@@ -124,24 +125,10 @@ def run(name: str, seed: int, train_images, test_images) -> Dict[str, Any]:
                           (evaluate(x) for x in np.split(test_images, 10))])
   mse = float(np.mean(np.square(np.concatenate(recons) - test_images)))
   return {"framework": "jax", "quantizer": name, "seed": seed, "test_mse": round(mse, 6),
-          **code_statistics(np.concatenate(indices), name), "ms_per_step": round(ms, 3),
+          **token_statistics.code_statistics(np.concatenate(indices), NUM_CODES,
+                                             stages=name.startswith("residual")),
+          "ms_per_step": round(ms, 3),
           "final_train_loss": round(float(loss), 6)}
-
-
-def code_statistics(indices: np.ndarray, name: str) -> Dict[str, float]:
-  """Usage (fraction of codes used) and perplexity of test-set indices;
-  per stage, averaged, for residual quantizers (indices ``(..., stages)``)."""
-  stages = indices.reshape(-1, indices.shape[-1]) if name.startswith("residual") else (
-      indices.reshape(-1, 1))
-  usage, perplexity = [], []
-  for column in stages.T:
-    counts = np.bincount(column, minlength=NUM_CODES)
-    p = counts / counts.sum()
-    usage.append(np.mean(counts > 0) if len(counts) == NUM_CODES else
-                 np.count_nonzero(counts) / len(counts))
-    perplexity.append(float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0])))))
-  return {"test_usage": round(float(np.mean(usage)), 4),
-          "test_perplexity": round(float(np.mean(perplexity)), 2)}
 
 
 def torch_half(names, seeds):

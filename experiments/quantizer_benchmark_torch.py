@@ -16,6 +16,7 @@ import vector_quantize_pytorch as lvq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mnist_arrays  # pylint: disable=g-import-not-at-top
+import token_statistics  # pylint: disable=g-import-not-at-top
 
 NUM_CODES = 1024
 VQ = dict(codebook_size=NUM_CODES, kmeans_init=True, commitment_weight=0.25,
@@ -79,24 +80,10 @@ def run(name, seed, train, test, args):
     outputs = [model(torch.from_numpy(x).permute(0, 3, 1, 2)) for x in np.split(test, 10)]
   recon = torch.cat([o[0] for o in outputs]).permute(0, 2, 3, 1).numpy()
   indices = torch.cat([o[1] for o in outputs]).numpy()
-  stats = statistics(indices, name)
+  stats = token_statistics.code_statistics(indices, NUM_CODES, stages=name.startswith("residual"))
   return {"framework": "torch", "quantizer": name, "seed": seed,
           "test_mse": round(float(np.mean((recon - test) ** 2)), 6), **stats,
           "ms_per_step": round(ms, 3), "final_train_loss": round(loss.item(), 6)}
-
-
-def statistics(indices, name):
-  """As ``quantizer_benchmark.code_statistics`` (kept apart: no JAX here)."""
-  stages = indices.reshape(-1, indices.shape[-1]) if name.startswith("residual") else (
-      indices.reshape(-1, 1))
-  usage, perplexity = [], []
-  for column in stages.T:
-    counts = np.bincount(column, minlength=NUM_CODES)
-    p = counts / counts.sum()
-    usage.append(np.mean(counts > 0))
-    perplexity.append(float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0])))))
-  return {"test_usage": round(float(np.mean(usage)), 4),
-          "test_perplexity": round(float(np.mean(perplexity)), 2)}
 
 
 def main():

@@ -9,9 +9,10 @@
     z_q, aux = quantizer(z, train=True)      # z: (..., 64); updates the state in place
     codewords = quantizer.embed(aux["indices"])
 
-``VectorQuantizer(num_codewords, dim, *, rngs, **options)`` and
-``SoftVectorQuantizer(...)`` take the options of their linen namesakes in
-``softvq_jax.quantizers`` (``QuantizerOptions``, ``SoftOptions``: the same
+``VectorQuantizer(num_codewords, dim, *, rngs, **options)``,
+``SoftVectorQuantizer(...)``, ``FSQ(levels, **options)``, ``LFQ(dim,
+**options)`` and ``ResidualQuantizer(stages, *, rngs=None, **options)`` take
+the options of their linen namesakes in ``softvq_jax.quantizers`` (the same
 names and defaults, declared there once) and return the same outputs. The
 codebook and a soft quantizer's own ``log_var`` are ``nnx.Param``s; EMA
 statistics and the first-batch initialisation are ``QuantizerState``
