@@ -69,7 +69,7 @@ NOTEBOOK_BATCH_SIZE = 64
 # rate, the authors' loss weights), as ``default.paper_point`` arguments.
 # "authors_code" is the MNIST notebook's setting: its normaliser, its noise
 # line commented out, batch 64. "codebook_init data" starts the codebook at
-# encodings (softvq_jax.layers).
+# encodings (softvq_jax.quantizer_core.data_codebook).
 VARIANTS = (
     {"swept": {"model.noise_std": 0.01}},
     {"swept": {"model.normalizer": "notebook"}},

@@ -2,7 +2,7 @@
 
 The paper's datasets are small (at most 73257 images of 32x32x3), so they are
 loaded whole, scaled to float32 and kept on the accelerator; batches are
-gathered on device inside the jitted train step (see ``train.py``), so the
+gathered on device inside the jitted train step (``steps.train_steps``), so the
 input pipeline is never the bottleneck.
 
 Sources (``config.data.source``):

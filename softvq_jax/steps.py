@@ -49,7 +49,8 @@ def init_images(rng: jax.Array, images: jax.Array,
   images drawn without replacement for a data-dependent codebook
   (``model.codebook_init``): K for ``data`` (the codebook starts at their
   encodings), ``KMEANS_IMAGES_PER_CODEWORD`` x K (at most all) for
-  ``kmeans`` (at k-means centres of their encodings); see layers."""
+  ``kmeans`` (at k-means centres of their encodings); the paper's layers read
+  it at ``init`` (``quantizers.linen_hard_forward``'s ``first_batch=False``)."""
   init = model_config.codebook_init
   if init == "uniform":
     return jnp.zeros((1,) + images.shape[1:], images.dtype)

@@ -1,0 +1,47 @@
+"""The quantizer benchmarks run end to end on tiny inputs (without torch)."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(
+      int(n).to_bytes(4, "big") for n in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.slow
+def test_quantizer_benchmark_writes_its_table(tmp_path):
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 256), ("t10k", 100)):
+    _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+  out = tmp_path / "bench"
+  subprocess.run([sys.executable, "experiments/quantizer_benchmark.py", "--steps=55",
+                  "--batch_size=8", "--seeds=0", "--quantizers=vq_ema,residual_vq4,fsq",
+                  f"--mnist_dir={tmp_path}", f"--out={out}"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=600)
+  records = [json.loads(line) for line in open(f"{out}.jsonl")]
+  assert [r["quantizer"] for r in records] == ["vq_ema", "residual_vq4", "fsq"]
+  for record in records:
+    assert 0 < record["test_usage"] <= 1 and np.isfinite(record["test_mse"])
+  assert "| fsq | jax |" in open(f"{out}.md").read()
+
+
+@pytest.mark.slow
+def test_large_k_benchmark_writes_its_table(tmp_path):
+  out = tmp_path / "large_k"
+  subprocess.run([sys.executable, "experiments/large_k_benchmark.py", "--sizes=64x96x8",
+                  "--chunk_size=32", "--repeats=1", f"--out={out}"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=600)
+  records = [json.loads(line) for line in open(f"{out}.jsonl")]
+  assert {r["module"] for r in records} == {"VectorQuantizer", "SoftVectorQuantizer"}
+  assert all(r["chunked_ms"] > 0 and r["chunked_temp_gib"] > 0 for r in records)
