@@ -17,6 +17,7 @@ import vector_quantize_pytorch as lvq
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mnist_arrays  # pylint: disable=g-import-not-at-top
 import token_statistics  # pylint: disable=g-import-not-at-top
+import tokenizer_init  # pylint: disable=g-import-not-at-top
 
 NUM_CODES = 1024
 VQ = dict(codebook_size=NUM_CODES, kmeans_init=True, commitment_weight=0.25,
@@ -38,7 +39,7 @@ QUANTIZERS = {
 class Tokenizer(nn.Module):
   """``quantizer_benchmark.Tokenizer`` in torch (NCHW)."""
 
-  def __init__(self, latent, quantizer):
+  def __init__(self, latent, quantizer, weights):
     super().__init__()
     self.encoder = nn.Sequential(nn.Conv2d(1, 64, 4, stride=4), nn.ReLU(),
                                  nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
@@ -46,6 +47,12 @@ class Tokenizer(nn.Module):
     self.quantizer = quantizer
     self.decoder = nn.Sequential(nn.Conv2d(latent, 64, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(64, 16, 1), nn.PixelShuffle(4), nn.Sigmoid())
+    convs = [self.encoder[0], self.encoder[2], self.encoder[4], self.decoder[0],
+             self.decoder[2]]
+    with torch.no_grad():  # The shared start, kernels (kh, kw, in, out) to (out, in, kh, kw).
+      for conv, (kernel, bias) in zip(convs, weights.values()):
+        conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+        conv.bias.copy_(torch.from_numpy(bias))
 
   def forward(self, x):
     z = self.encoder(x)  # (B, latent, 7, 7).
@@ -60,7 +67,7 @@ class Tokenizer(nn.Module):
 def run(name, seed, train, test, args):
   torch.manual_seed(seed)
   latent, make = QUANTIZERS[name]
-  model = Tokenizer(latent, make())
+  model = Tokenizer(latent, make(), tokenizer_init.conv_weights(seed, latent))
   optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
   train_t = torch.from_numpy(train).permute(0, 3, 1, 2)
   model.train()
