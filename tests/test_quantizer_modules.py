@@ -153,6 +153,7 @@ CHUNKED_CASES = [("hard", dict(ema_decay=0.9), None), ("hard", dict(), None),
                  ("soft", dict(variance="sample"), (3, 5, 20))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,kwargs,log_var_shape", CHUNKED_CASES)
 def test_chunk_size_equals_dense_in_outputs_state_and_gradients(kind, kwargs, log_var_shape):
   z = jax.random.normal(jax.random.key(0), (3, 5, 6))

@@ -100,6 +100,7 @@ MASKED_MODULES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", MASKED_MODULES)
 def test_masked_positions_change_nothing(make):
   module = make()
