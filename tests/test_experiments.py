@@ -44,4 +44,4 @@ def test_large_k_benchmark_writes_its_table(tmp_path):
                  cwd=ROOT, check=True, capture_output=True, timeout=600)
   records = [json.loads(line) for line in open(f"{out}.jsonl")]
   assert {r["module"] for r in records} == {"VectorQuantizer", "SoftVectorQuantizer"}
-  assert all(r["chunked_ms"] > 0 and r["chunked_temp_gib"] > 0 for r in records)
+  assert all(r["chunked_ms"] > 0 and r["chunked_temp_gib"] <= r["dense_temp_gib"] for r in records)
