@@ -104,6 +104,7 @@ def test_the_residual_error_does_not_grow_with_the_stages(make):
   np.testing.assert_allclose(np.mean(np.linalg.norm(z - z_q, axis=-1)), norms[-1], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_residual_quantization_sums_the_stages_and_embeds_back():
   z = jax.random.normal(jax.random.key(0), (64, 4))
   stages = [quantizers.VectorQuantizer(8), quantizers.FSQ((5, 5, 5, 5)), quantizers.LFQ(4)]

@@ -58,6 +58,7 @@ def test_cosine_codebooks_quantize_directions(kind):
                                out, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [quantizers.VectorQuantizer, quantizers.SoftVectorQuantizer])
 def test_a_low_dimensional_codebook_projects_in_and_out(cls):
   module = cls(16, codebook_dim=3)
