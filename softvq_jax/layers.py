@@ -13,7 +13,8 @@ information dropout, a log-variance head of size K for soft VQ).
 representation used downstream: z_e, or the mean for the VAE), the scalar
 ``DIAGNOSTICS`` that the bottleneck has (its individual loss terms, and for
 the quantizers ``perplexity`` (and soft VQ's ``posterior_perplexity``) and
-``usage``, the fraction of codewords used in the batch) and for the quantizers ``indices`` (hard) or ``probs`` (soft).
+``usage``, the fraction of codewords used in the batch) and for the
+quantizers ``indices`` (hard) or ``probs`` (soft).
 
 The quantizers that take a given ``z`` (no head), for use in any model, are
 in ``softvq_jax.quantizers``; ``VQ`` and ``SoftVQ`` own their heads and
