@@ -5,9 +5,10 @@ given ``z`` of shape ``(..., d)``: ``(z, *, train) -> (z_q, aux)``, with
 ``embed(indices)`` back to codewords; so do ``FSQ``, ``LFQ`` (codebook-free,
 ``scalar_quantization``) and ``ResidualQuantizer`` (over a stack of any of
 them, ``residual``). ``softvq_jax.nnx`` has the same modules for Flax NNX.
-The paper's ``layers.VQ`` and ``layers.SoftVQ`` own an encoder head and call the same functions (``linen_hard_forward``,
-``linen_soft_forward``), so that the codebook of either lives directly
-under the module (``"codebook"``).
+The paper's ``layers.VQ`` and ``layers.SoftVQ`` own an encoder head and
+call the same functions (``linen_hard_forward``, ``linen_soft_forward``), so
+that the codebook of either lives directly under the module
+(``"codebook"``).
 
 A codebook starts at TF1's unit scaling (``codebook_init="uniform"``, the
 authors' choice), at the first K encodings (``"data"``) or at k-means
