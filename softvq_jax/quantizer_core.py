@@ -1,10 +1,11 @@
-"""The one functional core of every quantizer module: pure functions of
-``(params, state, z)`` that return ``(z_q, aux, new_state)``.
+"""The one functional core of every VQ module: its variables, the
+first-batch initialisation, index statistics and ``embed``, as pure functions.
 
 The Flax linen modules (``softvq_jax.quantizers``, and the paper's
 ``layers.VQ`` / ``layers.SoftVQ``) and the Flax NNX modules
-(``softvq_jax.nnx``) only hold the variables and call ``hard_forward`` or
-``soft_forward``; the options they read are the attributes of
+(``softvq_jax.nnx``) only hold the variables and call
+``quantizer_forward.hard_forward`` or ``soft_forward``, which build on this
+module; the options they read are the attributes of
 ``quantizers.QuantizerOptions`` / ``SoftOptions``, passed as ``opts``.
 
 Variables:
@@ -24,7 +25,7 @@ float32 whatever the input dtype, and combined over ``axis_name`` when that
 axis is bound (inside ``shard_map``/``pmap``); unbound, they are local.
 """
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -99,17 +100,40 @@ def data_codebook(kind: str, rng: Array, z: Array, num_codewords: int,
   ``weights`` ``(...)`` (padding) are left out."""
   z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   valid = z
-  if weights is not None:  # The weighted rows first (in order), the padding last.
-    weights = bn.as_float32(weights).reshape(-1)
-    order = jnp.argsort(weights <= 0, stable=True)
-    z, weights = z[order], weights[order]
-    valid = z[jnp.arange(z.shape[0]) % jnp.maximum(jnp.sum(weights > 0), 1)]
+  if weights is not None:
+    z, weights, valid = weighted_first(z, weights)
   if kind == "kmeans":
     codebook = health.kmeans_codebook(rng, z, num_codewords, chunk_size=chunk_size,
                                       weights=weights)
   else:
     codebook = valid[jnp.arange(num_codewords) % valid.shape[0]]
   return distinct_codewords(jax.random.fold_in(rng, 1), codebook, valid)
+
+
+def weighted_first(z: Array, weights: Array) -> Tuple[Array, Array, Array]:
+  """Rows ``z`` ``(N, d)`` with nonzero ``weights`` first (in order), the
+  padding last: ``(z, weights, valid)``, reordered, and ``valid``, the
+  nonzero-weight rows cycled to all N (shapes stay static)."""
+  weights = bn.as_float32(weights).reshape(-1)
+  order = jnp.argsort(weights <= 0, stable=True)
+  z, weights = z[order], weights[order]
+  return z, weights, z[jnp.arange(z.shape[0]) % jnp.maximum(jnp.sum(weights > 0), 1)]
+
+
+def index_statistics(indices: Array, num_codes: int, axis_name: Optional[str] = None,
+                     weights: Optional[Array] = None) -> Aux:
+  """``perplexity`` and ``usage`` of ``indices`` over ``num_codes`` codes,
+  each index counted with its ``weights`` (default 1), combined over
+  ``axis_name`` where it is bound."""
+  axis = bound_axis(axis_name)
+  counts = bn.index_counts(indices, num_codes, weights)
+  return {"perplexity": bn.perplexity(counts / total_weight(indices, weights), axis),
+          "usage": bn.usage(counts, axis)}
+
+
+def total_weight(indices: Array, weights: Optional[Array]) -> Array:
+  """How many indices count: their number, or the sum of their weights."""
+  return indices.size if weights is None else jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def distinct_codewords(rng: Array, codebook: Array, z: Array) -> Array:

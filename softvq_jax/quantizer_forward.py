@@ -77,8 +77,7 @@ def hard_forward(opts: Any, params: Variables, state: Variables, z: Array, *, tr
     indices = streaming.nearest_codewords(x_stop, codewords, opts.chunk_size)[0]
     x_q = bn.lookup(codewords, indices).astype(x.dtype)
     sums = lambda: bn.index_sums(x, indices, opts.num_codewords, weights)
-  state, extra = _ema(opts, state, sums, _valid_rows(x, mask), train=train,
-                      make_rng=make_rng)
+  state, extra = _ema(opts, state, sums, x, weights, train=train, make_rng=make_rng)
   out, aux = _outputs(opts, params, codewords, z, x, x_q, indices, weights,
                       train_codebook=opts.ema_decay is None)
   return out, {**aux, **extra}, state
@@ -116,8 +115,10 @@ def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
     x_hat = bn.posterior_mean(probs, codewords).astype(x.dtype)
     indices = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     sums = lambda: bn.assignment_sums(x_in, probs, weights)
-    posterior_counts = sums()[0] if weights is not None else jnp.sum(
-        probs.reshape(-1, opts.num_codewords), axis=0)
+    posterior = probs.reshape(-1, opts.num_codewords)
+    if weights is not None:
+      posterior = posterior * weights.reshape(-1, 1)
+    posterior_counts = jnp.sum(posterior, axis=0)
     extra["probs"] = probs.astype(z.dtype)
   else:
     x_hat, indices, lse = streaming.soft_quantize_chunked(
@@ -126,13 +127,12 @@ def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
                                          opts.chunk_size, weights)
     sums = lambda: posterior
     posterior_counts = posterior[0]
-  state, ema_aux = _ema(opts, state, sums, _valid_rows(x_in, mask), train=train,
-                        make_rng=make_rng)
+  state, ema_aux = _ema(opts, state, sums, x_in, weights, train=train, make_rng=make_rng)
   # The codebook term trains the variances (and a codebook without EMA).
   out, aux = _outputs(opts, params, codewords, z, x_in, x_hat, indices, weights,
                       train_codebook=True)
   extra["posterior_perplexity"] = bn.perplexity(
-      posterior_counts / _total(indices, weights), core.bound_axis(opts.axis_name))
+      posterior_counts / core.total_weight(indices, weights), core.bound_axis(opts.axis_name))
   return out, {**aux, **ema_aux, **extra}, state
 
 
@@ -150,24 +150,8 @@ def _project(params: Variables, name: str, x: Array) -> Array:
   return (y + params[name + "_bias"]).astype(x.dtype)
 
 
-def _valid_rows(x: Array, mask: Optional[Array]) -> Array:
-  """The rows of ``x`` ``(..., d)`` where ``mask`` is True, cycled to all N
-  rows (shapes stay static); ``x`` itself without a mask."""
-  if mask is None:
-    return x
-  flat = x.reshape(-1, x.shape[-1])
-  valid = mask.reshape(-1).astype(bool)
-  order = jnp.argsort(~valid, stable=True)
-  count = jnp.maximum(jnp.sum(valid), 1)
-  return flat[order][jnp.arange(flat.shape[0]) % count]
-
-
 def _weights(mask: Optional[Array]) -> Optional[Array]:
   return None if mask is None else bn.as_float32(mask)
-
-
-def _total(indices: Array, weights: Optional[Array]) -> Array:
-  return indices.size if weights is None else jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def _outputs(opts: Any, params: Variables, codewords: Array, z: Array, x_in: Array,
@@ -180,17 +164,14 @@ def _outputs(opts: Any, params: Variables, codewords: Array, z: Array, x_in: Arr
   normalised, plus noise for soft VQ); ``train_codebook`` is False when the
   codebook term would train nothing (a hard quantizer's EMA codebook).
   """
-  axis = core.bound_axis(opts.axis_name)
   commit = bn.commitment_loss(x_in, x_q, opts.commitment, weights)
   cb = bn.codebook_loss(x_in, x_q, weights) if train_codebook else jnp.zeros_like(commit)
-  counts = bn.index_counts(indices, opts.num_codewords, weights)
   aux = {
       "loss": opts.vq_weight * (cb + commit),
       "latent": z,
       "codebook_loss": cb,
       "commitment_loss": commit,
-      "perplexity": bn.perplexity(counts / _total(indices, weights), axis),
-      "usage": bn.usage(counts, axis),
+      **core.index_statistics(indices, opts.num_codewords, opts.axis_name, weights),
       "indices": indices,
   }
   if opts.orthogonal_weight:
@@ -201,10 +182,12 @@ def _outputs(opts: Any, params: Variables, codewords: Array, z: Array, x_in: Arr
   return out.astype(z.dtype), aux
 
 
-def _ema(opts: Any, state: Variables, sums: Callable[[], Tuple[Array, Array]], z: Array, *,
-         train: bool, make_rng: MakeRng) -> Tuple[Variables, Aux]:
+def _ema(opts: Any, state: Variables, sums: Callable[[], Tuple[Array, Array]], z: Array,
+         weights: Optional[Array], *, train: bool,
+         make_rng: MakeRng) -> Tuple[Variables, Aux]:
   """In training, the EMA codebook step from ``sums()`` (the assignments'
-  counts and sums of ``z``) and the restart of dead codewords at rows of ``z``.
+  counts and sums of ``z``) and the restart of dead codewords at rows of
+  ``z`` (of nonzero ``weights``).
 
   Returns the new state and ``dead_code_fraction`` for EMA codebooks (the
   fraction whose EMA count is under ``dead_code_threshold``, or under one
@@ -221,7 +204,9 @@ def _ema(opts: Any, state: Variables, sums: Callable[[], Tuple[Array, Array]], z
   size, embed_sum, codewords = bn.ema_codebook_step(
       state["cluster_size"], state["embed_sum"], *sums(), opts.ema_decay, axis_name=axis)
   if threshold > 0:
-    codewords = health.restart_dead_codes(make_rng(), codewords, dead, z, axis)
+    rows = z if weights is None else core.weighted_first(
+        z.reshape(-1, z.shape[-1]), weights)[2]
+    codewords = health.restart_dead_codes(make_rng(), codewords, dead, rows, axis)
     size = jnp.where(dead, threshold, size)
     embed_sum = jnp.where(dead[:, None], codewords * threshold, embed_sum)
   return dict(state, cluster_size=size, embed_sum=embed_sum, codebook=codewords), aux

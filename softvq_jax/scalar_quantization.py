@@ -26,7 +26,8 @@ import numpy as np
 
 from softvq_jax import bottlenecks as bn
 from softvq_jax.quantizer_checks import check_input
-from softvq_jax.quantizer_core import bound_axis, checked_indices
+from softvq_jax import quantizer_core as core
+from softvq_jax.quantizer_core import checked_indices
 
 Array = jax.Array
 
@@ -171,21 +172,12 @@ def lfq_entropy(u: Array, inv_temperature: float, spherical: bool = False,
   return per_sample, batch
 
 
-def index_statistics(indices: Array, num_codes: int, axis_name=None):
-  """``perplexity`` and ``usage`` of ``indices`` over ``num_codes`` codes,
-  combined over ``axis_name`` where it is bound."""
-  axis = bound_axis(axis_name)
-  counts = bn.index_counts(indices, num_codes)
-  return {"perplexity": bn.perplexity(counts / indices.size, axis),
-          "usage": bn.usage(counts, axis)}
-
-
 def fsq_forward(z: Array, levels: Sequence[int], axis_name=None):
   """``fsq`` with the modules' aux: ``loss`` (zero), ``latent``, ``indices``,
   ``perplexity``, ``usage``."""
   codes, indices = fsq(z, levels)
   aux = {"loss": jnp.zeros((), jnp.float32), "latent": z, "indices": indices,
-         **index_statistics(indices, int(np.prod(levels)), axis_name)}
+         **core.index_statistics(indices, int(np.prod(levels)), axis_name)}
   return codes, aux
 
 
@@ -200,7 +192,7 @@ def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_g
   codes, indices, u = lfq(z, spherical)
   commit = bn.commitment_loss(u, codes, commitment)
   aux = {"latent": z, "indices": indices, "commitment_loss": commit,
-         **index_statistics(indices, 2 ** z.shape[-1], axis_name)}
+         **core.index_statistics(indices, 2 ** z.shape[-1], axis_name)}
   loss = commit
   if train:
     per_sample, batch = lfq_entropy(u, inv_temperature, spherical)
