@@ -30,6 +30,7 @@ def get_config(args=None):
   config.model.commitment = 2.5
   config.model.vq_weight = 3.0 * NUM_PIXELS / LATENT_DIM
   config.model.output_activation = "sigmoid"
+  config.model.entropy_weight = 0.1 * NUM_PIXELS  # LFQ's weight per pixel-mean loss (LVQ's).
   config.train.num_steps = PAPER.soft_vq_steps
   config.train.batch_size = 32
   config.train.log_every = 250
@@ -42,6 +43,8 @@ def get_config(args=None):
 SWEEPS = {
     # Table 1's rows (raw pixels and the bottlenecks' presets) on digits.
     "table1": lambda: default.table_sweep(("raw",) + default.PRESETS, PAPER),
+    # The quantizers beside Table 1 (default.QUANTIZER_PRESETS).
+    "quantizers": lambda: default.table_sweep(default.QUANTIZER_PRESETS, PAPER),
 }
 
 

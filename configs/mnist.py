@@ -40,6 +40,7 @@ def get_config(args=None):
   config.model.commitment = 2.5
   config.model.vq_weight = 3.0 * 784 / LATENT_DIM
   config.model.output_activation = "sigmoid"
+  config.model.entropy_weight = 0.1 * 784  # LFQ's weight per pixel-mean loss (LVQ's).
   config.data.pixel_range = "unit"
   config.train.num_steps = 40000
   config.train.batch_size = 32
@@ -222,6 +223,8 @@ CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 SWEEPS = {
     # The 7 rows of Table 1, and soft_vq_vae_eq5, x SEEDS.
     "table1": lambda: default.table_sweep(PAPER_RESULTS["mnist"], PAPER, SEEDS),
+    # The quantizers beside Table 1 (default.QUANTIZER_PRESETS), x SEEDS.
+    "quantizers": lambda: default.table_sweep(default.QUANTIZER_PRESETS, PAPER, SEEDS),
     # The K curve: soft VQ-VAE with each of CODEBOOK_SIZES, x SEEDS.
     "codebook": lambda: [
         default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})

@@ -20,7 +20,9 @@ The quantizers that take a given ``z`` (no head), for use in any model, are
 in ``softvq_jax.quantizers``; ``VQ`` and ``SoftVQ`` own their heads and
 call the same functions (``quantizers.linen_hard_forward``,
 ``linen_soft_forward``), reading a data initialisation from the batch they
-are initialised on (the launcher's ``steps.init_images``).
+are initialised on (the launcher's ``steps.init_images``). ``Quantized``
+puts a z_e head before any other quantizer module (FSQ, LFQ, a residual
+stack), which initialises itself on the first training batch.
 
 Stochastic bottlenecks draw from the ``'noise'`` rng stream in training.
 """
@@ -40,7 +42,8 @@ Aux = Dict[str, Any]
 
 # The scalar diagnostics a bottleneck may put in its aux, logged with the loss.
 DIAGNOSTICS = ("kl", "penalty", "codebook_loss", "commitment_loss", "perplexity",
-               "posterior_perplexity", "usage", "dead_code_fraction")
+               "posterior_perplexity", "usage", "dead_code_fraction",
+               "per_sample_entropy", "batch_entropy")
 
 glorot_uniform = nn.initializers.glorot_uniform()
 
@@ -140,3 +143,25 @@ class SoftVQ(qz.SoftOptions):
 
   def embed(self, indices: Array) -> Array:
     return qz.linen_embed(self, indices)
+
+
+class Quantized(nn.Module):
+  """A z_e head, then ``quantizer``, a module of ``softvq_jax.quantizers``
+  that takes z as it is (``FSQ``, ``LFQ``, ``ResidualQuantizer``).
+
+  aux ``latent`` is z_e; per-stage ``perplexity`` and ``usage`` (a residual
+  stack's) are logged as their mean over the stages.
+  """
+  latent_dim: int
+  quantizer: nn.Module
+  num_codewords: int  # Values an index takes (per stage), for the usage figure.
+
+  @nn.compact
+  def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
+    z = dense(self.latent_dim, "z_e")(h)
+    z_q, aux = self.quantizer(z, train=train)
+    logged = {name: jnp.mean(aux[name]) for name in ("perplexity", "usage")}
+    return z_q, {**aux, **logged, "latent": z}
+
+  def embed(self, indices: Array) -> Array:
+    return self.quantizer.embed(indices)

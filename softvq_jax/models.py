@@ -15,6 +15,7 @@ over the pixels of an example and averaged over the batch:
 """
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -25,6 +26,7 @@ import optax
 
 from softvq_jax import layers
 from softvq_jax import networks
+from softvq_jax import quantizers
 
 Array = jax.Array
 
@@ -113,6 +115,17 @@ def _quantizer(c: Mapping[str, Any]) -> Dict[str, Any]:
               dead_code_threshold=c["dead_code_threshold"])
 
 
+def _soft_quantizer(c: Mapping[str, Any]) -> Dict[str, Any]:
+  return dict(noise_std=c["noise_std"], normalizer=c["normalizer"],
+              log_var_init=c["log_var_init"], **_quantizer(c))
+
+
+def _residual(c: Mapping[str, Any], stage: Callable[[], nn.Module]) -> nn.Module:
+  stages = tuple(stage() for _ in range(c["num_stages"]))
+  return layers.Quantized(c["latent_dim"], quantizers.ResidualQuantizer(stages),
+                          num_codewords=c["num_codewords"])
+
+
 BOTTLENECKS = {
     "none": BottleneckSpec(lambda c: layers.Identity(c["latent_dim"]), ()),
     "vae": BottleneckSpec(lambda c: layers.VAE(c["latent_dim"], beta=c["beta"]),
@@ -124,11 +137,25 @@ BOTTLENECKS = {
         lambda c: layers.VQ(c["latent_dim"], **_quantizer(c)),
         ("commitment", "vq_weight")),
     "soft_vq": BottleneckSpec(
-        lambda c: layers.SoftVQ(c["latent_dim"], noise_std=c["noise_std"],
-                                normalizer=c["normalizer"], variance=c["variance"],
-                                log_var_init=c["log_var_init"], **_quantizer(c)),
+        lambda c: layers.SoftVQ(c["latent_dim"], variance=c["variance"],
+                                **_soft_quantizer(c)),
         ("noise_std", "commitment", "vq_weight")),
+    "fsq": BottleneckSpec(
+        lambda c: layers.Quantized(c["latent_dim"], quantizers.FSQ(tuple(c["fsq_levels"])),
+                                   num_codewords=math.prod(c["fsq_levels"])), ()),
+    "lfq": BottleneckSpec(
+        lambda c: layers.Quantized(
+            c["latent_dim"], quantizers.LFQ(c["latent_dim"], entropy_weight=c["entropy_weight"],
+                                            commitment=c["commitment"] * c["vq_weight"]),
+            num_codewords=2 ** c["latent_dim"]), ()),
+    "residual_vq": BottleneckSpec(
+        lambda c: _residual(c, lambda: quantizers.VectorQuantizer(**_quantizer(c))), ()),
+    "residual_soft_vq": BottleneckSpec(
+        lambda c: _residual(c, lambda: quantizers.SoftVectorQuantizer(
+            variance=c["variance"], **_soft_quantizer(c))), ()),
 }
+# The bottlenecks with codebooks (model.num_codewords, codebook_init, ema_decay).
+CODEBOOKS = ("vq", "soft_vq", "residual_vq", "residual_soft_vq")
 # The config keys that runs trained in one program may differ in (train.vmap_key).
 VMAPPABLE_KEYS = tuple(dict.fromkeys(
     f"model.{key}" for spec in BOTTLENECKS.values() for key in spec.scalars))

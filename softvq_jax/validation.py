@@ -38,7 +38,8 @@ INT_KEYS = ("model.latent_dim", "model.num_codewords", "train.num_steps",
             "train.batch_size", "train.log_every", "train.checkpoint_every",
             "train.max_checkpoints", "train.num_seeds", "eval.kmeans_inits",
             "eval.probe_steps", "eval.probe_batch_size", "eval.batch_size",
-            "eval.num_clusters", "eval.tsne_points", "data.validation_size")
+            "eval.num_clusters", "eval.tsne_points", "data.validation_size",
+            "model.num_stages")
 
 
 def _choice(config, key: str, choices) -> None:
@@ -133,13 +134,31 @@ def _validate_quantizer(model: ml_collections.ConfigDict) -> None:
   if decay is not None and not 0 < decay < 1:
     raise InputError(f"config.model.ema_decay={decay!r} is not valid; "
                      "it must be in (0, 1), or None for no EMA")
-  quantizer = model.bottleneck in ("vq", "soft_vq")
-  if model.codebook_init != "uniform" and not quantizer:
+  codebook = model.bottleneck in models.CODEBOOKS
+  if model.codebook_init != "uniform" and not codebook:
     raise InputError(f"config.model.codebook_init={model.codebook_init!r} needs a "
-                     "codebook: model.bottleneck vq or soft_vq")
-  if model.dead_code_threshold > 0 and (not quantizer or decay is None):
+                     f"codebook: model.bottleneck one of {', '.join(models.CODEBOOKS)}")
+  if model.dead_code_threshold > 0 and (not codebook or decay is None):
     raise InputError("config.model.dead_code_threshold > 0 restarts codewords of an EMA "
-                     "codebook: model.bottleneck vq or soft_vq with model.ema_decay")
+                     f"codebook: model.bottleneck one of {', '.join(models.CODEBOOKS)} "
+                     "with model.ema_decay")
+  if model.bottleneck == "residual_soft_vq" and model.variance == "sample":
+    raise InputError("config.model.variance='sample' needs soft_vq's head; "
+                     "model.bottleneck='residual_soft_vq' takes codeword or fixed")
+
+
+def _validate_scalar_quantizer(model: ml_collections.ConfigDict) -> None:
+  """FSQ's levels and LFQ's bits against the latent size."""
+  levels = tuple(model.fsq_levels)
+  if model.bottleneck == "fsq" and (
+      not levels or not all(isinstance(v, int) and v >= 2 for v in levels)
+      or len(levels) != model.latent_dim):
+    raise InputError(f"config.model.fsq_levels={levels!r} is not valid; it must list "
+                     "integers >= 2, one per latent dimension "
+                     f"(config.model.latent_dim={model.latent_dim})")
+  if model.bottleneck == "lfq" and model.latent_dim > 24:
+    raise InputError(f"config.model.latent_dim={model.latent_dim} is not valid for "
+                     "model.bottleneck='lfq'; it is the bits per code (2^d codes), at most 24")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -168,13 +187,14 @@ def _validate_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
   _choice(c, "model.codebook_init", quantizer_core.CODEBOOK_INITS)
   _choice(c, "eval.kmeans_backend", evaluation.KMEANS_BACKENDS)
   _choice(c, "train.compute_dtype", models.COMPUTE_DTYPES)
-  for key in ("model.latent_dim", "model.num_codewords", "train.num_steps",
+  for key in ("model.latent_dim", "model.num_codewords", "model.num_stages",
+              "train.num_steps",
               "train.batch_size", "train.learning_rate", "train.log_every",
               "train.checkpoint_every", "train.max_checkpoints", "train.num_seeds",
               "eval.kmeans_inits", "eval.probe_steps", "eval.probe_batch_size",
               "eval.probe_learning_rate", "eval.batch_size"):
     _positive(c, key)
-  for key in ("model.noise_std", "model.beta", "model.commitment",
+  for key in ("model.noise_std", "model.beta", "model.commitment", "model.entropy_weight",
               "model.vq_weight", "model.max_alpha", "model.dead_code_threshold",
               "data.validation_size",
               "eval.num_clusters", "eval.tsne_points", "seed"):
@@ -187,6 +207,7 @@ def _validate_config(config: ml_collections.ConfigDict, num_devices: int) -> Non
     raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "
                      f"it must be a multiple of the device count {num_devices}")
   _validate_quantizer(config.model)
+  _validate_scalar_quantizer(config.model)
   if config.model.recon == "bernoulli" and config.data.pixel_range != "unit":
     raise InputError("config.model.recon='bernoulli' needs config.data.pixel_range='unit'")
   _validate_data_keys(config.data)
@@ -281,8 +302,9 @@ def memory_estimate(config: ml_collections.ConfigDict, data: input_pipeline.Spli
       key, model, optimizer, steps.init_images(key, x, config.model)), images)
   param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))
   per_run = 7 * param_bytes
-  if config.model.bottleneck in ("vq", "soft_vq"):
-    per_run += 4 * config.train.batch_size * config.model.num_codewords * 4
+  if config.model.bottleneck in models.CODEBOOKS:
+    stages = config.model.num_stages if config.model.bottleneck.startswith("residual") else 1
+    per_run += 4 * config.train.batch_size * config.model.num_codewords * 4 * stages
   # Evaluation: a batch of images being encoded, a batch of probe latents.
   pixels = int(np.prod(data.image_shape))
   evaluation_bytes = 4 * (config.eval.batch_size * pixels

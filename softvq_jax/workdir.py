@@ -53,6 +53,9 @@ ADDED_KEYS = {
     "eval.kmeans_backend": "auto",  # Earlier runs, all on CPU, used sklearn: auto's choice.
     "model.codebook_init": "uniform",
     "model.dead_code_threshold": 0.0,
+    "model.entropy_weight": 0.1,
+    "model.fsq_levels": [5, 5, 5],
+    "model.num_stages": 4,
     "model.log_var_init": None,
     "model.variance": "sample",
     "train.compute_dtype": "float32",

@@ -18,6 +18,15 @@ the per-dataset ``PaperValues``):
                 10000 steps (SVHN, CIFAR-10), with the normaliser that
                 produced the paper's number (``PaperValues.soft_vq_normalizer``)
   soft_vq_vae_eq5  the soft VQ-VAE row with eq. (5) as printed (sigma^-d)
+
+Presets beside Table 1 (``QUANTIZER_PRESETS``), the paper's question asked
+of other quantizers, each with the paper's MLP, steps and loss weights:
+  fsq               FSQ, levels (5, 5, 5) on a d = 3 latent: 125 codes
+  lfq               LFQ on a d = 7 latent: 128 codes; entropy weight from
+                    the dataset's config
+  residual_vq       4 stages of the VQ-VAE row's codebook
+  residual_soft_vq  4 stages of soft VQ with the soft VQ-VAE row's K and
+                    normaliser, variances per codeword
 """
 
 import dataclasses
@@ -47,22 +56,25 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.seed = 0  # Seeds init, data order, noise, K-means and the probe.
 
   config.model = model = ml_collections.ConfigDict()
-  model.bottleneck = "soft_vq"  # none | vae | info_dropout | vq | soft_vq.
+  model.bottleneck = "soft_vq"  # none|vae|info_dropout|vq|soft_vq|fsq|lfq|residual_(soft_)vq.
   model.network = "mlp"  # mlp (MNIST, digits) | cnn (SVHN, CIFAR-10).
   model.mlp_hidden = (500, 500, 2000)  # Encoder trunk sizes; decoder mirrors.
   model.cnn_channels = (64, 128, 256, 512)  # Conv channels; decoder mirrors.
   model.latent_dim = 64  # d, the size of z_e.
-  model.num_codewords = 128  # K, codebook size (vq, soft_vq).
+  model.num_codewords = 128  # K, codebook size (vq, soft_vq; per stage for residual_*).
+  model.num_stages = 4  # Quantizer stages of residual_vq and residual_soft_vq.
+  model.fsq_levels = (5, 5, 5)  # fsq: levels per dimension; latent_dim = their count.
+  model.entropy_weight = 0.1  # lfq: weight of MAGVIT-v2's entropy penalty (bits = latent_dim).
   model.noise_std = 0.0  # Std of the white noise on z_e in training (soft_vq).
   model.normalizer = "paper"  # soft_vq weights: paper (sigma^-d) | notebook (sigma^+1).
-  model.variance = "sample"  # soft_vq sigma_k^2: sample (a head, the paper) | codeword | fixed.
+  model.variance = "sample"  # sigma_k^2: sample (soft_vq's head, the paper) | codeword | fixed.
   model.log_var_init = config_dict.placeholder(float)  # codeword/fixed start; None: data fit.
   model.beta = 1.0  # KL weight (vae) or penalty weight (info_dropout).
   model.max_alpha = 0.7  # Upper bound of information dropout's noise scale.
-  model.commitment = 0.25  # beta of eq. (27), the commitment weight (vq, soft_vq).
-  model.vq_weight = 1.0  # Scale of eq. (27)'s VQ terms (vq, soft_vq).
-  model.codebook_init = "uniform"  # vq, soft_vq: uniform (TF1 unit scaling) | data | kmeans.
-  model.ema_decay = config_dict.placeholder(float)  # vq, soft_vq: EMA codebook decay; None = off.
+  model.commitment = 0.25  # beta of eq. (27), the commitment weight (codebooks; lfq's too).
+  model.vq_weight = 1.0  # Scale of eq. (27)'s VQ terms (codebooks; lfq's commitment too).
+  model.codebook_init = "uniform"  # Codebooks: uniform (TF1 unit scaling) | data | kmeans.
+  model.ema_decay = config_dict.placeholder(float)  # Codebooks: EMA decay; None = off.
   model.dead_code_threshold = 0.0  # EMA codebooks: restart codewords under this count; 0 = off.
   model.recon = "nmse"  # Reconstruction term: nmse | bernoulli.
   model.output_activation = "sigmoid"  # Decoder output: sigmoid | identity.
@@ -107,6 +119,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 SEEDS = (0, 1, 2)
 PRESETS = ("ae", "vae", "beta_vae", "info_dropout", "vq_vae", "soft_vq_vae",
            "soft_vq_vae_eq5")
+QUANTIZER_PRESETS = ("fsq", "lfq", "residual_vq", "residual_soft_vq")
 
 
 def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
@@ -121,9 +134,18 @@ def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
       "vq_vae": {"model.bottleneck": "vq", "model.num_codewords": values.vq_codewords},
       "soft_vq_vae": {**soft_vq, "model.normalizer": values.soft_vq_normalizer},
       "soft_vq_vae_eq5": {**soft_vq, "model.normalizer": "paper"},
+      "fsq": {"model.bottleneck": "fsq", "model.latent_dim": 3,
+              "model.fsq_levels": (5, 5, 5)},
+      "lfq": {"model.bottleneck": "lfq", "model.latent_dim": 7},
+      "residual_vq": {"model.bottleneck": "residual_vq",
+                      "model.num_codewords": values.vq_codewords, "model.num_stages": 4},
+      "residual_soft_vq": {"model.bottleneck": "residual_soft_vq",
+                           "model.num_codewords": values.soft_vq_codewords,
+                           "model.normalizer": values.soft_vq_normalizer,
+                           "model.variance": "codeword", "model.num_stages": 4},
   }
   if name not in rows:
-    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS}")
+    raise ValueError(f"unknown preset {name!r}; choose from {PRESETS + QUANTIZER_PRESETS}")
   steps = values.soft_vq_steps if name.startswith("soft_vq_vae") else values.steps
   return {**rows[name], "train.num_steps": steps}
 
