@@ -44,6 +44,15 @@ def test_configs_have_required_keys_and_validate(module):
     (svhn, "info_dropout", {"model.bottleneck": "info_dropout", "model.beta": 0.5 / 256}),
     (mnist, "vae,quick", {"model.bottleneck": "vae", "train.num_steps": 20}),
     (mnist, "quick,soft_vq_vae", {"model.bottleneck": "soft_vq", "train.num_steps": 20}),
+    (mnist, "fsq", {"model.bottleneck": "fsq", "model.latent_dim": 3,
+                    "model.fsq_levels": (5, 5, 5), "train.num_steps": 40000}),
+    (mnist, "lfq", {"model.bottleneck": "lfq", "model.latent_dim": 7,
+                    "model.entropy_weight": 0.1 * 784}),
+    (mnist, "residual_vq", {"model.bottleneck": "residual_vq", "model.num_stages": 4,
+                            "model.num_codewords": 128}),
+    (cifar10, "residual_soft_vq", {"model.bottleneck": "residual_soft_vq",
+                                   "model.num_codewords": 32, "model.variance": "codeword",
+                                   "train.num_steps": 40000}),
 ])
 def test_presets(module, preset, expected):
   config = module.get_config(preset)
@@ -97,6 +106,8 @@ def test_locked_config_rejects_unknown_keys(tmp_path):
     ("model.ema_decay", 1.5, "in \\(0, 1\\)"),
     ("model.codebook_init", "nope", "choose one of uniform, data, kmeans"),
     ("model.dead_code_threshold", -1.0, "config.model.dead_code_threshold=-1.0 .* >= 0"),
+    ("model.num_stages", 0, "config.model.num_stages=0 .* > 0"),
+    ("model.entropy_weight", -1.0, "config.model.entropy_weight=-1.0 .* >= 0"),
 ])
 def test_validation_errors(key, value, message):
   config = digits.get_config()
@@ -104,6 +115,19 @@ def test_validation_errors(key, value, message):
   config[section][field] = value
   with pytest.raises(InputError, match=message):
     validation.validate_config(config, num_devices=4 if value == 30 else 1)
+
+
+@pytest.mark.parametrize("preset,overrides,message", [
+    ("fsq", {"fsq_levels": (5, 5)}, "fsq_levels=\\(5, 5\\) .* one per latent dimension"),
+    ("fsq", {"fsq_levels": (5, 1, 5)}, "integers >= 2"),
+    ("lfq", {"latent_dim": 25}, "latent_dim=25 .* at most 24"),
+    ("residual_soft_vq", {"variance": "sample"}, "residual_soft_vq' takes codeword or fixed"),
+])
+def test_quantizer_bottleneck_errors(preset, overrides, message):
+  config = digits.get_config(preset)
+  config.model.update(overrides)
+  with pytest.raises(InputError, match=message):
+    validation.validate_config(config, num_devices=1)
 
 
 @pytest.mark.parametrize("bottleneck,init", [("vae", "data"), ("none", "kmeans")])

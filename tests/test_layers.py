@@ -23,6 +23,13 @@ MODULES = {
     "vq_ema": lambda: layers.VQ(D, K, ema_decay=0.9),
     "soft_vq": lambda: layers.SoftVQ(D, K, noise_std=0.1, commitment=0.25, vq_weight=2.0),
 }
+# The launcher's bottlenecks around library quantizers, built from a config.
+QUANTIZED = {
+    "fsq": {"latent_dim": 3, "fsq_levels": (5, 4, 3)},
+    "lfq": {"latent_dim": 5},
+    "residual_vq": {"num_stages": 3, "ema_decay": 0.9},
+    "residual_soft_vq": {"num_stages": 2, "variance": "codeword", "noise_std": 0.1},
+}
 RNGS = {"params": jax.random.key(0), "noise": jax.random.key(1)}
 
 
@@ -273,3 +280,33 @@ def test_an_init_batch_with_fewer_encodings_than_k_gives_k_distinct_codewords(ki
 def test_codebook_init_errors(build, message):
   with pytest.raises(ValueError, match=message):
     build()
+
+
+def quantized_model_config(name):
+  config = ml_collections.ConfigDict(dict(
+      bottleneck=name, latent_dim=D, num_codewords=K, num_stages=4, fsq_levels=(5, 5, 5),
+      entropy_weight=0.1, noise_std=0.0, normalizer="paper", variance="codeword",
+      log_var_init=None, commitment=0.25, vq_weight=1.0, codebook_init="uniform",
+      ema_decay=None, dead_code_threshold=0.0))
+  config.update(QUANTIZED[name])
+  return config
+
+
+@pytest.mark.parametrize("name", sorted(QUANTIZED))
+def test_quantized_bottlenecks_put_a_latent_head_before_the_library_quantizer(name):
+  config = quantized_model_config(name)
+  module = models.make_bottleneck(config)
+  h = jax.random.normal(jax.random.key(3), (2, 8, 7))
+  variables, out, aux = apply(module, h)
+  d = config.latent_dim
+  assert variables["params"]["z_e"]["kernel"].shape == (7, d)
+  assert out.shape == aux["latent"].shape == (2, 8, d)
+  np.testing.assert_allclose(aux["latent"], h @ variables["params"]["z_e"]["kernel"]
+                             + variables["params"]["z_e"]["bias"], rtol=1e-5, atol=1e-6)
+  assert aux["loss"].shape == aux["perplexity"].shape == aux["usage"].shape == ()
+  assert 1.0 <= float(aux["perplexity"]) <= module.num_codewords
+  assert aux["indices"].shape == (2, 8) + ((config.num_stages,) if "residual" in name else ())
+  assert int(aux["indices"].max()) < module.num_codewords
+  if name != "residual_soft_vq":  # Hard codes: the output is the indices' embedding.
+    np.testing.assert_allclose(module.apply(variables, aux["indices"], method="embed"),
+                               out, rtol=1e-5, atol=1e-5)
