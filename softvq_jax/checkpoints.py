@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 from softvq_jax import download
 from softvq_jax import signals
 from softvq_jax import steps
-from softvq_jax.errors import RunStopped, first_line
+from softvq_jax.errors import RunStopped, one_line
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKSUMS_DIR = "checksums"
@@ -154,7 +154,7 @@ class Managers:
                     for m in self._managers]
       except Exception as e:  # pylint: disable=broad-except
         # Orbax reports a damaged array file with a bare Exception.
-        self.set_aside(step, f"unreadable: {first_line(e)}")
+        self.set_aside(step, f"unreadable: {one_line(e)}")
         continue
       logging.info("resumed from the checkpoints at step %d", step)
       self._warn_on_device_change(step)
@@ -228,7 +228,7 @@ class Managers:
         except Exception:  # pylint: disable=broad-except
           pass  # The failure reported below covers it.
       cause = _OS_ERRORS.search(str(e))
-      cause = cause[0] if cause else first_line(e)
+      cause = cause[0] if cause else one_line(e)
       raise RunStopped(f"saving a checkpoint in {self._managers[0].directory} failed "
                        f"({cause}); check the space and permissions of its disk. "
                        f"{self.last_good()}") from e

@@ -34,7 +34,7 @@ from absl import flags
 
 from softvq_jax import console
 from softvq_jax import signals
-from softvq_jax.errors import InputError, RunStopped
+from softvq_jax.errors import InputError, RunStopped, one_line
 
 EXIT_INPUT = 2
 EXIT_STOPPED = 1
@@ -43,15 +43,6 @@ EXIT_TERMINATED = 143
 # absl's flags that print and exit while the flags parse.
 _HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml",
                "--only_check_args")
-
-
-def one_line(error: BaseException) -> str:
-  """The message of ``error`` on one line: a message that carries a
-  traceback (config files fail inside absl) keeps its last line."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  if any(line.startswith("Traceback") for line in lines):
-    lines = lines[-1:]
-  return " ".join(lines) or type(error).__name__
 
 
 def _unknown_key(error: Exception) -> str:

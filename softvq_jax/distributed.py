@@ -29,7 +29,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-from softvq_jax.errors import InputError, first_line
+from softvq_jax.errors import InputError, one_line
 
 ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
        "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
@@ -93,7 +93,7 @@ def initialize(cluster: Cluster, heartbeat_timeout: int) -> None:
         cluster.coordinator_address, cluster.num_processes, cluster.process_id,
         heartbeat_timeout_seconds=heartbeat_timeout)
   except (RuntimeError, ValueError) as e:
-    raise InputError(f"jax.distributed.initialize failed ({first_line(e)}); give "
+    raise InputError(f"jax.distributed.initialize failed ({one_line(e)}); give "
                      "--coordinator_address, --num_processes and --process_id, or the "
                      "JAX_* variables, or run under a cluster JAX detects") from None
   logging.info("JAX process %d of %d, local devices %s", jax.process_index(),

@@ -15,8 +15,11 @@ class RunStopped(RuntimeError):
   the message names the cause and the last good checkpoint."""
 
 
-def first_line(error: BaseException) -> str:
-  """The first line of ``error``'s message (its type's name if it has none),
-  for one-line reports of errors raised by other libraries."""
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+def one_line(error: BaseException) -> str:
+  """``error``'s message on one line: its lines joined, or only the last
+  where it carries a traceback (config files fail inside absl), or its
+  type's name if it has none."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    lines = lines[-1:]
+  return " ".join(lines) or type(error).__name__

@@ -45,7 +45,7 @@ import sklearn.datasets
 import tensorflow_datasets as tfds
 
 from softvq_jax import download
-from softvq_jax.errors import InputError, first_line
+from softvq_jax.errors import InputError, one_line
 
 DATASETS = ("mnist", "svhn_cropped", "cifar10", "digits")
 SOURCES = ("tfds", "files", "sklearn")
@@ -336,7 +336,7 @@ def _tfds(name: str, data_dir: str | None) -> Dict[str, Raw]:
     raise
   except Exception as e:  # pylint: disable=broad-except
     logging.debug("tfds failed", exc_info=True)
-    message = first_line(e)
+    message = one_line(e)
     if "file format is already set" in message.lower():
       message += ("; this folder holds TFRecord data from an earlier tfds.load, and this "
                   "library reads array_record: set config.data.dir to another folder")

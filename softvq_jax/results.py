@@ -21,7 +21,7 @@ import numpy as np
 from softvq_jax import figures
 from softvq_jax import runs
 from softvq_jax import workdir as workdir_lib
-from softvq_jax.errors import InputError, first_line
+from softvq_jax.errors import InputError, one_line
 
 METRICS = ("clustering_acc", "nmi", "probe_acc")
 TITLES = {"clustering_acc": "clustering ACC (%)", "nmi": "NMI", "probe_acc": "probe acc (%)"}
@@ -158,7 +158,7 @@ def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
       with np.load(latents) as f:  # Written by this package; no pickles allowed.
         panels.append((name, f["latents"], f["labels"]))
     except (ValueError, KeyError, OSError, EOFError) as e:
-      raise InputError(f"{latents} cannot be read as this package's latents ({first_line(e)})"
+      raise InputError(f"{latents} cannot be read as this package's latents ({one_line(e)})"
                        "; pickled objects are never loaded. Move it away and rerun") from None
   if panels:
     figures.tsne(path, panels, num_points, seed=0)

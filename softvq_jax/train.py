@@ -47,7 +47,7 @@ from softvq_jax import signals
 from softvq_jax import steps
 from softvq_jax import validation
 from softvq_jax import workdir as workdir_lib
-from softvq_jax.errors import InputError, RunStopped, first_line
+from softvq_jax.errors import InputError, RunStopped, one_line
 
 
 class Diverged(FloatingPointError):
@@ -227,7 +227,7 @@ def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
         raise  # Out of memory: softvq_jax.cli says so.
       # A collective whose peer died (another process, a device): no save can
       # finish either, so none is waited for.
-      raise RunStopped(f"the runtime failed in steps {step}-{chunk_end} ({first_line(e)}); "
+      raise RunStopped(f"the runtime failed in steps {step}-{chunk_end} ({one_line(e)}); "
                        "if another process died, rerun every process. "
                        f"{managers.last_good()}") from e
     if np.any(reached != chunk_end):
@@ -286,7 +286,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
     return [evaluate_run(run, data, steps.run_slice(state, i), timing)
             if jax.process_index() == 0 else None for i, run in enumerate(runs)]
   except OSError as e:  # A full disk, say: training is safe on disk.
-    raise RunStopped(f"evaluation failed ({first_line(e)}); {_kept(config)}") from e
+    raise RunStopped(f"evaluation failed ({one_line(e)}); {_kept(config)}") from e
   except KeyboardInterrupt as e:
     raise type(e)(f"{str(e) or 'stopped by Ctrl-C'} while evaluating; {_kept(config)}"
                   ) from None
