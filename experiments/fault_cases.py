@@ -333,8 +333,8 @@ def second_launcher(ctx, launch):
   workdir = ctx.path("locked")
   os.makedirs(workdir)
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import time; from softvq_jax import workdir\n"
-       f"with workdir.lock([{workdir!r}]):\n print('held', flush=True)\n time.sleep(600)"],
+      [sys.executable, "-c", "import time; from softvq_jax import locks\n"
+       f"with locks.lock([{workdir!r}]):\n print('held', flush=True)\n time.sleep(600)"],
       cwd=ctx.root, stdout=subprocess.PIPE, text=True)
   holder.stdout.readline()
   try:

@@ -20,7 +20,7 @@ import numpy as np
 import sklearn.manifold
 
 from softvq_jax import models
-from softvq_jax import workdir as workdir_lib
+from softvq_jax import metrics as metrics_lib
 
 NUM_RECONSTRUCTIONS = 10
 TSNE_COLUMNS = 4
@@ -173,6 +173,6 @@ def write_all(workdir: str, model: models.Autoencoder, variables, data,
     _, aux = model.apply(variables, data.eval_images, train=False)
     codebook_usage(os.path.join(workdir, "codebook_usage.png"),
                    np.asarray(aux["indices"]), model.bottleneck.num_codewords)
-  records = workdir_lib.read_metrics(workdir)
+  records = metrics_lib.read_metrics(workdir)
   if records:
     training_curves(os.path.join(workdir, "training_curves.png"), records)

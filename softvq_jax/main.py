@@ -9,7 +9,7 @@ Bad input (an invalid key, missing data, a workdir of another config) ends in
 a one-line error and exit status 2 before anything is written; a run that
 stops on its way (a non-finite loss, a failed checkpoint save, Ctrl-C) ends
 in one line naming the last good checkpoint (``softvq_jax.cli``). One
-launcher at a time holds a workdir (``workdir.lock``).
+launcher at a time holds a workdir (``locks.lock``).
 
 Several processes: start the same command in each with ``--distributed``
 (``softvq_jax.distributed``).

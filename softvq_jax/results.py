@@ -20,6 +20,7 @@ import numpy as np
 
 from softvq_jax import figures
 from softvq_jax import runs
+from softvq_jax import metrics as metrics_lib
 from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError, one_line
 
@@ -58,7 +59,7 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
                                 "train_seconds": [], "eval_seconds": [],
                                 "last_train_metrics": [], **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
-    row["last_train_metrics"].append((workdir_lib.read_metrics(run_dir) or [None])[-1])
+    row["last_train_metrics"].append((metrics_lib.read_metrics(run_dir) or [None])[-1])
     row["train_seconds"].append(timing.get("train_seconds"))
     row["eval_seconds"].append(timing.get("eval_seconds"))
     for metric in METRICS:

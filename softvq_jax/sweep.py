@@ -24,7 +24,7 @@ sweep; each writes the tables of all runs finished so far
 The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
 Each point's run holds its workdir's lock while it runs: a second sweep
 over the same workdir skips the points that the first one is running, and
-says so (``workdir.lock``).
+says so (``locks.lock``).
 """
 
 from softvq_jax import cli
@@ -46,6 +46,7 @@ with cli.interruptible_start(__name__):
 
   from softvq_jax import checkpoints
   from softvq_jax import distributed
+  from softvq_jax import locks
   from softvq_jax import results
   from softvq_jax import runs
   from softvq_jax import train
@@ -197,7 +198,7 @@ def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: 
         train.evaluate_pixels(launch.config, launch.workdir)
       else:
         train.train_and_evaluate(launch.config, launch.workdir)
-    except (FloatingPointError, workdir_lib.Locked) as e:
+    except (FloatingPointError, locks.Locked) as e:
       logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
       failed.extend(launch.names)
   return failed

@@ -4,7 +4,7 @@ Design (the jittable step itself is ``softvq_jax.steps``):
 * ``train_and_evaluate`` composes named steps: ``prepare_runs`` (validate
   the config and the workdir, check the runs' workdirs), ``load_data`` (load,
   check the config against the data), then under the workdirs' locks
-  (``workdir.lock``) ``write_configs``, ``build_program`` (model, optimizer,
+  (``locks.lock``) ``write_configs``, ``build_program`` (model, optimizer,
   mesh and keys; the jitted init and steps), restore or init
   (``checkpoints``), ``train_loop`` and ``evaluate_run`` per run. Nothing is
   written before the locks are held and every check has passed.
@@ -41,6 +41,8 @@ from softvq_jax import checkpoints
 from softvq_jax import evaluation
 from softvq_jax import figures
 from softvq_jax import input_pipeline
+from softvq_jax import locks
+from softvq_jax import metrics as metrics_lib
 from softvq_jax import models
 from softvq_jax import runs as runs_lib
 from softvq_jax import signals
@@ -191,7 +193,7 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
       message names the step a rerun resumes from.
   """
   step = int(state.step[0])
-  logs = [workdir_lib.MetricsLog(run.workdir, step, enabled=jax.process_index() == 0)
+  logs = [metrics_lib.MetricsLog(run.workdir, step, enabled=jax.process_index() == 0)
           for run in runs]
   try:
     state = _train_chunks(state, program, runs, train_config, managers, logs)
@@ -208,7 +210,7 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
 
 def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
                   train_config: ml_collections.ConfigDict, managers: checkpoints.Managers,
-                  logs: List[workdir_lib.MetricsLog]) -> steps.TrainState:
+                  logs: List[metrics_lib.MetricsLog]) -> steps.TrainState:
   """``train_loop``'s loop: jitted chunks of steps up to each log or checkpoint."""
   num_steps, log_every = train_config.num_steps, train_config.log_every
   checkpoint_every = train_config.checkpoint_every
@@ -264,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   runs, finished = prepare_runs(config, workdir)
   if finished is None:
     data = load_data(config, len(runs))
-    with workdir_lib.lock([run.workdir for run in runs], enabled=jax.process_index() == 0):
+    with locks.lock([run.workdir for run in runs], enabled=jax.process_index() == 0):
       # Another launcher may have finished them since prepare_runs looked.
       finished = finished_results(runs, workdir) or _train_and_evaluate(config, data, runs)
   return finished if len(runs) > 1 else finished[0]
@@ -369,7 +371,7 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
   if jax.process_index() != 0:
     return None  # Process 0 evaluates and writes.
   data = load_data(config, 1)
-  with workdir_lib.lock([workdir]):
+  with locks.lock([workdir]):
     return (finished_results(runs, workdir) or [_evaluate_pixels(config, data, runs[0])])[0]
 
 

@@ -23,6 +23,8 @@ from softvq_jax import bottlenecks
 from softvq_jax import checkpoints
 from softvq_jax import evaluation
 from softvq_jax import input_pipeline
+from softvq_jax import locks
+from softvq_jax import metrics as metrics_lib
 from softvq_jax import quantizer_core
 from softvq_jax import models
 from softvq_jax import steps
@@ -218,7 +220,7 @@ WORKDIR_ENTRIES = {
     checkpoints.CHECKPOINTS_DIR: "directory", checkpoints.CHECKSUMS_DIR: "directory",
     checkpoints.SET_ASIDE_DIR: "directory", workdir_lib.CONFIG_FILE: "file",
     workdir_lib.EVAL_FILE: "file", workdir_lib.TIMING_FILE: "file",
-    workdir_lib.METRICS_FILE: "file", workdir_lib.LOCK_FILE: "file"}
+    metrics_lib.METRICS_FILE: "file", locks.LOCK_FILE: "file"}
 
 
 def validate_workdir(workdir: str) -> None:

@@ -9,39 +9,27 @@
   same config is a finished run and is not retrained. A key that the stored
   config lacks (added to the library after that run, ``ADDED_KEYS``)
   matches only the value that keeps the earlier behaviour.
-* ``metrics.jsonl`` and ``tensorboard/``: one record per logged step. On
-  resume, records past the restored checkpoint are dropped, so the log of a
-  resumed run reads like an uninterrupted one; a torn line (a crash
-  mid-append) is dropped with a warning.
+* ``metrics.jsonl`` and ``tensorboard/``: the training log
+  (``softvq_jax.metrics``).
 * JSON results are written to a temporary file and renamed into place, with
   the usual umask-derived mode (readable by others on a shared workdir).
-* ``lock``: one launcher at a time trains in a workdir. The lock is an
-  ``flock`` on ``.lock``, which names its holder (host, pid); the kernel
-  releases it when the holder dies, so a killed run never blocks a rerun.
+* ``.lock``: one launcher at a time trains in a workdir
+  (``softvq_jax.locks``).
 """
 
-import contextlib
-import datetime
-import fcntl
 import json
-import math
 import os
-import socket
 import tempfile
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from absl import logging
 import ml_collections
-import tensorboardX
 
 from softvq_jax import runs
 from softvq_jax.errors import InputError
 
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
-METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.json"
-LOCK_FILE = ".lock"
 
 # Config keys added after runs were published, with the value that keeps the
 # behaviour from before each key existed. Every key added to the config goes
@@ -95,7 +83,7 @@ def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
   """Writes ``text`` to ``path`` by a temporary file and a rename, with the
   mode a plain ``open`` gives (0666 less the umask; mkstemp's is 0600)."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -111,7 +99,7 @@ def _write_atomic(path: str, text: str) -> None:
 
 def write_json(path: str, obj: Any) -> None:
   """Writes ``obj`` to ``path`` atomically (temporary file, then rename)."""
-  _write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> Optional[Any]:
@@ -173,106 +161,3 @@ def write_results(workdir: str, results: Dict[str, Any], timing: Dict[str, Any])
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   write_json(os.path.join(workdir, CONFIG_FILE), config_dict(config))
-
-
-def _records_until(path: str, step: int) -> list:
-  """The lines of ``path`` up to ``step``: a torn or foreign line (a crash
-  mid-append leaves one) is dropped with a warning."""
-  if not os.path.exists(path):
-    return []
-  kept = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      try:
-        record_step = json.loads(line)["step"]
-      except (ValueError, KeyError, TypeError):
-        if line.strip():
-          logging.warning("%s:%d is not a metrics record (%r); dropped", path, number,
-                          line[:80])
-        continue
-      if record_step <= step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  return kept
-
-
-def read_metrics(workdir: str) -> list:
-  """The records of ``WORKDIR/metrics.jsonl`` (none if absent), oldest first."""
-  path = os.path.join(workdir, METRICS_FILE)
-  return [json.loads(line) for line in _records_until(path, math.inf)]
-
-
-class MetricsLog:
-  """metrics.jsonl, TensorBoard scalars and a console progress line."""
-
-  def __init__(self, workdir: str, start_step: int, enabled: bool = True):
-    self.enabled = enabled
-    if not enabled:
-      return
-    self.path = os.path.join(workdir, METRICS_FILE)
-    _write_atomic(self.path, "".join(_records_until(self.path, start_step)))
-    self.writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                             purge_step=start_step + 1 if start_step else None)
-
-  def write(self, step: int, metrics: Dict[str, float], steps_per_sec: float,
-            eta: float) -> None:
-    """Appends one record and prints the progress line."""
-    if not self.enabled:
-      return
-    record = {"step": step, **metrics, "steps_per_sec": steps_per_sec}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record, sort_keys=True) + "\n")
-    for key, value in record.items():
-      if key != "step":
-        self.writer.add_scalar(key, value, step)
-    self.writer.flush()
-    logging.info("step %d  loss %.4f  %.1f steps/s  ETA %dm%02ds", step,
-                 metrics["loss"], steps_per_sec, eta // 60, eta % 60)
-
-  def close(self) -> None:
-    if self.enabled:
-      self.writer.close()
-
-
-class Locked(InputError):
-  """Another live launcher holds the workdir."""
-
-
-@contextlib.contextmanager
-def _lock_one(workdir: str) -> Iterator[None]:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
-  try:
-    # O_NOFOLLOW: a planted symlink (a shared /tmp) must not get its target truncated.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-  except OSError as e:
-    raise InputError(f"{path} cannot be the workdir's lock ({os.strerror(e.errno)}: "
-                     "a symlink?); move it away, or use a new --workdir") from None
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
-      raise Locked(f"workdir {workdir} is in use by {holder}; wait for it to end, or "
-                   "use another --workdir") from None
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} "
-                 f"(since {started})\n".encode())
-    yield
-  finally:
-    os.close(fd)  # Releases the flock.
-
-
-@contextlib.contextmanager
-def lock(workdirs: Sequence[str], enabled: bool = True) -> Iterator[None]:
-  """Holds the lock of every workdir in ``workdirs`` (``enabled``: process 0
-  of a multi-process run locks for all).
-
-  Raises:
-    Locked: another live process holds one of them (nothing but the lock
-      files is written).
-  """
-  with contextlib.ExitStack() as stack:
-    for workdir in workdirs if enabled else ():
-      stack.enter_context(_lock_one(workdir))
-    yield

@@ -24,13 +24,14 @@ from configs import digits
 from softvq_jax import checkpoints
 from softvq_jax import cli
 from softvq_jax import input_pipeline
+from softvq_jax import locks
+from softvq_jax import metrics as metrics_lib
 from softvq_jax import runs
 from softvq_jax import signals
 from softvq_jax import steps
 from softvq_jax import sweep
 from softvq_jax import train
 from softvq_jax import validation
-from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError, RunStopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,14 +75,14 @@ def test_a_failed_save_stops_the_run_naming_the_last_good_checkpoint(
 @pytest.mark.slow
 def test_ctrl_c_finishes_pending_saves_and_names_the_resume_step(
     tiny_config, tmp_path, monkeypatch):
-  write = workdir_lib.MetricsLog.write
+  write = metrics_lib.MetricsLog.write
 
   def interrupted_at_step_20(self, step, *args, **kwargs):
     if step == 20:
       raise KeyboardInterrupt
     write(self, step, *args, **kwargs)
 
-  monkeypatch.setattr(workdir_lib.MetricsLog, "write", interrupted_at_step_20)
+  monkeypatch.setattr(metrics_lib.MetricsLog, "write", interrupted_at_step_20)
   with pytest.raises(KeyboardInterrupt, match="last good checkpoint is at step 10"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
   monkeypatch.undo()
@@ -104,32 +105,32 @@ def test_divergence_before_the_first_checkpoint_says_so(tiny_config, tmp_path,
 
 
 def test_second_launcher_is_refused_naming_the_holder(tiny_config, tmp_path):
-  with workdir_lib.lock([str(tmp_path)]):
-    with pytest.raises(workdir_lib.Locked, match=rf"in use by pid {os.getpid()} on host"):
+  with locks.lock([str(tmp_path)]):
+    with pytest.raises(locks.Locked, match=rf"in use by pid {os.getpid()} on host"):
       train.train_and_evaluate(tiny_config, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == [workdir_lib.LOCK_FILE]
+  assert sorted(os.listdir(tmp_path)) == [locks.LOCK_FILE]
 
 
 @pytest.mark.slow
 def test_the_lock_of_a_killed_launcher_does_not_block(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from softvq_jax import workdir\n"
-       f"with workdir.lock([{str(tmp_path)!r}]):\n print('held', flush=True)\n"
+      [sys.executable, "-c", "import sys, time; from softvq_jax import locks\n"
+       f"with locks.lock([{str(tmp_path)!r}]):\n print('held', flush=True)\n"
        " time.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "held"
-  with pytest.raises(workdir_lib.Locked, match=f"pid {holder.pid}"):
-    with workdir_lib.lock([str(tmp_path)]):
+  with pytest.raises(locks.Locked, match=f"pid {holder.pid}"):
+    with locks.lock([str(tmp_path)]):
       pass
   holder.kill()
   holder.wait()
-  with workdir_lib.lock([str(tmp_path)]):
+  with locks.lock([str(tmp_path)]):
     pass
 
 
 def test_a_sweep_skips_the_points_another_launcher_holds(tmp_path):
   base = digits.get_config("quick")
   points = [runs.point("raw", seed) for seed in (0, 1)]
-  with workdir_lib.lock([str(tmp_path / "raw" / "seed_1")]):
+  with locks.lock([str(tmp_path / "raw" / "seed_1")]):
     failed = sweep.run(base, points, str(tmp_path), quick=True)
   assert failed == ["raw/seed_1"]
   assert (tmp_path / "raw" / "seed_0" / "eval.json").exists()
@@ -261,9 +262,9 @@ def test_a_dangling_symlink_workdir_is_refused(tiny_config, tmp_path):
 
 def test_the_lock_never_follows_a_symlink(tmp_path):
   (tmp_path / "victim").write_text("precious")
-  os.symlink(tmp_path / "victim", tmp_path / workdir_lib.LOCK_FILE)
+  os.symlink(tmp_path / "victim", tmp_path / locks.LOCK_FILE)
   with pytest.raises(InputError, match="cannot be the workdir's lock"):
-    with workdir_lib.lock([str(tmp_path)]):
+    with locks.lock([str(tmp_path)]):
       pass
   assert (tmp_path / "victim").read_text() == "precious"
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from softvq_jax import metrics
 from softvq_jax import workdir
 from softvq_jax.errors import InputError
 
@@ -60,17 +61,17 @@ def test_written_files_have_the_umask_mode_not_mkstemps(tmp_path):
   umask = os.umask(0o022)
   try:
     workdir.write_json(str(tmp_path / "eval.json"), {"a": 1})
-    workdir.MetricsLog(str(tmp_path), 0).close()
+    metrics.MetricsLog(str(tmp_path), 0).close()
   finally:
     os.umask(umask)
-  for name in ("eval.json", workdir.METRICS_FILE):
+  for name in ("eval.json", metrics.METRICS_FILE):
     assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name
 
 
 @pytest.mark.parametrize("start_step,kept", [(20, [10, 20]), (10, [10]), (0, [])])
 def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path, start_step, kept):
   lines = [json.dumps({"step": s, "loss": 1.0}) for s in (10, 20, 30)]
-  (tmp_path / workdir.METRICS_FILE).write_text("\n".join(lines[:2]) + '\n{"step": 45')
-  workdir.MetricsLog(str(tmp_path), start_step).close()
-  records = [json.loads(line) for line in open(tmp_path / workdir.METRICS_FILE)]
+  (tmp_path / metrics.METRICS_FILE).write_text("\n".join(lines[:2]) + '\n{"step": 45')
+  metrics.MetricsLog(str(tmp_path), start_step).close()
+  records = [json.loads(line) for line in open(tmp_path / metrics.METRICS_FILE)]
   assert [r["step"] for r in records] == kept
