@@ -21,6 +21,7 @@ import numpy as np
 from softvq_jax import figures
 from softvq_jax import runs
 from softvq_jax import metrics as metrics_lib
+from softvq_jax import provenance
 from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError, one_line
 
@@ -65,6 +66,7 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     for metric in METRICS:
       row[metric].append(results[metric])
     row["eval_split"] = results["eval_split"]
+    row.setdefault("environments", []).append(results.get("environment"))
     reference = paper.get(dataset, {}).get(point.row)
     if reference is not None and point.paper_row:
       row["paper"] = dict(zip(METRICS, reference))
@@ -86,6 +88,9 @@ def markdown(table: Dict[str, Any]) -> str:
         f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | "
         + " | ".join(_stats(row[m], 4 if m == "nmi" else 2) for m in METRICS) + " | "
         + " | ".join(fmt(paper.get(m)) for m in METRICS) + " |")
+  made_with = {provenance.describe(e) if e else "not recorded (runs from before versions were)"
+               for row in table["rows"] for e in row.get("environments", [])}
+  lines += [""] + [f"Made with: {line}." for line in sorted(made_with)]
   return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,7 @@ with cli.interruptible_start(__name__):
   from softvq_jax import checkpoints
   from softvq_jax import distributed
   from softvq_jax import locks
+  from softvq_jax import provenance
   from softvq_jax import results
   from softvq_jax import runs
   from softvq_jax import train
@@ -233,7 +234,7 @@ def main(argv):
       "command": " ".join(sys.argv),
       "config": workdir_lib.config_dict(FLAGS.config),
       "sweep": FLAGS.sweep,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      **provenance.environment(),
       "launcher_seconds": time.time() - t_start,  # This launcher's wall time, all runs.
   }
   if jax.process_index() == 0:

@@ -44,6 +44,7 @@ from softvq_jax import input_pipeline
 from softvq_jax import locks
 from softvq_jax import metrics as metrics_lib
 from softvq_jax import models
+from softvq_jax import provenance
 from softvq_jax import runs as runs_lib
 from softvq_jax import signals
 from softvq_jax import steps
@@ -332,7 +333,9 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
 
 def _write_results(run: Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
   signals.check()  # A Ctrl-C that Python dropped never leaves a finished run.
-  workdir_lib.write_results(run.workdir, results, timing)
+  environment = provenance.environment()  # Versions and device, beside the numbers.
+  workdir_lib.write_results(run.workdir, {**results, "environment": environment},
+                            {**timing, **environment})
   logging.info("eval of seed %d: %s", run.config.seed, json.dumps(results))
 
 
