@@ -1,8 +1,11 @@
 """The experiments' output: JSON lines printed as they come and, with
-``--out``, written to a file at the end."""
+``--out``, written to a file at the end, whose last line is the versions and
+device that made them (``{"environment": ...}``)."""
 
 import json
 from typing import Any, List, Mapping, Optional
+
+from softvq_jax import provenance
 
 
 def emit(lines: List[str], record: Mapping[str, Any], sort_keys: bool = False) -> None:
@@ -12,7 +15,9 @@ def emit(lines: List[str], record: Mapping[str, Any], sort_keys: bool = False) -
 
 
 def write(lines: List[str], path: Optional[str]) -> None:
-  """Writes ``lines`` to ``path``; does nothing without a path."""
+  """Writes ``lines`` and the environment record to ``path``; does nothing
+  without a path."""
   if path:
+    environment = json.dumps({"environment": provenance.environment()})
     with open(path, "w") as f:
-      f.write("\n".join(lines) + "\n")
+      f.write("\n".join(lines + [environment]) + "\n")

@@ -29,7 +29,8 @@ def test_quantizer_benchmark_writes_its_table(tmp_path):
                   "--batch_size=8", "--seeds=0", "--quantizers=vq_ema,residual_vq4,fsq",
                   f"--mnist_dir={tmp_path}", f"--out={out}"],
                  cwd=ROOT, check=True, capture_output=True, timeout=600)
-  records = [json.loads(line) for line in open(f"{out}.jsonl")]
+  *records, environment = [json.loads(line) for line in open(f"{out}.jsonl")]
+  assert set(environment["environment"]["versions"]) >= {"jax", "jaxlib", "flax", "optax"}
   assert [r["quantizer"] for r in records] == ["vq_ema", "residual_vq4", "fsq"]
   for record in records:
     assert 0 < record["test_usage"] <= 1 and np.isfinite(record["test_mse"])
@@ -42,6 +43,7 @@ def test_large_k_benchmark_writes_its_table(tmp_path):
   subprocess.run([sys.executable, "experiments/large_k_benchmark.py", "--sizes=64x96x8",
                   "--chunk_size=32", "--repeats=1", f"--out={out}"],
                  cwd=ROOT, check=True, capture_output=True, timeout=600)
-  records = [json.loads(line) for line in open(f"{out}.jsonl")]
+  *records, environment = [json.loads(line) for line in open(f"{out}.jsonl")]
+  assert set(environment["environment"]["versions"]) >= {"jax", "jaxlib", "flax", "optax"}
   assert {r["module"] for r in records} == {"VectorQuantizer", "SoftVectorQuantizer"}
   assert all(r["chunked_ms"] > 0 and r["chunked_temp_gib"] <= r["dense_temp_gib"] for r in records)
