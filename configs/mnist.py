@@ -2,13 +2,10 @@
 
 Usage: --config=configs/mnist.py[:PRESETS] with PRESETS from
 softvq_jax.configs.default (e.g. ``:beta_vae`` or ``:vq_vae,quick``). The
-default is the soft VQ-VAE row.
-
-The soft VQ-VAE row weighs codewords as the authors' MNIST notebook does
-(``normalizer="notebook"``, sigma^+1): that setting printed the paper's 0.7804
-(reported as 77.64). Eq. (5) as printed (sigma^-d) is the preset
-``soft_vq_vae_eq5``, about 10 points of clustering accuracy lower
-(experiments/results/README.md).
+default is the soft VQ-VAE row, which weighs codewords as the authors' MNIST
+notebook does (``normalizer="notebook"``, sigma^+1); eq. (5) as printed
+(sigma^-d) is the preset ``soft_vq_vae_eq5``. How these settings were chosen:
+experiments/results/writeups/.
 
 Loss weights are those of the authors' MNIST notebook (TF1), in this
 library's units (recon summed over the 784 pixels, VQ terms summed over
@@ -65,12 +62,8 @@ VALIDATION_SIZE = 10000
 # The authors' notebook's batch size (the paper says 32), a variant of several rows.
 NOTEBOOK_BATCH_SIZE = 64
 
-# Soft VQ-VAE settings the paper leaves open, each against the paper-faithful
-# row (noise_std 0.01, eq. (5)'s normaliser as in ``soft_vq_vae_eq5``, batch 32, constant learning
-# rate, the authors' loss weights), as ``default.paper_point`` arguments.
-# "authors_code" is the MNIST notebook's setting: its normaliser, its noise
-# line commented out, batch 64. "codebook_init data" starts the codebook at
-# encodings (softvq_jax.quantizer_core.data_codebook).
+# Soft VQ-VAE settings the paper leaves open, each against PAPER_FAITHFUL, as
+# ``default.paper_point`` arguments; "authors_code" is the MNIST notebook's.
 VARIANTS = (
     {"swept": {"model.noise_std": 0.01}},
     {"swept": {"model.normalizer": "notebook"}},
@@ -86,14 +79,11 @@ VARIANTS = (
 )
 
 
-# The variant with the best validation clustering at the time the test-split
-# runs had to start (experiments/results/README.md): the notebook's normaliser,
-# since adopted by the ``soft_vq_vae`` row.
+# The variant chosen on validation (writeups/soft_vq_variants.md).
 CHOSEN = {"model.normalizer": "notebook"}
 
 
-# The setting the variants change: eq. (5) as printed. Their points keep the
-# soft_vq_vae row's name, which they had when their results were published.
+# The soft_vq_vae row with eq. (5) as printed, the base of VARIANTS.
 PAPER_FAITHFUL = {"model.normalizer": "paper"}
 
 
@@ -105,66 +95,47 @@ def variant_point(variant, seed):
                              swept=variant.get("swept"), overrides=overrides)
 
 
-# beta of the beta-VAE row on the validation hold-out: the authors' loss is
-# 784 * recon + 20 * KL; with the KL summed over d = 64 that is beta = 20 (the
-# preset), with the KL averaged over d it is beta = 20 / 64 in this library's
-# units; 5 lies between them.
+# beta of the beta-VAE row: the KL summed over d, averaged over d, between.
 BETA_VAE_BETAS = (20.0, 20.0 / LATENT_DIM, 5.0)
-# The one of BETA_VAE_BETAS with the best validation clustering
-# (experiments/results/beta_vae_mnist.md), for the test split.
+# The one of BETA_VAE_BETAS chosen on validation (writeups/rows_against_the_paper.md).
 BETA_VAE_CHOSEN = 5.0
 
 
-# The VQ-VAE row's settings that the paper and the authors' code leave open,
-# seed 0 on the validation hold-out: its NMI (0.44 on test) is above the
-# paper's 0.3541 and its probe (78.24) below the paper's 81.62. The codebook
-# term's weight does not matter under Adam (it is the codebook's only
-# gradient); what pulls the encoder is vq_weight * commitment: the row's
-# 36.75 * 2.5 (the notebook's), 36.75 * 0.25 (eq. (27)'s beta at the
-# notebook's scale) and 1 * 0.25 (eq. (27) as printed, in this library's
-# units). Batch 64 is the notebook's. A setting closer than the row to both of
-# the paper's numbers would run on the test split, 3 seeds.
+# The VQ-VAE row's commitment as eq. (27) prints it, in this library's units.
+VQ_VAE_PRINTED = {"model.commitment": 0.25, "model.vq_weight": 1.0}
+# The VQ-VAE row's settings that the paper and the authors' code leave open.
 VQ_VAE_VARIANTS = (
     {},
     {"model.commitment": 0.25},
-    {"model.commitment": 0.25, "model.vq_weight": 1.0},
+    VQ_VAE_PRINTED,
     {"train.batch_size": NOTEBOOK_BATCH_SIZE},
 )
-# The one of VQ_VAE_VARIANTS closer than the row to both the paper's NMI and
-# probe on validation (experiments/results/vq_vae_mnist.md), for the test
-# split: eq. (27) as printed (0.3873 / 82.12 against the row's 0.4240 / 77.18).
-VQ_VAE_CHOSEN = VQ_VAE_VARIANTS[2]
+# The one of VQ_VAE_VARIANTS chosen on validation (writeups/rows_against_the_paper.md).
+VQ_VAE_CHOSEN = VQ_VAE_PRINTED
 
 
-# Ablations of the soft_vq_vae row on the test split (its settings fixed
-# before: the row itself, then the row changed), in the order they run:
-# where sigma_k^2 comes from (the paper's "learned variances control the
-# smoothness"), then the noise on z_e, then where per-codeword variances
-# start. The K curve is the ``codebook`` sweep.
+# Ablations of the soft_vq_vae row on the test split, in groups: where
+# sigma_k^2 comes from, the noise on z_e, where per-codeword variances start.
 ABLATIONS = (
     ({}, {"model.variance": "codeword"}, {"model.variance": "fixed"}),
     ({"model.noise_std": 0.0}, {"model.noise_std": 0.05}),
-    # Per codeword, starting where the head starts (sigma^2 about 1) instead of
-    # at the initial fit (sigma^2 about 0.006 on MNIST), added once the first
-    # group had run: does the start, or the per-sample head, make the difference?
     ({"model.variance": "codeword", "model.log_var_init": 0.0},),
 )
 
 
-# The soft VQ-VAE row's noise on z_e (model.noise_std; the paper's 0.01 is
-# the row's), seeds 0, 1, 2 on the validation hold-out: the choice that the
-# ablations' noise group (test split) could not make on two seeds. Its runs
-# are named "noise" apart from the variants sweep's noise levels, which use
-# eq. (5)'s normaliser.
+# The soft_vq_vae row's noise on z_e, on the validation hold-out.
 NOISE_STDS = (0.0, 0.01, 0.05)
 
 
-# The moonshot: settings of the soft_vq_vae row screened for K-means accuracy
-# on the validation hold-out, seed 0, in the order tried (every one is kept
-# here; experiments/results/moonshot_mnist.*). Each trial names the keys it
-# changes; a latent size d comes with vq_weight 3.0 * 784 / d, the notebook's
-# per-element weighting of the VQ terms at that d.
+# The moonshot (writeups/moonshot.md): settings of the soft_vq_vae row
+# screened on the validation hold-out, seed 0, in the order tried. A latent
+# size d comes with vq_weight 3.0 * 784 / d (``moonshot_point``).
 SCREEN_STEPS = 10000
+COSINE_DECAY = {"model.latent_dim": 64, "model.num_codewords": 128,
+                "train.num_steps": 40000, "train.lr_schedule": "cosine"}
+CODEWORD_VARIANCES = {"model.latent_dim": 64, "model.num_codewords": 128,
+                      "train.num_steps": 40000, "model.variance": "codeword",
+                      "model.log_var_init": 0.0}
 MOONSHOT_TRIALS = (
     {"model.latent_dim": 64, "model.num_codewords": 128},
     {"model.latent_dim": 10, "model.num_codewords": 128},
@@ -176,29 +147,14 @@ MOONSHOT_TRIALS = (
     {"model.latent_dim": 64, "model.num_codewords": 512},
     {"model.latent_dim": 64, "model.num_codewords": 128, "train.learning_rate": 1e-3},
     {"model.latent_dim": 64, "model.num_codewords": 128, "model.commitment": 10.0},
-    {"model.latent_dim": 64, "model.num_codewords": 128, "train.num_steps": 40000,
-     "train.lr_schedule": "cosine"},
-    # Added after the ablations' test runs of this setting (per-codeword
-    # variances starting at log sigma^2 = 0) had been seen: it must win here,
-    # on validation and over seeds (``moonshot_seeds``), to be chosen.
-    {"model.latent_dim": 64, "model.num_codewords": 128, "train.num_steps": 40000,
-     "model.variance": "codeword", "model.log_var_init": 0.0},
+    COSINE_DECAY,
+    CODEWORD_VARIANCES,
 )
-# The trials chosen on validation, in the order chosen, each run once on the
-# test split (``moonshot_test``): cosine decay, best of the seed-0 screen;
-# then the per-codeword variances from log sigma^2 = 0, whose 3 validation
-# seeds (``moonshot_seeds``: 85.29, 86.65, 77.34) average above every other
-# trial (cosine decay 80.30 at seed 0; the row 78.67 over 3 seeds).
-MOONSHOT_CHOSEN = (MOONSHOT_TRIALS[10], MOONSHOT_TRIALS[11])
-# The seeds of the second choice on both splits: the bar (mean of 3 seeds) is
-# judged on seeds 0-2; seeds 3 and 4 were added after those results, to pin
-# its expected accuracy (test 84.39, 80.05; validation 88.91, 85.04).
+# The trials chosen on validation, in the order chosen, for the test split.
+MOONSHOT_CHOSEN = (COSINE_DECAY, CODEWORD_VARIANCES)
+# The seeds of CODEWORD_VARIANCES on both splits.
 MOONSHOT_SEEDS = (0, 1, 2, 3, 4)
-# The start of the second choice's per-codeword variances (model.log_var_init;
-# its own is 0), x SEEDS on the validation hold-out: one seed in five of it
-# clusters near the row's 78-80, on either split. Decided before they ran: a
-# start replaces 0 as the choice, and runs once on the test split, only if its
-# mean over seeds 0-2 beats 0's there (83.09).
+# Other starts of CODEWORD_VARIANCES' variances (model.log_var_init), on validation.
 MOONSHOT_LOG_VAR_INITS = (-1.0, 1.0)
 
 
@@ -274,13 +230,13 @@ SWEEPS = {
         for seed in SEEDS for noise in NOISE_STDS],
     # The MOONSHOT_TRIALS, seed 0, on the validation hold-out.
     "moonshot": lambda: [moonshot_point(trial, 0) for trial in MOONSHOT_TRIALS],
-    # The 12th of MOONSHOT_TRIALS x MOONSHOT_SEEDS, on the validation hold-out.
-    "moonshot_seeds": lambda: [moonshot_point(MOONSHOT_TRIALS[11], seed)
+    # CODEWORD_VARIANCES x MOONSHOT_SEEDS, on the validation hold-out.
+    "moonshot_seeds": lambda: [moonshot_point(CODEWORD_VARIANCES, seed)
                                for seed in MOONSHOT_SEEDS],
-    # The 12th of MOONSHOT_TRIALS with each of MOONSHOT_LOG_VAR_INITS, x SEEDS,
-    # on the validation hold-out.
+    # CODEWORD_VARIANCES with each of MOONSHOT_LOG_VAR_INITS, x SEEDS, on the
+    # validation hold-out.
     "moonshot_log_var": lambda: [
-        moonshot_point({**MOONSHOT_TRIALS[11], "model.log_var_init": log_var}, seed)
+        moonshot_point({**CODEWORD_VARIANCES, "model.log_var_init": log_var}, seed)
         for seed in SEEDS for log_var in MOONSHOT_LOG_VAR_INITS],
     # The first of MOONSHOT_CHOSEN x SEEDS, the second x MOONSHOT_SEEDS, on the
     # test split.
