@@ -170,6 +170,20 @@ def moonshot_point(trial, seed, *, validation=True):
                              overrides=overrides)
 
 
+# FSQ and LFQ rows beside Table 1 collapse to one code at the presets'
+# settings (writeups/quantizers_beside_table1.md): settings screened on the
+# validation hold-out, seed 0, SCREEN_STEPS steps, each a preset and the keys
+# it changes.
+QUANTIZER_SCREEN = (
+    ("fsq", {}),
+    ("fsq", {"train.learning_rate": 1e-4}),
+    ("fsq", {"train.learning_rate": 3e-5}),
+    ("lfq", {}),
+    ("lfq", {"model.commitment": 0.0}),
+    ("lfq", {"model.commitment": 0.25}),
+)
+
+
 SEEDS = default.SEEDS
 CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 
@@ -181,6 +195,11 @@ SWEEPS = {
     "table1": lambda: default.table_sweep(PAPER_RESULTS["mnist"], PAPER, SEEDS),
     # The quantizers beside Table 1 (default.QUANTIZER_PRESETS), x SEEDS.
     "quantizers": lambda: default.table_sweep(default.QUANTIZER_PRESETS, PAPER, SEEDS),
+    # The QUANTIZER_SCREEN, seed 0, on the validation hold-out.
+    "quantizer_screen": lambda: [
+        default.paper_point(row, 0, PAPER, swept={"train.num_steps": SCREEN_STEPS, **swept},
+                            overrides={"data.validation_size": VALIDATION_SIZE})
+        for row, swept in QUANTIZER_SCREEN],
     # The K curve: soft VQ-VAE with each of CODEBOOK_SIZES, x SEEDS.
     "codebook": lambda: [
         default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
