@@ -8,6 +8,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from softvq_jax import checkpoints
+from softvq_jax import config_keys
 from softvq_jax import input_pipeline
 from softvq_jax import models
 from softvq_jax import workdir as workdir_lib
@@ -30,7 +31,7 @@ def load_run(run_dir: str):
   """``(config, data, model, variables)`` of the finished run in ``run_dir``."""
   config = ml_collections.ConfigDict(workdir_lib.read_json(
       os.path.join(run_dir, workdir_lib.CONFIG_FILE)))
-  for key, value in workdir_lib.ADDED_KEYS.items():  # Runs from before a key existed.
+  for key, value in config_keys.ADDED_KEYS.items():  # Runs from before a key existed.
     section, field = key.split(".")
     if field not in config[section]:
       config[section][field] = value

@@ -88,7 +88,7 @@ def markdown(table: Dict[str, Any]) -> str:
         f"| {row['dataset']} | {row['model']} | {len(row['seeds'])} | "
         + " | ".join(_stats(row[m], 4 if m == "nmi" else 2) for m in METRICS) + " | "
         + " | ".join(fmt(paper.get(m)) for m in METRICS) + " |")
-  made_with = {provenance.describe(e) if e else "not recorded (runs from before versions were)"
+  made_with = {provenance.describe(e) if e else "versions not recorded (older runs)"
                for row in table["rows"] for e in row.get("environments", [])}
   lines += [""] + [f"Made with: {line}." for line in sorted(made_with)]
   return "\n".join(lines) + "\n"

@@ -31,6 +31,9 @@ class TrainState:
   model_state: Any  # Non-trainable collections, e.g. {'ema': ...}; {} if none.
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with a constant or cosine-decayed learning rate."""
   lr = train_config.learning_rate

@@ -19,60 +19,22 @@ import jax
 import ml_collections
 import numpy as np
 
-from softvq_jax import bottlenecks
 from softvq_jax import checkpoints
-from softvq_jax import evaluation
+from softvq_jax import config_keys
 from softvq_jax import input_pipeline
 from softvq_jax import locks
 from softvq_jax import metrics as metrics_lib
-from softvq_jax import quantizer_core
 from softvq_jax import models
 from softvq_jax import steps
 from softvq_jax import workdir as workdir_lib
 from softvq_jax.errors import InputError
 
-LR_SCHEDULES = ("constant", "cosine")
 # Seeds reach numpy and scikit-learn, whose seeds are 32-bit.
 SEED_LIMIT = 2**32
-# Sizes and counts index int32 arrays (XLA's default integer).
-SIZE_LIMIT = 2**31
-INT_KEYS = ("model.latent_dim", "model.num_codewords", "train.num_steps",
-            "train.batch_size", "train.log_every", "train.checkpoint_every",
-            "train.max_checkpoints", "train.num_seeds", "eval.kmeans_inits",
-            "eval.probe_steps", "eval.probe_batch_size", "eval.batch_size",
-            "eval.num_clusters", "eval.tsne_points", "data.validation_size",
-            "model.num_stages")
 
 
-def _choice(config, key: str, choices) -> None:
-  value = config[key]
-  if value not in choices:
-    raise InputError(f"config.{key}={value!r} is not valid; choose one of "
-                     f"{', '.join(choices)}")
-
-
-def _positive(config, key: str, allow_zero: bool = False) -> None:
-  value = config[key]
-  if (value is None or not (value >= 0 if allow_zero else value > 0)
-      or not math.isfinite(value)):
-    bound = ">= 0" if allow_zero else "> 0"
-    raise InputError(f"config.{key}={value!r} is not valid; it must be finite and {bound}")
-
-
-def _sizes(config, key: str) -> None:
-  values = tuple(config[key])
-  if not values or not all(isinstance(v, int) and v > 0 for v in values):
-    raise InputError(f"config.{key}={values!r} is not valid; it must list layer sizes, "
-                     "each an integer > 0")
-
-
-def _integers(config) -> None:
-  """Integer keys below their limits: seeds 32-bit, sizes int32."""
-  for key in INT_KEYS:
-    value = config[key]
-    if not isinstance(value, int) or value >= SIZE_LIMIT:
-      raise InputError(f"config.{key}={value!r} is not valid; it must be an integer "
-                       "< 2**31")
+def _seeds_and_figures(config) -> None:
+  """The seeds 32-bit; a t-SNE figure of at least 2 points."""
   last_seed = config.seed + config.train.num_seeds - 1
   if not isinstance(config.seed, int) or last_seed >= SEED_LIMIT:
     raise InputError(f"config.seed={config.seed!r} is not valid; seeds (with "
@@ -88,7 +50,7 @@ def _validate_vmap(config: ml_collections.ConfigDict) -> None:
     if values:
       raise InputError(f"config.train.vmap_values={values!r} needs config.train.vmap_key")
     return
-  _choice(config, "train.vmap_key", models.VMAPPABLE_KEYS)
+  config_keys.choice(models.VMAPPABLE_KEYS)("train.vmap_key", key)
   if key.removeprefix("model.") not in models.BOTTLENECKS[config.model.bottleneck].scalars:
     raise InputError(f"config.train.vmap_key={key!r} is not read by "
                      f"config.model.bottleneck={config.model.bottleneck!r}")
@@ -175,35 +137,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 
 def _validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  c = config  # ConfigDict answers dotted keys: c["model.latent_dim"].
-  _choice(c, "model.bottleneck", models.BOTTLENECKS)
-  _choice(c, "model.network", models.NETWORKS)
-  _choice(c, "model.recon", models.RECONSTRUCTIONS)
-  _choice(c, "model.output_activation", models.OUTPUT_ACTIVATIONS)
-  _choice(c, "model.normalizer", bottlenecks.NORMALIZERS)
-  _choice(c, "model.variance", quantizer_core.VARIANCES)
-  _choice(c, "data.name", input_pipeline.DATASETS)
-  _choice(c, "data.source", input_pipeline.SOURCES)
-  _choice(c, "data.pixel_range", input_pipeline.PIXEL_RANGES)
-  _choice(c, "train.lr_schedule", LR_SCHEDULES)
-  _choice(c, "model.codebook_init", quantizer_core.CODEBOOK_INITS)
-  _choice(c, "eval.kmeans_backend", evaluation.KMEANS_BACKENDS)
-  _choice(c, "train.compute_dtype", models.COMPUTE_DTYPES)
-  for key in ("model.latent_dim", "model.num_codewords", "model.num_stages",
-              "train.num_steps",
-              "train.batch_size", "train.learning_rate", "train.log_every",
-              "train.checkpoint_every", "train.max_checkpoints", "train.num_seeds",
-              "eval.kmeans_inits", "eval.probe_steps", "eval.probe_batch_size",
-              "eval.probe_learning_rate", "eval.batch_size"):
-    _positive(c, key)
-  for key in ("model.noise_std", "model.beta", "model.commitment", "model.entropy_weight",
-              "model.vq_weight", "model.max_alpha", "model.dead_code_threshold",
-              "data.validation_size",
-              "eval.num_clusters", "eval.tsne_points", "seed"):
-    _positive(c, key, allow_zero=True)
-  _integers(c)
-  _sizes(c, "model.mlp_hidden")
-  _sizes(c, "model.cnn_channels")
+  config_keys.check_values(config)
+  _seeds_and_figures(config)
   _validate_vmap(config)
   if config.train.batch_size % num_devices:
     raise InputError(f"config.train.batch_size={config.train.batch_size} is not valid; "

@@ -7,8 +7,9 @@
 * ``config.json``: the resolved config. A workdir that holds another config
   is refused with the keys that differ; one that holds ``eval.json`` for the
   same config is a finished run and is not retrained. A key that the stored
-  config lacks (added to the library after that run, ``ADDED_KEYS``)
-  matches only the value that keeps the earlier behaviour.
+  config lacks (added to the library after that run,
+  ``config_keys.ADDED_KEYS``) matches only the value that keeps the earlier
+  behaviour.
 * ``metrics.jsonl`` and ``tensorboard/``: the training log
   (``softvq_jax.metrics``).
 * JSON results are written to a temporary file and renamed into place, with
@@ -24,34 +25,13 @@ from typing import Any, Dict, List, Optional
 
 import ml_collections
 
+from softvq_jax import config_keys
 from softvq_jax import runs
 from softvq_jax.errors import InputError
 
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
 TIMING_FILE = "timing.json"
-
-# Config keys added after runs were published, with the value that keeps the
-# behaviour from before each key existed. Every key added to the config goes
-# here, so that the workdirs of earlier runs stay finished runs.
-ADDED_KEYS = {
-    "data.download": False,
-    "data.download_url": "",
-    "data.verify_md5": True,
-    "eval.kmeans_backend": "auto",  # Earlier runs, all on CPU, used sklearn: auto's choice.
-    "model.codebook_init": "uniform",
-    "model.dead_code_threshold": 0.0,
-    "model.entropy_weight": 0.1,
-    "model.fsq_levels": [5, 5, 5],
-    "model.num_stages": 4,
-    "model.log_var_init": None,
-    "model.variance": "sample",
-    "train.compute_dtype": "float32",
-    "train.num_seeds": 1,
-    "train.vmap_key": "",
-    "train.vmap_values": [],
-}
-
 
 # The directory part that marks a point evaluated on the validation hold-out.
 VALIDATION_DIR = "validation"
@@ -127,7 +107,7 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list:
     for key in sorted(set(old) | set(new)):
       out += _diff(old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}{key}.")
     return out
-  if old is _MISSING and new == ADDED_KEYS.get(prefix[:-1], _MISSING):
+  if old is _MISSING and new == config_keys.ADDED_KEYS.get(prefix[:-1], _MISSING):
     return []
   show = lambda value: "absent" if value is _MISSING else repr(value)
   return [] if old == new else [f"{prefix[:-1]}: {show(old)} in the workdir, {show(new)} now"]

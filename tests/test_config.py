@@ -6,10 +6,13 @@ import sys
 
 import json
 
+import ml_collections
 import pytest
 
 from configs import cifar10, digits, mnist, svhn
+from softvq_jax import config_keys
 from softvq_jax import validation
+from softvq_jax.configs import default
 from softvq_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +69,23 @@ def test_paper_protocols():
   config = cifar10.get_config()
   assert (config.model.network, config.model.latent_dim, config.model.num_codewords,
           config.train.num_steps) == ("cnn", 256, 32, 10000)
+
+
+def test_every_key_is_declared_once_with_its_meaning():
+  declared = {(section, name) for section, keys in config_keys.KEYS.items() for name in keys}
+  config = default.get_base_config()
+  found = {("", k) for k, v in config.items() if not isinstance(v, ml_collections.ConfigDict)}
+  found |= {(k, name) for k, v in config.items() if isinstance(v, ml_collections.ConfigDict)
+            for name in v}
+  assert found == declared
+  for keys in config_keys.KEYS.values():
+    for key in keys.values():
+      assert key.doc and "\n" not in key.doc
+  for dotted, value in config_keys.ADDED_KEYS.items():  # "As before" is a valid value.
+    config = default.get_base_config()
+    section, name = dotted.split(".")
+    config[section][name] = tuple(value) if isinstance(value, list) else value
+    validation.validate_config(config, num_devices=1)
 
 
 def test_unknown_preset():

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from configs import cifar10, digits, mnist
+from softvq_jax import config_keys
 from softvq_jax import models
 from softvq_jax import runs
 from softvq_jax import sweep
@@ -94,7 +95,7 @@ def old_layout_finished_run(sweep_dir, name, config):
   """A finished run as the earlier code left it: its name as a path, a
   config.json without the keys added since, and an eval.json."""
   stored = workdir.config_dict(config)
-  for key in workdir.ADDED_KEYS:
+  for key in config_keys.ADDED_KEYS:
     section, field = key.split(".")
     del stored[section][field]
   run_dir = os.path.join(sweep_dir, name)

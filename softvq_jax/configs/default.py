@@ -33,8 +33,8 @@ import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import ml_collections
-from ml_collections import config_dict
 
+from softvq_jax import config_keys
 from softvq_jax import runs
 
 
@@ -51,68 +51,9 @@ class PaperValues:
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by all datasets; every key is declared here."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0  # Seeds init, data order, noise, K-means and the probe.
-
-  config.model = model = ml_collections.ConfigDict()
-  model.bottleneck = "soft_vq"  # none|vae|info_dropout|vq|soft_vq|fsq|lfq|residual_(soft_)vq.
-  model.network = "mlp"  # mlp (MNIST, digits) | cnn (SVHN, CIFAR-10).
-  model.mlp_hidden = (500, 500, 2000)  # Encoder trunk sizes; decoder mirrors.
-  model.cnn_channels = (64, 128, 256, 512)  # Conv channels; decoder mirrors.
-  model.latent_dim = 64  # d, the size of z_e.
-  model.num_codewords = 128  # K, codebook size (vq, soft_vq; per stage for residual_*).
-  model.num_stages = 4  # Quantizer stages of residual_vq and residual_soft_vq.
-  model.fsq_levels = (5, 5, 5)  # fsq: levels per dimension; latent_dim = their count.
-  model.entropy_weight = 0.1  # lfq: weight of MAGVIT-v2's entropy penalty (bits = latent_dim).
-  model.noise_std = 0.0  # Std of the white noise on z_e in training (soft_vq).
-  model.normalizer = "paper"  # soft_vq weights: paper (sigma^-d) | notebook (sigma^+1).
-  model.variance = "sample"  # sigma_k^2: sample (soft_vq's head, the paper) | codeword | fixed.
-  model.log_var_init = config_dict.placeholder(float)  # codeword/fixed start; None: data fit.
-  model.beta = 1.0  # KL weight (vae) or penalty weight (info_dropout).
-  model.max_alpha = 0.7  # Upper bound of information dropout's noise scale.
-  model.commitment = 0.25  # beta of eq. (27), the commitment weight (codebooks; lfq's too).
-  model.vq_weight = 1.0  # Scale of eq. (27)'s VQ terms (codebooks; lfq's commitment too).
-  model.codebook_init = "uniform"  # Codebooks: uniform (TF1 unit scaling) | data | kmeans.
-  model.ema_decay = config_dict.placeholder(float)  # Codebooks: EMA decay; None = off.
-  model.dead_code_threshold = 0.0  # EMA codebooks: restart codewords under this count; 0 = off.
-  model.recon = "nmse"  # Reconstruction term: nmse | bernoulli.
-  model.output_activation = "sigmoid"  # Decoder output: sigmoid | identity.
-
-  config.data = data = ml_collections.ConfigDict()
-  data.name = "mnist"  # mnist | svhn_cropped | cifar10 | digits.
-  data.source = "tfds"  # tfds | files | sklearn.
-  data.dir = config_dict.placeholder(str)  # tfds data_dir, or the folder of files.
-  data.verify_md5 = True  # files: check the known md5 sums of the official files.
-  data.download = False  # files: fetch missing official files into data.dir (no TensorFlow).
-  data.download_url = ""  # files: base URL of a mirror for data.download; "" = official.
-  data.pixel_range = "unit"  # unit ([0, 1]) | centered ([-0.5, 0.5]).
-  data.validation_size = 0  # >0: hold out this many train images, evaluate on them.
-
-  config.train = train = ml_collections.ConfigDict()
-  train.num_steps = 40000  # Optimizer updates.
-  train.batch_size = 32  # Global batch, split across devices.
-  train.learning_rate = 3e-4  # Adam learning rate.
-  train.lr_schedule = "constant"  # constant | cosine (decay to 0 over num_steps).
-  train.compute_dtype = "float32"  # float32 | bfloat16 (trunk activations; params stay f32).
-  train.log_every = 500  # Steps between metrics lines (and per dispatch).
-  train.checkpoint_every = 5000  # Steps between orbax checkpoints.
-  train.max_checkpoints = 2  # Checkpoints kept on disk.
-  train.num_seeds = 1  # >1: seeds seed..seed+num_seeds-1 in one vmapped program.
-  train.vmap_key = ""  # A key of models.VMAPPABLE_KEYS: one run per value of vmap_values.
-  train.vmap_values = ()  # The values of vmap_key, vmapped with the seeds in one program.
-
-  config.eval = ev = ml_collections.ConfigDict()
-  ev.kmeans_inits = 100  # K-means initialisations; the best inertia is kept.
-  ev.kmeans_backend = "auto"  # K-means: jax (on device) | sklearn (host) | auto (jax off CPU).
-  ev.num_clusters = 0  # K-means clusters; 0 = the number of classes.
-  ev.probe_steps = 30000  # Adam steps of the linear probe.
-  ev.probe_batch_size = 128  # Linear-probe batch size.
-  ev.probe_learning_rate = 0.01  # Linear-probe Adam learning rate.
-  ev.batch_size = 1000  # Batch size when encoding the splits.
-  ev.figures = True  # Write t-SNE, reconstruction, usage and curve PNGs.
-  ev.tsne_points = 2000  # Test latents shown in the t-SNE figure.
-  return config
+  """Defaults shared by all datasets: every key, declared once in
+  ``softvq_jax.config_keys`` with its meaning."""
+  return config_keys.base_config()
 
 
 # The seeds of every table's rows.
