@@ -33,7 +33,7 @@ def model_label(point: runs.Point) -> str:
   """A point's row in the tables: its directory names without dataset, seed
   and ``validation`` (the tables' eval_split says it): ``ae``,
   ``soft_vq_vae/noise_std_0.05``."""
-  return "/".join(workdir_lib.point_parts(dataclasses.replace(point, dataset=""),
+  return "/".join(runs.point_parts(dataclasses.replace(point, dataset=""),
                                          split=False))
 
 
@@ -46,7 +46,7 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
   """
   rows: Dict[tuple, Dict[str, Any]] = {}
   for point in points:
-    run_dir = os.path.join(workdir, workdir_lib.point_dir(point))
+    run_dir = os.path.join(workdir, runs.point_dir(point))
     results = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.EVAL_FILE))
     if results is None:
       continue
@@ -155,7 +155,7 @@ def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
   or a swept value of one), from its first finished seed's latents."""
   panels, seen = [], set()
   for point in points:
-    name, label = workdir_lib.point_dir(point), model_label(point)
+    name, label = runs.point_dir(point), model_label(point)
     latents = os.path.join(workdir, name, "latents.npz")
     if label in seen or not os.path.exists(latents):
       continue

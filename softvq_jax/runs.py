@@ -1,10 +1,13 @@
-"""What a run is: config overrides, typed sweep points, runs trained together.
+"""What a run is: typed sweep points, their directories, config overrides, and
+runs trained together, packed into one config and unpacked.
 
 A sweep is a list of ``Point``s, each one run: a row of the paper's tables
 (a preset) with a seed, optionally a dataset, a named variant, and config
-keys whose values name its directory (``workdir.point_dir``). A config
-with ``train.num_seeds > 1`` or ``train.vmap_key`` is several runs trained
-in one program; ``split`` gives each its single-run config and its Point.
+keys whose values name its directory (``point_dir``). A config with
+``train.num_seeds > 1`` or ``train.vmap_key`` is several runs trained in one
+program: ``pack`` makes such a config (a ``Launch``) of a family's points,
+and ``unpack`` gives back each ``Run``, its single-run config and its
+directory (``split``: its Point).
 
 Config files build points with these helpers; the engine reads their fields
 and never parses a directory name back.
@@ -12,7 +15,8 @@ and never parses a directory name back.
 
 import copy
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import os
+from typing import Any, Dict, Hashable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -181,3 +185,115 @@ def scalars(config: ml_collections.ConfigDict,
   if not key:
     return {}
   return {key.removeprefix("model."): [float(c[key]) for c in run_configs]}
+
+
+# The directory part that marks a point evaluated on the validation hold-out.
+VALIDATION_DIR = "validation"
+
+
+def point_parts(point: Point, *, split: bool = True) -> List[str]:
+  """The names of a point's directories below its sweep's workdir, the seed's
+  excepted: ``[<dataset>, ][<row>, ][validation, ][<variant>, ][<key>_<value>, ...]``,
+  one ``<key>_<value>`` per swept key, named by its last component.
+  ``validation`` (``split``) marks a point evaluated on a hold-out of the
+  training images (``data.validation_size``), so that a setting chosen on
+  validation and then run on the test split gets two directories in one
+  sweep workdir."""
+  held_out = split and point.config_overrides().get("data.validation_size")
+  validation = VALIDATION_DIR if held_out else ""
+  parts = [part for part in (point.dataset, point.row, validation, point.variant) if part]
+  return parts + [f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.swept]
+
+
+def point_dir(point: Point) -> str:
+  """The directory of a run below its sweep's (or vmapped config's) workdir:
+  ``point_parts``, then ``seed_<seed>`` (``soft_vq_vae/noise_std_0.05/seed_0``,
+  ``beta_vae/validation/beta_5.0/seed_0``)."""
+  return os.path.join(*point_parts(point), f"seed_{point.seed}")
+
+
+class Run(NamedTuple):
+  """One run: its single-run config and its workdir."""
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+def unpack(config: ml_collections.ConfigDict, workdir: str) -> List[Run]:
+  """Every run that ``config`` trains together (``split``); the inverse of
+  ``pack``.
+
+  A plain config is one run in ``workdir``. Otherwise each run (a seed of
+  ``train.num_seeds``, times a value of ``train.vmap_key``) has the config
+  of a run trained alone and its own workdir, ``point_dir`` of its
+  point below ``workdir``: ``seed_<s>`` or ``<key>_<v>/seed_<s>``.
+  """
+  if config.train.num_seeds == 1 and not config.train.vmap_key:
+    return [Run(config, workdir)]
+  return [Run(single, os.path.join(workdir, point_dir(point)))
+          for point, single in split(config)]
+
+
+Member = Tuple[Point, ml_collections.ConfigDict]
+
+
+@dataclasses.dataclass
+class Launch:
+  """One process-level run of a sweep: one point, or several trained together."""
+  points: List[Point]  # The sweep points it finishes.
+  config: ml_collections.ConfigDict
+  workdir: str
+
+  @property
+  def names(self) -> List[str]:
+    """The points' directories below the sweep's workdir."""
+    return [point_dir(point) for point in self.points]
+
+  @property
+  def raw(self) -> bool:
+    return self.points[0].raw
+
+
+def _consecutive(members: List[Member]) -> List[List[Member]]:
+  """Members split into runs of consecutive seeds."""
+  members = sorted(members, key=lambda member: member[1].seed)
+  groups = [[members[0]]]
+  for member in members[1:]:
+    if member[1].seed == groups[-1][-1][1].seed + 1:
+      groups[-1].append(member)
+    else:
+      groups.append([member])
+  return groups
+
+
+def pack(members: List[Member], workdir: str) -> List[Launch]:
+  """The launches of a group of one family's points: the values of its
+  vmapped key that share a run of consecutive seeds train together, packed
+  into one config (``train.num_seeds``, ``train.vmap_key``); ``unpack``
+  is its inverse."""
+  key = vmapped_key(members[0][0])
+  by_value: Dict[Hashable, List[Member]] = {}
+  for point, config in members:
+    by_value.setdefault(config[key] if key else None, []).append((point, config))
+  by_seeds: Dict[tuple, List[Tuple[Hashable, List[Member]]]] = {}
+  for value, value_members in by_value.items():
+    for seed_members in _consecutive(value_members):
+      seeds = tuple(config.seed for _, config in seed_members)
+      by_seeds.setdefault(seeds, []).append((value, seed_members))
+  launches = []
+  for seeds, entries in by_seeds.items():
+    points = [point for _, seed_members in entries for point, _ in seed_members]
+    config = copy.deepcopy(entries[0][1][0][1])
+    first = points[0]
+    if len(points) == 1:
+      launches.append(Launch(points, config, os.path.join(workdir, point_dir(first))))
+      continue
+    with config.unlocked():
+      config.train.num_seeds = len(seeds)
+      if len(entries) > 1:
+        config.train.vmap_key = key
+        config.train.vmap_values = tuple(value for value, _ in entries)
+        first = dataclasses.replace(first, swept=())
+    # train writes each run into the directory of its point below this one.
+    directory = os.path.dirname(point_dir(first))
+    launches.append(Launch(points, config, os.path.join(workdir, directory)))
+  return launches

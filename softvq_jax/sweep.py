@@ -7,7 +7,7 @@
 Sweeps are defined in the config file by ``get_sweep(name)``, a list of
 ``runs.Point``s; the command-line ``--config.*`` overrides apply to every
 point, after its preset (a key that the sweep varies cannot be overridden).
-Each point runs in ``WORKDIR/<workdir.point_dir(point)>``. Finished
+Each point runs in ``WORKDIR/<runs.point_dir(point)>``. Finished
 runs are skipped and unfinished ones resume, so re-running the command
 continues an interrupted sweep. Every point's config is validated before the
 first run starts.
@@ -30,13 +30,11 @@ says so (``locks.lock``).
 from softvq_jax import cli
 
 with cli.interruptible_start(__name__):
-  import copy
-  import dataclasses
   import importlib.util
   import os
   import sys
   import time
-  from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+  from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
 
   from absl import flags
   from absl import logging
@@ -69,26 +67,6 @@ flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values o
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
-Member = Tuple[runs.Point, ml_collections.ConfigDict]
-
-
-@dataclasses.dataclass
-class Launch:
-  """One process-level run of a sweep: one point, or several trained together."""
-  points: List[runs.Point]  # The sweep points it finishes.
-  config: ml_collections.ConfigDict
-  workdir: str
-
-  @property
-  def names(self) -> List[str]:
-    """The points' directories below the sweep's workdir."""
-    return [workdir_lib.point_dir(point) for point in self.points]
-
-  @property
-  def raw(self) -> bool:
-    return self.points[0].raw
-
-
 def load_config_module(path: str):
   """The config file as a module, for its ``get_sweep`` and ``PAPER_RESULTS``."""
   spec = importlib.util.spec_from_file_location("sweep_config", path)
@@ -106,53 +84,9 @@ def shard_points(points: Sequence[runs.Point], shard: int,
   return [p for p in points if runs.family(p) in mine]
 
 
-def _consecutive(members: List[Member]) -> List[List[Member]]:
-  """Members split into runs of consecutive seeds."""
-  members = sorted(members, key=lambda member: member[1].seed)
-  groups = [[members[0]]]
-  for member in members[1:]:
-    if member[1].seed == groups[-1][-1][1].seed + 1:
-      groups[-1].append(member)
-    else:
-      groups.append([member])
-  return groups
-
-
-def _group_launches(members: List[Member], workdir: str) -> List[Launch]:
-  """The launches of a group of one family's points: the values of its
-  vmapped key that share a run of consecutive seeds train together."""
-  key = runs.vmapped_key(members[0][0])
-  by_value: Dict[Hashable, List[Member]] = {}
-  for point, config in members:
-    by_value.setdefault(config[key] if key else None, []).append((point, config))
-  by_seeds: Dict[tuple, List[Tuple[Hashable, List[Member]]]] = {}
-  for value, value_members in by_value.items():
-    for seed_members in _consecutive(value_members):
-      seeds = tuple(config.seed for _, config in seed_members)
-      by_seeds.setdefault(seeds, []).append((value, seed_members))
-  launches = []
-  for seeds, entries in by_seeds.items():
-    points = [point for _, seed_members in entries for point, _ in seed_members]
-    config = copy.deepcopy(entries[0][1][0][1])
-    first = points[0]
-    if len(points) == 1:
-      launches.append(Launch(points, config, os.path.join(workdir, workdir_lib.point_dir(first))))
-      continue
-    with config.unlocked():
-      config.train.num_seeds = len(seeds)
-      if len(entries) > 1:
-        config.train.vmap_key = key
-        config.train.vmap_values = tuple(value for value, _ in entries)
-        first = dataclasses.replace(first, swept=())
-    # train writes each run into the directory of its point below this one.
-    directory = os.path.dirname(workdir_lib.point_dir(first))
-    launches.append(Launch(points, config, os.path.join(workdir, directory)))
-  return launches
-
-
 def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
          quick: bool = False, vmap_seeds: bool = True,
-         command_line: Optional[Mapping[str, Any]] = None) -> List[Launch]:
+         command_line: Optional[Mapping[str, Any]] = None) -> List[runs.Launch]:
   """The launches of a sweep, in the order of its points.
 
   Unfinished points of one family (``runs.family``) whose latest checkpoints
@@ -166,16 +100,16 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
   set to different values cannot be overridden (``runs.check_command_line``).
   """
   runs.check_command_line(points, command_line or {})
-  groups: Dict[Hashable, List[Member]] = {}
+  groups: Dict[Hashable, List[runs.Member]] = {}
   for i, point in enumerate(points):
     config = runs.point_config(base, point, quick, command_line)
-    run_dir = os.path.join(workdir, workdir_lib.point_dir(point))
+    run_dir = os.path.join(workdir, runs.point_dir(point))
     alone = (not vmap_seeds or point.raw
              or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
     group = ("alone", i) if alone else (runs.family(point), checkpoints.latest_step(run_dir))
     groups.setdefault(group, []).append((point, config))
   return [launch for members in groups.values()
-          for launch in _group_launches(members, workdir)]
+          for launch in runs.pack(members, workdir)]
 
 
 def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
@@ -196,9 +130,9 @@ def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: 
     logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
     try:
       if launch.raw:
-        train.evaluate_pixels(launch.config, launch.workdir)
+        train.evaluate_pixels(launch.config, launch.workdir, validated=True)
       else:
-        train.train_and_evaluate(launch.config, launch.workdir)
+        train.train_and_evaluate(launch.config, launch.workdir, validated=True)
     except (FloatingPointError, locks.Locked) as e:
       logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
       failed.extend(launch.names)

@@ -29,7 +29,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -61,29 +61,12 @@ class Diverged(FloatingPointError):
     self.from_step = from_step
 
 
-class Run(NamedTuple):
-  """One run: its single-run config and its workdir."""
-  config: ml_collections.ConfigDict
-  workdir: str
-
-
-def runs_of(config: ml_collections.ConfigDict, workdir: str) -> List[Run]:
-  """Every run that ``config`` trains together (``runs.split``).
-
-  A plain config is one run in ``workdir``. Otherwise each run (a seed of
-  ``train.num_seeds``, times a value of ``train.vmap_key``) has the config
-  of a run trained alone and its own workdir, ``workdir.point_dir`` of its
-  point below ``workdir``: ``seed_<s>`` or ``<key>_<v>/seed_<s>``.
-  """
-  if config.train.num_seeds == 1 and not config.train.vmap_key:
-    return [Run(config, workdir)]
-  return [Run(single, os.path.join(workdir, workdir_lib.point_dir(point)))
-          for point, single in runs_lib.split(config)]
-
-
-def prepare_runs(config: ml_collections.ConfigDict,
-                 workdir: str) -> Tuple[List[Run], Optional[List[Dict[str, Any]]]]:
-  """Validates ``config``, its runs and the workdir, and checks the runs' workdirs.
+def prepare_runs(config: ml_collections.ConfigDict, workdir: str, validated: bool = False
+                 ) -> Tuple[List[runs_lib.Run], Optional[List[Dict[str, Any]]]]:
+  """Validates ``config`` (unless ``validated``: the sweep validates every
+  launch before the first) and the workdirs, and checks the runs' workdirs.
+  The runs' single-run configs need no check of their own: they differ from
+  ``config`` only in values that its validation covers (seeds, vmap values).
 
   Returns:
     The runs, and the stored results of each when every run is finished
@@ -93,17 +76,16 @@ def prepare_runs(config: ml_collections.ConfigDict,
     InputError: an invalid config or workdir, a workdir of another config,
       or only some of the runs finished.
   """
-  validation.validate_config(config, jax.device_count())
-  runs = runs_of(config, workdir)
+  if not validated:
+    validation.validate_config(config, jax.device_count())
+  runs = runs_lib.unpack(config, workdir)
   # A single run's workdir is ``workdir`` itself: each directory is checked once.
   for path in dict.fromkeys([workdir] + [run.workdir for run in runs]):
     validation.validate_workdir(path)
-  for run in runs:
-    validation.validate_config(run.config, jax.device_count())
   return runs, finished_results(runs, workdir)
 
 
-def finished_results(runs: List[Run], workdir: str) -> Optional[List[Dict[str, Any]]]:
+def finished_results(runs: List[runs_lib.Run], workdir: str) -> Optional[List[Dict[str, Any]]]:
   """The stored results of every run, None if none is finished.
 
   Raises:
@@ -126,7 +108,7 @@ def load_data(config: ml_collections.ConfigDict, num_runs: int) -> input_pipelin
   return data
 
 
-def write_configs(runs: List[Run]) -> None:
+def write_configs(runs: List[runs_lib.Run]) -> None:
   """Each run's config.json: the first write of a run (process 0 alone)."""
   if jax.process_index() == 0:
     for run in runs:
@@ -147,7 +129,7 @@ class Program:
 
 
 def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-                  runs: List[Run]) -> Program:
+                  runs: List[runs_lib.Run]) -> Program:
   """The model, optimizer, mesh and keys, and the jitted init and steps."""
   num_runs = len(runs)
   model_fn = functools.partial(models.make_model, config.model, data.image_shape,
@@ -182,7 +164,7 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
       run_steps=run_steps, sharding=replicated)
 
 
-def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
+def train_loop(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
                train_config: ml_collections.ConfigDict,
                managers: checkpoints.Managers) -> steps.TrainState:
   """Trains from ``state.step`` to ``train.num_steps``, logging and checkpointing.
@@ -209,7 +191,7 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[Run],
   return state
 
 
-def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
+def _train_chunks(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
                   train_config: ml_collections.ConfigDict, managers: checkpoints.Managers,
                   logs: List[metrics_lib.MetricsLog]) -> steps.TrainState:
   """``train_loop``'s loop: jitted chunks of steps up to each log or checkpoint."""
@@ -252,19 +234,21 @@ def _train_chunks(state: steps.TrainState, program: Program, runs: List[Run],
   return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       validated: bool = False):
   """Trains the model of ``config`` in ``workdir``, then evaluates it.
 
   ``train.num_seeds = S > 1`` seeds and the ``train.vmap_values`` of
   ``train.vmap_key`` train in one vmapped program, each run in its own
-  workdir below ``workdir`` (see ``runs_of``). Resumes from the latest
+  workdir below ``workdir`` (see ``runs.unpack``). Resumes from the latest
   checkpoint; a finished run of the same config is not retrained.
+  ``validated``: the caller has validated ``config`` (``prepare_runs``).
 
   Returns:
-    The metrics of eval.json; for several runs a list, in ``runs_of`` order.
+    The metrics of eval.json; for several runs a list, in ``runs.unpack`` order.
     In a multi-process run only process 0 evaluates; the others get None.
   """
-  runs, finished = prepare_runs(config, workdir)
+  runs, finished = prepare_runs(config, workdir, validated)
   if finished is None:
     data = load_data(config, len(runs))
     with locks.lock([run.workdir for run in runs], enabled=jax.process_index() == 0):
@@ -274,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-                        runs: List[Run]) -> List:
+                        runs: List[runs_lib.Run]) -> List:
   """``train_and_evaluate`` of runs that are not finished, under their locks."""
   write_configs(runs)
   program = build_program(config, data, runs)
@@ -300,7 +284,7 @@ def _kept(config: ml_collections.ConfigDict) -> str:
           "kept: rerun the same command to evaluate")
 
 
-def _resume_and_train(config: ml_collections.ConfigDict, program: Program, runs: List[Run],
+def _resume_and_train(config: ml_collections.ConfigDict, program: Program, runs: List[runs_lib.Run],
                       managers: checkpoints.Managers) -> Tuple[steps.TrainState, int]:
   """Restores the newest good checkpoint and trains; a checkpoint whose first
   steps diverge is set aside for the one before. Returns the trained state
@@ -331,7 +315,7 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
   return np.asarray(latents).reshape(len(padded), -1)[:count]
 
 
-def _write_results(run: Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
+def _write_results(run: runs_lib.Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
   signals.check()  # A Ctrl-C that Python dropped never leaves a finished run.
   environment = provenance.environment()  # Versions and device, beside the numbers.
   workdir_lib.write_results(run.workdir, {**results, "environment": environment},
@@ -339,7 +323,7 @@ def _write_results(run: Run, results: Dict[str, Any], timing: Dict[str, Any]) ->
   logging.info("eval of seed %d: %s", run.config.seed, json.dumps(results))
 
 
-def evaluate_run(run: Run, data: input_pipeline.Splits, state: steps.TrainState,
+def evaluate_run(run: runs_lib.Run, data: input_pipeline.Splits, state: steps.TrainState,
                  timing: Dict[str, Any]) -> Dict[str, Any]:
   """Evaluates one trained run and writes its results, latents and figures
   (on process 0 alone in a multi-process run)."""
@@ -365,10 +349,11 @@ def evaluate_run(run: Run, data: input_pipeline.Splits, state: steps.TrainState,
   return results
 
 
-def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str,
+                    validated: bool = False) -> Dict[str, Any]:
   """The paper's "Raw Data" row: the evaluation suite on the flattened pixels
   (process 0 alone; the others return None)."""
-  runs, finished = prepare_runs(config, workdir)
+  runs, finished = prepare_runs(config, workdir, validated)
   if finished is not None:
     return finished[0]
   if jax.process_index() != 0:
@@ -379,7 +364,7 @@ def evaluate_pixels(config: ml_collections.ConfigDict, workdir: str) -> Dict[str
 
 
 def _evaluate_pixels(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-                     run: Run) -> Dict[str, Any]:
+                     run: runs_lib.Run) -> Dict[str, Any]:
   write_configs([run])
   t0 = time.time()
   results = evaluation.evaluate(data.train_images, data.train_labels, data.eval_images,

@@ -1,7 +1,9 @@
 """Checks of a config against its valid ranges, before any work starts.
 
-``train_and_evaluate`` also validates the config of every run it trains
-together (each seed, each value of ``train.vmap_key``).
+A launch is validated once: ``main`` through ``train.prepare_runs``, a sweep
+every launch before the first starts. The checks of a value alone are its
+key's (``softvq_jax.config_keys``); this module adds those that relate keys
+to each other, the workdir and the data.
 
 ``validate_config`` (the config alone), ``validate_workdir`` and
 ``validate_data`` (the config against the loaded data: image size, cluster

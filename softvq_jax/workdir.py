@@ -21,42 +21,16 @@
 import json
 import os
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import ml_collections
 
 from softvq_jax import config_keys
-from softvq_jax import runs
 from softvq_jax.errors import InputError
 
 CONFIG_FILE = "config.json"
 EVAL_FILE = "eval.json"
 TIMING_FILE = "timing.json"
-
-# The directory part that marks a point evaluated on the validation hold-out.
-VALIDATION_DIR = "validation"
-
-
-def point_parts(point: runs.Point, *, split: bool = True) -> List[str]:
-  """The names of a point's directories below its sweep's workdir, the seed's
-  excepted: ``[<dataset>, ][<row>, ][validation, ][<variant>, ][<key>_<value>, ...]``,
-  one ``<key>_<value>`` per swept key, named by its last component.
-  ``validation`` (``split``) marks a point evaluated on a hold-out of the
-  training images (``data.validation_size``), so that a setting chosen on
-  validation and then run on the test split gets two directories in one
-  sweep workdir."""
-  held_out = split and point.config_overrides().get("data.validation_size")
-  validation = VALIDATION_DIR if held_out else ""
-  parts = [part for part in (point.dataset, point.row, validation, point.variant) if part]
-  return parts + [f"{key.rsplit('.', 1)[-1]}_{value}" for key, value in point.swept]
-
-
-def point_dir(point: runs.Point) -> str:
-  """The directory of a run below its sweep's (or vmapped config's) workdir:
-  ``point_parts``, then ``seed_<seed>`` (``soft_vq_vae/noise_std_0.05/seed_0``,
-  ``beta_vae/validation/beta_5.0/seed_0``)."""
-  return os.path.join(*point_parts(point), f"seed_{point.seed}")
-
 
 def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """The config as plain JSON types."""

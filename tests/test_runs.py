@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "soft_vq_vae/validation/moonshot/seed_0"),
 ])
 def test_point_directories(point, directory):
-  assert workdir.point_dir(point) == directory
+  assert runs.point_dir(point) == directory
 
 
 def test_config_overrides_apply_preset_dataset_swept_then_seed():
@@ -81,7 +81,7 @@ def test_families_are_fields_not_names(swept, key):
 def test_split_gives_single_run_configs_value_major(tiny_config, tmp_path):
   tiny_config.train.num_seeds = 2
   tiny_config.train.vmap_key, tiny_config.train.vmap_values = "model.noise_std", (0.0, 0.5)
-  found = train.runs_of(tiny_config, str(tmp_path))
+  found = runs.unpack(tiny_config, str(tmp_path))
   assert [os.path.relpath(run.workdir, tmp_path) for run in found] == [
       "noise_std_0.0/seed_0", "noise_std_0.0/seed_1", "noise_std_0.5/seed_0",
       "noise_std_0.5/seed_1"]
@@ -119,7 +119,7 @@ def old_layout_finished_run(sweep_dir, name, config):
 def test_runs_laid_out_the_old_way_are_found_finished(tmp_path, monkeypatch, module,
                                                       sweep_name, name):
   base = module.get_config()
-  point = next(p for p in module.get_sweep(sweep_name) if workdir.point_dir(p) == name)
+  point = next(p for p in module.get_sweep(sweep_name) if runs.point_dir(p) == name)
   expected = old_layout_finished_run(str(tmp_path), name, runs.point_config(base, point))
   launches = sweep.plan(base, [point], str(tmp_path))
   assert [(l.names, l.workdir) for l in launches] == [([name], str(tmp_path / name))]

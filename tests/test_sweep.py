@@ -38,9 +38,9 @@ def test_table_sweeps_cover_rows_and_seeds():
   table2 = cifar10.get_sweep("table2")
   assert len(table2) == 2 * 6 * 3
   assert {p.config_overrides()["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
-  assert len({workdir.point_dir(p) for p in table2}) == len(table2)
-  assert workdir.point_dir(table2[0]) == "svhn_cropped/ae/seed_0"
-  assert workdir.point_dir(mnist.get_sweep("codebook")[0]) == "soft_vq_vae/num_codewords_16/seed_0"
+  assert len({runs.point_dir(p) for p in table2}) == len(table2)
+  assert runs.point_dir(table2[0]) == "svhn_cropped/ae/seed_0"
+  assert runs.point_dir(mnist.get_sweep("codebook")[0]) == "soft_vq_vae/num_codewords_16/seed_0"
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_tsne_has_one_panel_per_row_of_the_table(tmp_path, monkeypatch):
   points = small_points(mnist, "codebook", lambda p: p.seed < 2
                         and dict(p.swept)["model.num_codewords"] in (16, 32))
   for point in points:
-    run_dir = tmp_path / workdir.point_dir(point)
+    run_dir = tmp_path / runs.point_dir(point)
     run_dir.mkdir(parents=True)
     np.savez(run_dir / "latents.npz", latents=np.full((4, 2), point.seed),
              labels=np.arange(4))
@@ -190,7 +190,7 @@ def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
   assert described[("vq_vae/seed_2",)] == (2, 1, False, "vq_vae/seed_2")
   assert described[("raw/seed_2",)] == (2, 1, True, "raw/seed_2")
   assert sorted(n for l in launches for n in l.names) == sorted(
-      workdir.point_dir(p) for p in points)
+      runs.point_dir(p) for p in points)
   assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
                                                     vmap_seeds=False))
 
@@ -214,9 +214,11 @@ def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
       # Two tags: its family is its directory, so it trains alone.
       ("vae/beta_2.0/max_alpha_0.5/seed_0",): (1, "", (), "vae/beta_2.0/max_alpha_0.5/seed_0"),
   }
-  for launch in launches:  # train writes each run exactly into its point's workdir.
-    assert [d for _, d in train.runs_of(launch.config, launch.workdir)] == [
-        os.path.join(tmp_path, name) for name in launch.names]
+  for launch in launches:  # unpack inverts pack: each point's config, in its directory.
+    unpacked = runs.unpack(launch.config, launch.workdir)
+    assert [d for _, d in unpacked] == [os.path.join(tmp_path, name) for name in launch.names]
+    assert [workdir.config_dict(c) for c, _ in unpacked] == [
+        workdir.config_dict(runs.point_config(tiny_config, p)) for p in launch.points]
 
 
 def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
@@ -246,13 +248,13 @@ def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
     ("vq_vae_test", "test")])
 def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
   points = mnist.get_sweep(name)
-  assert len({workdir.point_dir(p) for p in points}) == len(points)
+  assert len({runs.point_dir(p) for p in points}) == len(points)
   for point in points:
     config = runs.point_config(mnist.get_config(), point)
     assert (config.data.validation_size > 0) == (split == "validation")
     validation.validate_config(config, num_devices=1)
   if name == "ablations":  # The row itself first, then the row with changes.
-    assert workdir.point_dir(points[0]) == "soft_vq_vae/seed_0"
+    assert runs.point_dir(points[0]) == "soft_vq_vae/seed_0"
     assert sorted(p.seed for p in points if not p.swept) == [0, 1, 2]
 
 
@@ -263,15 +265,15 @@ def test_one_directory_holds_one_config_across_all_sweeps():
   for name in mnist.SWEEPS:
     for point in mnist.get_sweep(name):
       config = runs.point_config(mnist.get_config(), point).to_json(sort_keys=True)
-      assert configs.setdefault(workdir.point_dir(point), config) == config, (
-          name, workdir.point_dir(point))
+      assert configs.setdefault(runs.point_dir(point), config) == config, (
+          name, runs.point_dir(point))
 
 
 def test_shards_split_families_of_seeds():
   points = mnist.get_sweep("table1")
   shards = [sweep.shard_points(points, i, 3) for i in range(3)]
-  assert sorted(workdir.point_dir(p) for s in shards for p in s) == sorted(
-      workdir.point_dir(p) for p in points)
+  assert sorted(runs.point_dir(p) for s in shards for p in s) == sorted(
+      runs.point_dir(p) for p in points)
   for shard in shards:
     rows = {p.row for p in shard}
     assert len(shard) == 3 * len(rows)  # Every seed of a row in the same shard.

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from softvq_jax import models
+from softvq_jax import runs
 from softvq_jax import steps
 from softvq_jax import train
 from softvq_jax.errors import InputError
@@ -154,7 +155,7 @@ def test_vmapped_runs_match_separate_runs(tiny_config, tmp_path, bottleneck, num
   together = train.train_and_evaluate(tiny_config, str(tmp_path / "together"))
   assert len(together) == 2
   for i, (run_dir, (alone_config, _)) in enumerate(zip(
-      run_dirs, train.runs_of(tiny_config, str(tmp_path)))):
+      run_dirs, runs.unpack(tiny_config, str(tmp_path)))):
     assert alone_config.train.num_seeds == 1 and not alone_config.train.vmap_key
     alone_dir, joint_dir = tmp_path / f"alone_{i}", tmp_path / "together" / run_dir
     alone = train.train_and_evaluate(alone_config, str(alone_dir))

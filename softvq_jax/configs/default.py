@@ -110,7 +110,7 @@ def paper_point(row: str, seed: int, values: PaperValues, *, dataset: str = "",
 
   The row's preset comes first among the overrides; ``dataset``, ``variant``
   and ``swept`` (dotted keys) also name the run's directory
-  (``softvq_jax.workdir.point_dir``).
+  (``softvq_jax.runs.point_dir``).
   """
   preset = {} if row == "raw" else preset_overrides(row, values)
   return runs.point(row, seed, dataset=dataset, variant=variant, swept=swept,
