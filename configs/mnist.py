@@ -184,6 +184,11 @@ QUANTIZER_SCREEN = (
 )
 
 
+# The one of QUANTIZER_SCREEN's LFQ settings chosen on validation, for the test
+# split; no FSQ setting screened escaped the collapse.
+LFQ_CHOSEN = {"model.commitment": 0.25}
+
+
 SEEDS = default.SEEDS
 CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 
@@ -200,6 +205,9 @@ SWEEPS = {
         default.paper_point(row, 0, PAPER, swept={"train.num_steps": SCREEN_STEPS, **swept},
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for row, swept in QUANTIZER_SCREEN],
+    # The lfq row with LFQ_CHOSEN, x SEEDS, on the test split.
+    "lfq_test": lambda: [default.paper_point("lfq", seed, PAPER, swept=LFQ_CHOSEN)
+                         for seed in SEEDS],
     # The K curve: soft VQ-VAE with each of CODEBOOK_SIZES, x SEEDS.
     "codebook": lambda: [
         default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
