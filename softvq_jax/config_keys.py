@@ -164,6 +164,9 @@ KEYS: Dict[str, Dict[str, Key]] = {
                         added=""),
         "vmap_values": Key((), "The values of vmap_key, vmapped with the seeds in one program.",
                            added=[]),
+        "runs_together": Key("vmap", "Runs in one program: vmap (batched) | loop (one after "
+                             "another; faster per run on CPU).",
+                             (choice(steps.RUNS_TOGETHER),), added="vmap"),
     },
     "eval": {
         "kmeans_inits": Key(100, "K-means initialisations; the best inertia is kept.",

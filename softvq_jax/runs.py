@@ -171,6 +171,7 @@ def split(config: ml_collections.ConfigDict
       with single.unlocked():
         single.seed, single.train.num_seeds = seed, 1
         single.train.vmap_key, single.train.vmap_values = "", ()
+        single.train.runs_together = "vmap"  # How it was packed is not its config.
         swept = {key: value} if key else {}
         apply_overrides(single, swept)
       runs.append((point("", seed, swept=swept), single))

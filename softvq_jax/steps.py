@@ -144,20 +144,35 @@ def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
   return jax.lax.scan(body, state, None, length=num_steps)
 
 
-def over_runs(fn, num_runs: int, in_axes: Sequence[Any]):
+# How runs trained in one program share it (train.runs_together).
+RUNS_TOGETHER = ("vmap", "loop")
+
+
+def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
   """``fn`` mapped over a leading run axis of the arguments with in_axes 0.
 
-  Several runs are vmapped; a single one is squeezed around ``fn`` instead,
-  which on CPU is about 30% faster at the paper's batch-32 MLP than vmap.
+  Several runs are vmapped (``how="vmap"``: batched matmuls), or run one
+  after another in the program (``"loop"``: ``lax.map``, each run's
+  arithmetic that of a run alone, which on CPU is faster per run than vmap
+  at the paper's batch-32 MLP). A single run is squeezed around ``fn``
+  instead, which on CPU is about 30% faster there than vmap.
   """
-  if num_runs > 1:
+  if num_runs > 1 and how == "vmap":
     return jax.vmap(fn, in_axes=tuple(in_axes))
+
+  def looped(*args):
+    shared = {i: a for i, (a, axis) in enumerate(zip(args, in_axes)) if axis is None}
+
+    def one(slices):
+      slices = iter(slices)
+      return fn(*[shared[i] if i in shared else next(slices) for i in range(len(args))])
+    return jax.lax.map(one, [a for i, a in enumerate(args) if i not in shared])
 
   def single(*args):
     args = [a if axis is None else jax.tree.map(lambda x: x[0], a)
             for a, axis in zip(args, in_axes)]
     return jax.tree.map(lambda x: x[None], fn(*args))
-  return single
+  return looped if num_runs > 1 else single
 
 
 def run_slice(tree, i: int):

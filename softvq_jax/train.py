@@ -153,14 +153,16 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
       batch_sharding=batch_sharding)
   run_steps = jax.jit(
       lambda state, images, rngs, scalars, num_steps: steps.over_runs(
-          functools.partial(steps_fn, num_steps=num_steps), num_runs, [0, None, 0, 0])(
+          functools.partial(steps_fn, num_steps=num_steps), num_runs, [0, None, 0, 0],
+          config.train.runs_together)(
               state, images, rngs, scalars),
       static_argnames="num_steps", out_shardings=(replicated, replicated))
   scalars = runs_lib.scalars(config, [run.config for run in runs])
   return Program(
       images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
       scalars={k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()},
-      init=jax.jit(steps.over_runs(init, num_runs, [0, None]), out_shardings=replicated),
+      init=jax.jit(steps.over_runs(init, num_runs, [0, None], config.train.runs_together),
+                   out_shardings=replicated),
       run_steps=run_steps, sharding=replicated)
 
 
@@ -267,6 +269,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
   t_start = time.time()
   state, start_step = _resume_and_train(config, program, runs, managers)
   timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
+            "runs_together": config.train.runs_together,
             "trained_steps": config.train.num_steps - start_step}
   # Evaluation is local work: process 0 does it and writes the results.
   try:
@@ -316,11 +319,12 @@ def encode(model: models.Autoencoder, variables, images: np.ndarray,
 
 
 def _write_results(run: runs_lib.Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
+  """Writes ``results`` (to which it adds ``environment``: the versions and
+  device) and ``timing`` into the run's workdir."""
   signals.check()  # A Ctrl-C that Python dropped never leaves a finished run.
-  environment = provenance.environment()  # Versions and device, beside the numbers.
-  workdir_lib.write_results(run.workdir, {**results, "environment": environment},
-                            {**timing, **environment})
   logging.info("eval of seed %d: %s", run.config.seed, json.dumps(results))
+  results["environment"] = provenance.environment()
+  workdir_lib.write_results(run.workdir, results, {**timing, **results["environment"]})
 
 
 def evaluate_run(run: runs_lib.Run, data: input_pipeline.Splits, state: steps.TrainState,
