@@ -48,8 +48,13 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
   and ``torch.compile``d, on the GPU if torch sees one; only where torch is
   installed (the project does not depend on it).
 
-``--parts`` runs a subset: training, kernels, quantizers, evaluation, loading,
-torch.
+* ``mnist_mlp_soft_vq_b32_{alone,vmap<N>,loop<N>}_ms_per_step_per_run``
+  (``--parts=runs_together``): N = 3 and 8 soft VQ-VAE runs trained in one
+  program, vmapped or looped (``train.runs_together``), per run, beside one
+  run alone.
+
+``--parts`` runs a subset: training, runs_together, kernels, quantizers,
+evaluation, loading, torch.
 """
 
 import functools
@@ -79,8 +84,8 @@ from softvq_jax.errors import InputError
 
 flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
-flags.DEFINE_list("parts", ["training", "kernels", "quantizers", "evaluation", "loading",
-                            "torch"],
+flags.DEFINE_list("parts", ["training", "runs_together", "kernels", "quantizers", "evaluation",
+                            "loading", "torch"],
                   "Which parts to run.")
 flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist",
                     "The official MNIST files, for the loading part.")
@@ -122,25 +127,47 @@ def matmul_peak(lines, repeats):
   return best
 
 
+def mlp_program(bottleneck, num_runs, swept, step_counts, how="vmap"):
+  """The paper's MNIST MLP with ``bottleneck`` for ``num_runs`` runs trained
+  together (``steps.over_runs``, ``how``): their initial state, keys and
+  swept scalars, and one jitted ``steps.train_steps`` per step count."""
+  config = default.get_base_config()
+  config.model.bottleneck = bottleneck
+  model_fn = functools.partial(models.make_model, config.model, (28, 28, 1))
+  optimizer = steps_lib.make_optimizer(config.train)
+  init = lambda rng, model=model_fn({}), optimizer=optimizer: steps_lib.init_state(
+      rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
+  steps_fn = functools.partial(steps_lib.train_steps, model_fn=model_fn, optimizer=optimizer,
+                               batch_size=32, pixel_var=0.1)
+  rngs = jax.random.split(jax.random.key(0), num_runs)
+  scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
+  state = jax.jit(steps_lib.over_runs(init, num_runs, [0], how))(rngs)
+  programs = tuple(jax.jit(steps_lib.over_runs(functools.partial(steps_fn, num_steps=n),
+                                               num_runs, [0, None, 0, 0], how))
+                   for n in step_counts)
+  return state, rngs, scalars, programs
+
+
+def runs_together(lines, steps, repeats, run_counts):
+  """Per-run ms per step of soft VQ-VAE runs trained in one program, vmapped
+  and looped (``train.runs_together``), beside one run alone."""
+  images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
+  for num_runs in run_counts:
+    for how in steps_lib.RUNS_TOGETHER if num_runs > 1 else ("vmap",):
+      state, rngs, scalars, (run,) = mlp_program("soft_vq", num_runs, "", (steps,), how)
+      seconds = best_time(run, state, images, rngs, scalars, repeats=repeats)
+      name = "alone" if num_runs == 1 else f"{how}{num_runs}"
+      emit(lines, f"mnist_mlp_soft_vq_b32_{name}_ms_per_step_per_run",
+           1000 * seconds / steps / num_runs, "ms")
+
+
 def mlp_training(lines, peak, bandwidth, steps, repeats, run_counts):
   images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
   cases = ([(b, n, "") for b in BOTTLENECKS for n in run_counts]
            + [("soft_vq", 8, "noise_std")])
   for bottleneck, num_runs, swept in cases:
-    config = default.get_base_config()
-    config.model.bottleneck = bottleneck
-    model_fn = functools.partial(models.make_model, config.model, (28, 28, 1))
-    optimizer = steps_lib.make_optimizer(config.train)
-    init = lambda rng, model=model_fn({}), optimizer=optimizer: steps_lib.init_state(
-        rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
-    steps_fn = functools.partial(steps_lib.train_steps, model_fn=model_fn, optimizer=optimizer,
-                                 batch_size=32, pixel_var=0.1)
-    rngs = jax.random.split(jax.random.key(0), num_runs)
-    scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
-    state = jax.jit(steps_lib.over_runs(init, num_runs, [0]))(rngs)
-    run, one_step = (jax.jit(steps_lib.over_runs(functools.partial(steps_fn, num_steps=n),
-                                                 num_runs, [0, None, 0, 0]))
-                     for n in (steps, 1))
+    state, rngs, scalars, (run, one_step) = mlp_program(bottleneck, num_runs, swept,
+                                                        (steps, 1))
     seconds = best_time(run, state, images, rngs, scalars, repeats=repeats)
     per_step = seconds / steps / num_runs
     name = f"mnist_mlp_{bottleneck}_b32"
@@ -352,6 +379,9 @@ def main(_):
                  run_counts=(1, 3) if FLAGS.quick else (1, 3, 21))
     bottleneck_layers(lines, steps=200, repeats=repeats)
     adam_update(lines, steps=100, repeats=repeats)
+  if "runs_together" in FLAGS.parts:
+    runs_together(lines, steps=100 if FLAGS.quick else 500, repeats=repeats,
+                  run_counts=(1, 3, 8))
   if "kernels" in FLAGS.parts:
     if FLAGS.quick:
       grid = [(4096, 1024, 64)]
