@@ -13,7 +13,7 @@ PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=32,
                             soft_vq_codewords=32, steps=3000,
                             soft_vq_steps=3000,
                             info_dropout_beta=0.5 / LATENT_DIM,
-                            soft_vq_normalizer="notebook")
+                            soft_vq_normalizer="notebook", num_pixels=NUM_PIXELS)
 
 
 def get_config(args=None):
@@ -30,7 +30,6 @@ def get_config(args=None):
   config.model.commitment = 2.5
   config.model.vq_weight = 3.0 * NUM_PIXELS / LATENT_DIM
   config.model.output_activation = "sigmoid"
-  config.model.entropy_weight = 0.1 * NUM_PIXELS  # LFQ's weight per pixel-mean loss (LVQ's).
   config.train.num_steps = PAPER.soft_vq_steps
   config.train.batch_size = 32
   config.train.log_every = 250

@@ -22,7 +22,7 @@ PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=128,
                             soft_vq_codewords=128, steps=40000,
                             soft_vq_steps=40000,
                             info_dropout_beta=0.5 / LATENT_DIM,
-                            soft_vq_normalizer="notebook")
+                            soft_vq_normalizer="notebook", num_pixels=784)
 
 
 def get_config(args=None):
@@ -37,7 +37,6 @@ def get_config(args=None):
   config.model.commitment = 2.5
   config.model.vq_weight = 3.0 * 784 / LATENT_DIM
   config.model.output_activation = "sigmoid"
-  config.model.entropy_weight = 0.1 * 784  # LFQ's weight per pixel-mean loss (LVQ's).
   config.data.pixel_range = "unit"
   config.train.num_steps = 40000
   config.train.batch_size = 32

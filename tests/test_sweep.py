@@ -64,7 +64,8 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
           tiny_config.train.num_steps] * 2
     assert all(seconds > 0 for seconds in row["eval_seconds"])
   markdown = results.markdown(table)
-  assert markdown.count("\n") == 2 + 3 and "±" in markdown
+  assert markdown.count("\n") == 2 + 3 + 2 and "±" in markdown  # Rows, then "Made with".
+  assert "Made with: flax" in markdown
   # Finished runs are not trained again.
   monkeypatch.setattr(train.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
   sweep.run(tiny_config, points, str(tmp_path), quick=True)
@@ -132,10 +133,10 @@ def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypat
   points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
   train_and_evaluate = sweep.train.train_and_evaluate
 
-  def fail_ae(config, workdir):
+  def fail_ae(config, workdir, **kwargs):
     if config.model.bottleneck == "none":
       raise FloatingPointError("non-finite loss or gradient at step 3")
-    return train_and_evaluate(config, workdir)
+    return train_and_evaluate(config, workdir, **kwargs)
 
   monkeypatch.setattr(sweep.train, "train_and_evaluate", fail_ae)
   assert sweep.run(tiny_config, points, str(tmp_path), quick=True) == ["ae/seed_0"]

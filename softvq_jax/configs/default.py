@@ -22,8 +22,8 @@ the per-dataset ``PaperValues``):
 Presets beside Table 1 (``QUANTIZER_PRESETS``), the paper's question asked
 of other quantizers, each with the paper's MLP, steps and loss weights:
   fsq               FSQ, levels (5, 5, 5) on a d = 3 latent: 125 codes
-  lfq               LFQ on a d = 7 latent: 128 codes; entropy weight from
-                    the dataset's config
+  lfq               LFQ on a d = 7 latent: 128 codes; entropy weight 0.1
+                    per pixel-mean loss (PaperValues.num_pixels)
   residual_vq       4 stages of the VQ-VAE row's codebook
   residual_soft_vq  4 stages of soft VQ with the soft VQ-VAE row's K and
                     normaliser, variances per codeword
@@ -48,6 +48,7 @@ class PaperValues:
   soft_vq_steps: int  # Training steps of the soft VQ-VAE row (early stop).
   info_dropout_beta: float  # Information-dropout penalty weight.
   soft_vq_normalizer: str  # Soft weights of the soft VQ-VAE row (bottlenecks.NORMALIZERS).
+  num_pixels: int  # Per image: LFQ's entropy weight is 0.1 per pixel-mean loss (LVQ's).
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -77,7 +78,8 @@ def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
       "soft_vq_vae_eq5": {**soft_vq, "model.normalizer": "paper"},
       "fsq": {"model.bottleneck": "fsq", "model.latent_dim": 3,
               "model.fsq_levels": (5, 5, 5)},
-      "lfq": {"model.bottleneck": "lfq", "model.latent_dim": 7},
+      "lfq": {"model.bottleneck": "lfq", "model.latent_dim": 7,
+              "model.entropy_weight": 0.1 * values.num_pixels},
       "residual_vq": {"model.bottleneck": "residual_vq",
                       "model.num_codewords": values.vq_codewords, "model.num_stages": 4},
       "residual_soft_vq": {"model.bottleneck": "residual_soft_vq",

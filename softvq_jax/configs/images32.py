@@ -20,7 +20,7 @@ PAPER = default.PaperValues(beta_vae_beta=100.0, vq_codewords=512,
                             soft_vq_codewords=32, steps=40000,
                             soft_vq_steps=10000,
                             info_dropout_beta=0.5 / LATENT_DIM,
-                            soft_vq_normalizer="paper")
+                            soft_vq_normalizer="paper", num_pixels=NUM_PIXELS)
 
 
 def get_config(dataset: str, args=None):
