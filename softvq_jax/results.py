@@ -58,7 +58,8 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     row = rows.setdefault(key, {"dataset": key[0], "model": key[1], "overrides": overrides,
                                 "swept": dict(point.swept), "seeds": [],
                                 "train_seconds": [], "eval_seconds": [],
-                                "last_train_metrics": [], **{m: [] for m in METRICS}})
+                                "last_train_metrics": [], "environments": [],
+                                **{m: [] for m in METRICS}})
     row["seeds"].append(config["seed"])
     row["last_train_metrics"].append((metrics_lib.read_metrics(run_dir) or [None])[-1])
     row["train_seconds"].append(timing.get("train_seconds"))
@@ -66,7 +67,7 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     for metric in METRICS:
       row[metric].append(results[metric])
     row["eval_split"] = results["eval_split"]
-    row.setdefault("environments", []).append(results.get("environment"))
+    row["environments"].append(results.get("environment"))
     reference = paper.get(dataset, {}).get(point.row)
     if reference is not None and point.paper_row:
       row["paper"] = dict(zip(METRICS, reference))
@@ -89,7 +90,7 @@ def markdown(table: Dict[str, Any]) -> str:
         + " | ".join(_stats(row[m], 4 if m == "nmi" else 2) for m in METRICS) + " | "
         + " | ".join(fmt(paper.get(m)) for m in METRICS) + " |")
   made_with = {provenance.describe(e) if e else "versions not recorded (older runs)"
-               for row in table["rows"] for e in row.get("environments", [])}
+               for row in table["rows"] for e in row["environments"]}
   lines += [""] + [f"Made with: {line}." for line in sorted(made_with)]
   return "\n".join(lines) + "\n"
 

@@ -152,9 +152,9 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
   """``fn`` mapped over a leading run axis of the arguments with in_axes 0.
 
   Several runs are vmapped (``how="vmap"``: batched matmuls), or run one
-  after another in the program (``"loop"``: ``lax.map``, each run's
-  arithmetic that of a run alone, which on CPU is faster per run than vmap
-  at the paper's batch-32 MLP). A single run is squeezed around ``fn``
+  after another in the program (``"loop"``: ``lax.map``, which on CPU is
+  faster per run than vmap at the paper's batch-32 MLP, and about as fast as
+  a run alone). A single run is squeezed around ``fn``
   instead, which on CPU is about 30% faster there than vmap.
   """
   if num_runs > 1 and how == "vmap":
