@@ -6,7 +6,8 @@
 Prints one JSON object per line, ``{"name", "value", "unit"}``:
 * ``matmul_peak_gflops``: the best float32 matmul throughput JAX reaches here;
 * ``mnist_mlp_<bottleneck>_b32_ms_per_step``: the paper's MNIST MLP at batch
-  32 on the launcher's own jitted, scanned ``steps.train_steps``, at steady
+  32 on the launcher's own jitted, scanned ``steps.train_chunk`` (with the
+  cheap NaN guard that a finite chunk runs), at steady
   state; ``..._seeds<N>_ms_per_step`` and ``..._ms_per_step_per_seed``: N = 3
   (a Table 1 row) and 21 (``--quick``: 3 alone) seeds vmapped
   (``steps.over_runs``, ``train.num_seeds``), and
@@ -45,8 +46,12 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 
 * ``torch_mnist_mlp_soft_vq_b32_{eager,compiled}_<device>_ms_per_step``: the
   same soft VQ-VAE step in PyTorch (``experiments/torch_reference.py``), eager
-  and ``torch.compile``d, on the GPU if torch sees one; only where torch is
-  installed (the project does not depend on it).
+  and ``torch.compile``d, on the GPU if torch sees one, run by
+  ``--torch_python`` (the project does not depend on torch; a separate
+  virtualenv with ``pip install torch==2.13.0`` will do); with the training
+  or the runs_together part, ``..._over_ours``: its time over the same run's
+  JAX step alone (``mnist_mlp_soft_vq_b32_ms_per_step``, else
+  ``..._alone_ms_per_step_per_run``).
 
 * ``mnist_mlp_soft_vq_b32_{alone,vmap<N>,loop<N>}_ms_per_step_per_run``
   (``--parts=runs_together``): N = 3 and 8 soft VQ-VAE runs trained in one
@@ -58,7 +63,9 @@ evaluation, loading, torch.
 """
 
 import functools
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,6 +96,8 @@ flags.DEFINE_list("parts", ["training", "runs_together", "kernels", "quantizers"
                   "Which parts to run.")
 flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist",
                     "The official MNIST files, for the loading part.")
+flags.DEFINE_string("torch_python", sys.executable,
+                    "A Python with torch, for the torch part (experiments/torch_reference.py).")
 flags.DEFINE_string("tfds_data_dir", None,
                     "A tfds data_dir with prepared mnist / cifar10, for the loading part.")
 FLAGS = flags.FLAGS
@@ -130,21 +139,20 @@ def matmul_peak(lines, repeats):
 def mlp_program(bottleneck, num_runs, swept, step_counts, how="vmap"):
   """The paper's MNIST MLP with ``bottleneck`` for ``num_runs`` runs trained
   together (``steps.over_runs``, ``how``): their initial state, keys and
-  swept scalars, and one jitted ``steps.train_steps`` per step count."""
+  swept scalars, and one jitted ``steps.train_chunk`` per step count."""
   config = default.get_base_config()
   config.model.bottleneck = bottleneck
   model_fn = functools.partial(models.make_model, config.model, (28, 28, 1))
   optimizer = steps_lib.make_optimizer(config.train)
   init = lambda rng, model=model_fn({}), optimizer=optimizer: steps_lib.init_state(
       rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
-  steps_fn = functools.partial(steps_lib.train_steps, model_fn=model_fn, optimizer=optimizer,
-                               batch_size=32, pixel_var=0.1)
   rngs = jax.random.split(jax.random.key(0), num_runs)
   scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
   state = jax.jit(steps_lib.over_runs(init, num_runs, [0], how))(rngs)
-  programs = tuple(jax.jit(steps_lib.over_runs(functools.partial(steps_fn, num_steps=n),
-                                               num_runs, [0, None, 0, 0], how))
-                   for n in step_counts)
+  programs = tuple(jax.jit(functools.partial(
+      steps_lib.train_chunk, num_steps=n, num_runs=num_runs, how=how,
+      guard=steps_lib.chunk_guard(num_runs, how), model_fn=model_fn, optimizer=optimizer,
+      batch_size=32, pixel_var=0.1)) for n in step_counts)
   return state, rngs, scalars, programs
 
 
@@ -350,23 +358,27 @@ def loading(lines):
 
 
 def torch_step(lines, steps, repeats):
-  """The soft VQ-VAE step in PyTorch (``torch_reference``), eager and compiled,
-  on the GPU if torch sees one; skipped where torch is not installed."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    import torch_reference  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    print("skipped the torch part: torch is not installed", file=sys.stderr)
+  """The soft VQ-VAE step in PyTorch (``torch_reference.py``, run by
+  ``--torch_python``), eager and compiled, on the GPU if torch sees one; and
+  how many times faster the JAX step of this run is. Skipped where that
+  Python has no torch."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
+  result = subprocess.run([FLAGS.torch_python, script, f"--steps={steps}",
+                           f"--repeats={repeats}"], capture_output=True, text=True, check=False)
+  if result.returncode:
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    print(f"skipped the torch part: {last}", file=sys.stderr)
     return
-  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  for compiled in (False, True):
-    tag = "compiled" if compiled else "eager"
-    try:
-      ms = torch_reference.ms_per_step(device, compiled, steps, repeats)
-    except Exception as e:  # pylint: disable=broad-except
-      print(f"torch {tag} failed: {type(e).__name__}: {e}", file=sys.stderr)
-      continue
-    emit(lines, f"torch_mnist_mlp_soft_vq_b32_{tag}_{device.type}_ms_per_step", ms, "ms")
+  sys.stderr.write(result.stderr)
+  ours = {r["name"]: r["value"] for r in map(json.loads, lines) if "name" in r}
+  ours = [ours[name] for name in ("mnist_mlp_soft_vq_b32_ms_per_step",
+                                  "mnist_mlp_soft_vq_b32_alone_ms_per_step_per_run")
+          if name in ours]
+  for line in map(json.loads, result.stdout.splitlines()):
+    jsonl.emit(lines, line)
+    if line["name"].endswith("_ms_per_step") and ours:
+      emit(lines, line["name"].replace("_ms_per_step", "_over_ours"),
+           line["value"] / ours[0], "x")
 
 
 def main(_):

@@ -1,6 +1,7 @@
 """The paper's MNIST soft VQ-VAE training step in PyTorch, for speed comparison.
 
-``experiments/benchmark.py --parts=torch`` times it beside the JAX step
+``experiments/benchmark.py --parts=torch`` runs this script with
+``--torch_python`` and times it beside the JAX step
 (``mnist_mlp_soft_vq_b32_ms_per_step``): the same MLP 784-500-500-2000-64 and
 mirror decoder, the per-sample log-variance head of size K = 128, the
 notebook's weighting (``bottlenecks.soft_assignment_logits``), the noise
@@ -8,8 +9,16 @@ notebook's weighting (``bottlenecks.soft_assignment_logits``), the noise
 vq_weight 36.75, commitment 2.5) and Adam 3e-4 at batch 32. It is a timing
 reference, not a second implementation: nothing else in the project uses it,
 and the project does not depend on torch.
+
+  python experiments/torch_reference.py --steps=500 --repeats=5
+
+prints one JSON line per mode, ``{"name", "value", "unit"}``: eager and
+``torch.compile``d, on the GPU if torch sees one, and torch's version.
 """
 
+import argparse
+import json
+import sys
 import time
 
 import torch
@@ -72,3 +81,26 @@ def ms_per_step(device, compiled, steps, repeats, batch_size=32):
     run(steps)
     best = min(best, time.perf_counter() - t0)
   return 1000 * best / steps
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  print(json.dumps({"name": "torch_version", "value": torch.__version__,
+                    "unit": f"{torch.get_num_threads()} threads"}), flush=True)
+  for compiled in (False, True):
+    tag = "compiled" if compiled else "eager"
+    try:
+      ms = ms_per_step(device, compiled, args.steps, args.repeats)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"torch {tag} failed: {type(e).__name__}: {e}", file=sys.stderr)
+      continue
+    print(json.dumps({"name": f"torch_mnist_mlp_soft_vq_b32_{tag}_{device.type}_ms_per_step",
+                      "value": round(ms, 4), "unit": "ms"}), flush=True)
+
+
+if __name__ == "__main__":
+  main()

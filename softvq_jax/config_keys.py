@@ -165,7 +165,7 @@ KEYS: Dict[str, Dict[str, Key]] = {
         "vmap_values": Key((), "The values of vmap_key, vmapped with the seeds in one program.",
                            added=[]),
         "runs_together": Key("vmap", "Runs in one program: vmap (batched) | loop (one after "
-                             "another; faster per run on CPU).",
+                             "another; on one CPU thread, faster per run).",
                              (choice(steps.RUNS_TOGETHER),), added="vmap"),
     },
     "eval": {

@@ -9,10 +9,13 @@
   batch-32 MLP) are not bound by Python. jit, sharding and the run axis
   (``over_runs``) are applied by the caller (``train.build_program``).
 * A NaN guard: a step whose loss or gradients are not finite is not
-  applied, so ``state.step`` stops at the first bad step.
+  applied, so ``state.step`` stops at the first bad step. A chunk of steps
+  runs with a cheap guard first and with the full one only where it did not
+  stay finite (``train_chunk``).
 """
 
-from typing import Any, Callable, Dict, Sequence, Tuple
+import functools
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -92,8 +95,9 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
                scalars: Dict[str, jax.Array], *,
                model_fn: Callable[[Dict[str, jax.Array]], models.Autoencoder],
                optimizer: optax.GradientTransformation, batch_size: int,
-               pixel_var: float, batch_sharding=None) -> Tuple[TrainState, Dict]:
-  """One Adam update at ``state.step``; a non-finite step is not applied.
+               pixel_var: float, batch_sharding=None,
+               guard: Optional[str] = "gradients") -> Tuple[Tuple[TrainState, Dict], jax.Array]:
+  """One Adam update at ``state.step``.
 
   Args:
     state: the train state.
@@ -106,9 +110,15 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
     batch_size: global batch size.
     pixel_var: the nmse normaliser.
     batch_sharding: sharding of the batch over the mesh's data axis.
+    guard: the NaN guard, ``"gradients"``: a step whose loss or gradients are
+      not finite is not applied (the state is returned unchanged).
+      ``"loss"``: only the loss is checked, in the same cond, so that XLA
+      fuses the step as guarded and a finite step computes the same bits
+      without waiting for every gradient's check. ``None``: every step is
+      applied; vmapped, where a cond is a select anyway, the same bits again.
 
   Returns:
-    The new state (unchanged if the step was not finite) and its metrics.
+    ((the new state, its metrics), whether the loss was finite).
   """
   data_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   x = images[jax.random.randint(data_rng, (batch_size,), 0, images.shape[0])]
@@ -118,30 +128,41 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
   (loss, (metrics, model_state)), grads = grad_fn(
       state.params, state.model_state, x, noise_rng, model=model_fn(scalars),
       pixel_var=pixel_var)
-  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
 
   def apply(state):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return TrainState(state.step + 1, optax.apply_updates(state.params, updates),
                       opt_state, model_state)
+  loss_finite = jnp.isfinite(loss)
+  if guard is None:
+    return (apply(state), metrics), loss_finite
+  applied = loss_finite
+  if guard == "gradients":
+    applied &= jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   # A cond, not a select over the state: the update is memory-bound at small
   # batches and a select would read and write every parameter and moment again.
-  return jax.lax.cond(finite, apply, lambda state: state, state), metrics
+  return (jax.lax.cond(applied, apply, lambda state: state, state), metrics), loss_finite
 
 
 def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
                 scalars: Dict[str, jax.Array], num_steps: int,
-                **step_kwargs) -> Tuple[TrainState, Dict]:
+                **step_kwargs) -> Tuple[Tuple[TrainState, Dict], jax.Array]:
   """``num_steps`` train steps in one ``lax.scan``; metrics are stacked.
 
-  After a non-finite step the state no longer advances (the same step is
-  retried with the same key and fails again), so ``state.step`` ends at the
-  first bad step.
+  With the guard (``train_step``), after a non-finite step the state no
+  longer advances (the same step is retried with the same key and fails
+  again), so ``state.step`` ends at the first bad step.
+
+  Returns:
+    ((the final state, the stacked metrics), whether every loss was finite).
   """
-  def body(state, _):
-    return train_step(state, images, rng, scalars, **step_kwargs)
-  return jax.lax.scan(body, state, None, length=num_steps)
+  def body(carry, _):
+    state, finite = carry
+    (state, metrics), loss_finite = train_step(state, images, rng, scalars, **step_kwargs)
+    return (state, finite & loss_finite), metrics
+  (state, finite), metrics = jax.lax.scan(body, (state, jnp.array(True)), None,
+                                          length=num_steps)
+  return (state, metrics), finite
 
 
 # How runs trained in one program share it (train.runs_together).
@@ -152,10 +173,11 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
   """``fn`` mapped over a leading run axis of the arguments with in_axes 0.
 
   Several runs are vmapped (``how="vmap"``: batched matmuls), or run one
-  after another in the program (``"loop"``: ``lax.map``, which on CPU is
-  faster per run than vmap at the paper's batch-32 MLP, and about as fast as
-  a run alone). A single run is squeezed around ``fn``
-  instead, which on CPU is about 30% faster there than vmap.
+  after another in the program (``"loop"``: ``lax.map``). At the paper's
+  batch-32 MLP on a 2-core CPU both are about as fast per run as a run alone
+  with XLA's default threads; on one pinned thread vmapping is 1.1-1.2x
+  slower per run and looping is not (``experiments/results/writeups/cpu_speed.md``).
+  A single run is squeezed around ``fn`` instead.
   """
   if num_runs > 1 and how == "vmap":
     return jax.vmap(fn, in_axes=tuple(in_axes))
@@ -173,6 +195,42 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
             for a, axis in zip(args, in_axes)]
     return jax.tree.map(lambda x: x[None], fn(*args))
   return looped if num_runs > 1 else single
+
+
+def chunk_guard(num_runs: int, how: str) -> Optional[str]:
+  """The cheap guard (``train_step``'s) of a chunk of ``num_runs`` runs
+  trained together as ``how``: none where vmapped, else ``"loss"``."""
+  return None if num_runs > 1 and how == "vmap" else "loss"
+
+
+def train_chunk(state: TrainState, images: jax.Array, rngs: jax.Array,
+                scalars: Dict[str, jax.Array], *, num_steps: int, num_runs: int,
+                how: str, guard: Optional[str],
+                **step_kwargs) -> Tuple[Tuple[TrainState, Dict], jax.Array]:
+  """``train_steps`` of ``num_runs`` runs (``over_runs``, ``how``), and
+  whether they stayed finite.
+
+  The caller runs a chunk with the cheap guard (``chunk_guard``) and, only
+  where it did not stay finite, again from ``state`` with the full guard
+  (``"gradients"``), which stops at the first bad step (``train.build_program``).
+  Finite steps compute the same bits with either, and the full guard is
+  dear: its cond waits for every gradient's check before the update, and
+  vmapped it is a select over the whole state (on the paper's MLP on CPU, a
+  fifth of a step alone and a third vmapped). The check, every loss and the
+  final state finite, is sound for Adam: its first moment
+  mu <- b1 mu + (1 - b1) g keeps a non-finite gradient's NaN or inf to the
+  end of the chunk.
+
+  Returns:
+    ((the runs' states after the chunk, their stacked metrics), whether
+    every loss and the final states are finite).
+  """
+  out, losses_finite = over_runs(
+      functools.partial(train_steps, num_steps=num_steps, guard=guard, **step_kwargs),
+      num_runs, [0, None, 0, 0], how)(state, images, rngs, scalars)
+  finite = jnp.all(jnp.stack([jnp.all(losses_finite)] + [
+      jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(out[0])]))
+  return out, finite
 
 
 def run_slice(tree, i: int):

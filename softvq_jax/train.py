@@ -147,16 +147,19 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   def init(rng, images):
     return steps.init_state(rng, model_fn({}), optimizer,
                             steps.init_images(rng, images, config.model))
-  steps_fn = functools.partial(
-      steps.train_steps, model_fn=model_fn, optimizer=optimizer,
-      batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
-      batch_sharding=batch_sharding)
-  run_steps = jax.jit(
-      lambda state, images, rngs, scalars, num_steps: steps.over_runs(
-          functools.partial(steps_fn, num_steps=num_steps), num_runs, [0, None, 0, 0],
-          config.train.runs_together)(
-              state, images, rngs, scalars),
-      static_argnames="num_steps", out_shardings=(replicated, replicated))
+  how = config.train.runs_together
+  cheap, guarded = (jax.jit(
+      functools.partial(
+          steps.train_chunk, num_runs=num_runs, how=how, guard=guard, model_fn=model_fn,
+          optimizer=optimizer, batch_size=config.train.batch_size,
+          pixel_var=data.pixel_variance, batch_sharding=batch_sharding),
+      static_argnames="num_steps", out_shardings=((replicated, replicated), replicated))
+                    for guard in (steps.chunk_guard(num_runs, how), "gradients"))
+
+  def run_steps(state, images, rngs, scalars, num_steps):
+    # The full guard is compiled and run only where a chunk was not finite.
+    out, finite = cheap(state, images, rngs, scalars, num_steps=num_steps)
+    return out if finite else guarded(state, images, rngs, scalars, num_steps=num_steps)[0]
   scalars = runs_lib.scalars(config, [run.config for run in runs])
   return Program(
       images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
