@@ -148,12 +148,12 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
     return steps.init_state(rng, model_fn({}), optimizer,
                             steps.init_images(rng, images, config.model))
   how = config.train.runs_together
-  cheap, guarded = (jax.jit(
-      functools.partial(
-          steps.train_chunk, num_runs=num_runs, how=how, guard=guard, model_fn=model_fn,
-          optimizer=optimizer, batch_size=config.train.batch_size,
-          pixel_var=data.pixel_variance, batch_sharding=batch_sharding),
-      static_argnames="num_steps", out_shardings=((replicated, replicated), replicated))
+  chunk = functools.partial(
+      steps.train_chunk, num_runs=num_runs, how=how, model_fn=model_fn, optimizer=optimizer,
+      batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
+      batch_sharding=batch_sharding)
+  cheap, guarded = (jax.jit(functools.partial(chunk, guard=guard), static_argnames="num_steps",
+                            out_shardings=((replicated, replicated), replicated))
                     for guard in (steps.chunk_guard(num_runs, how), "gradients"))
 
   def run_steps(state, images, rngs, scalars, num_steps):
