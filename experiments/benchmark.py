@@ -362,19 +362,18 @@ def torch_step(lines, steps, repeats):
   ``--torch_python``), eager and compiled, on the GPU if torch sees one; and
   how many times faster the JAX step of this run is. Skipped where that
   Python has no torch."""
-  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_reference.py")
-  result = subprocess.run([FLAGS.torch_python, script, f"--steps={steps}",
-                           f"--repeats={repeats}"], capture_output=True, text=True, check=False)
-  if result.returncode:
-    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+  try:
+    records = jsonl.run(FLAGS.torch_python, "torch_reference.py", f"--steps={steps}",
+                        f"--repeats={repeats}")
+  except subprocess.CalledProcessError as e:
+    last = (e.stderr.strip().splitlines() or ["no output"])[-1]
     print(f"skipped the torch part: {last}", file=sys.stderr)
     return
-  sys.stderr.write(result.stderr)
   ours = {r["name"]: r["value"] for r in map(json.loads, lines) if "name" in r}
   ours = [ours[name] for name in ("mnist_mlp_soft_vq_b32_ms_per_step",
                                   "mnist_mlp_soft_vq_b32_alone_ms_per_step_per_run")
           if name in ours]
-  for line in map(json.loads, result.stdout.splitlines()):
+  for line in records:
     jsonl.emit(lines, line)
     if line["name"].endswith("_ms_per_step") and ours:
       emit(lines, line["name"].replace("_ms_per_step", "_over_ours"),

@@ -1,9 +1,13 @@
 """The experiments' output: JSON lines printed as they come and, with
 ``--out``, written to a file at the end, whose last line is the versions and
-device that made them (``{"environment": ...}``)."""
+device that made them (``{"environment": ...}``); and those of a script run
+by another Python (``run``)."""
 
 import json
-from typing import Any, List, Mapping, Optional
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Mapping, Optional
 
 from softvq_jax import provenance
 
@@ -21,3 +25,17 @@ def write(lines: List[str], path: Optional[str]) -> None:
     environment = json.dumps({"environment": provenance.environment()})
     with open(path, "w") as f:
       f.write("\n".join(lines + [environment]) + "\n")
+
+
+def run(python: str, script: str, *args: str) -> List[Dict[str, Any]]:
+  """The JSON lines that ``script``, beside this module, prints when run by
+  ``python`` with ``args``: another virtualenv's Python for the torch halves
+  (the project does not depend on torch). Its stderr is passed on.
+
+  Raises:
+    subprocess.CalledProcessError: the script failed (with its stderr).
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+  result = subprocess.run([python, path, *args], capture_output=True, text=True, check=True)
+  sys.stderr.write(result.stderr)
+  return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

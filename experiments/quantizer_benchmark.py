@@ -21,7 +21,6 @@ Writes ``OUT.jsonl`` and the table ``OUT.md``.
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict
@@ -143,14 +142,10 @@ def run(name: str, seed: int, train_images, test_images) -> Dict[str, Any]:
 
 def torch_half(names, seeds):
   """The LVQ half, in ``--torch_python``'s process; its JSON lines."""
-  script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        "quantizer_benchmark_torch.py")
-  command = [FLAGS.torch_python, script, f"--steps={FLAGS.steps}",
-             f"--batch_size={FLAGS.batch_size}", f"--seeds={','.join(map(str, seeds))}",
-             f"--quantizers={','.join(names)}", f"--mnist_dir={FLAGS.mnist_dir}",
-             f"--warmup={WARMUP}", f"--learning_rate={LEARNING_RATE}"]
-  result = subprocess.run(command, capture_output=True, text=True, check=True)
-  return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+  return jsonl.run(FLAGS.torch_python, "quantizer_benchmark_torch.py", f"--steps={FLAGS.steps}",
+                   f"--batch_size={FLAGS.batch_size}", f"--seeds={','.join(map(str, seeds))}",
+                   f"--quantizers={','.join(names)}", f"--mnist_dir={FLAGS.mnist_dir}",
+                   f"--warmup={WARMUP}", f"--learning_rate={LEARNING_RATE}")
 
 
 def table(records, wall_s, torch_version):

@@ -16,9 +16,7 @@ the XLA flags above; the torch half sets ``torch.set_num_threads(1)``).
 Writes ``OUT.jsonl``.
 """
 
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -73,13 +71,10 @@ def main(_):
   for name in names:
     jsonl.emit(lines, {"quantizer": name, "framework": "jax", "ms": time_quantizer(name)})
   if FLAGS.torch_python:
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          "quantizer_timing_torch.py")
-    out = subprocess.run([FLAGS.torch_python, script, f"--batch_size={FLAGS.batch_size}",
-                          f"--calls={FLAGS.timing_calls}", f"--repeats={FLAGS.timing_repeats}",
-                          *names], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-      jsonl.emit(lines, json.loads(line))
+    for record in jsonl.run(FLAGS.torch_python, "quantizer_timing_torch.py",
+                            f"--batch_size={FLAGS.batch_size}", f"--calls={FLAGS.timing_calls}",
+                            f"--repeats={FLAGS.timing_repeats}", *names):
+      jsonl.emit(lines, record)
   jsonl.write(lines, FLAGS.out and FLAGS.out + ".jsonl")
 
 

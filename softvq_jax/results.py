@@ -33,8 +33,7 @@ def model_label(point: runs.Point) -> str:
   """A point's row in the tables: its directory names without dataset, seed
   and ``validation`` (the tables' eval_split says it): ``ae``,
   ``soft_vq_vae/noise_std_0.05``."""
-  return "/".join(runs.point_parts(dataclasses.replace(point, dataset=""),
-                                         split=False))
+  return "/".join(runs.point_parts(dataclasses.replace(point, dataset=""), split=False))
 
 
 def aggregate(points: Sequence[runs.Point], workdir: str,

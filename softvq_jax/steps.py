@@ -169,6 +169,11 @@ def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
 RUNS_TOGETHER = ("vmap", "loop")
 
 
+def vmapped(num_runs: int, how: str) -> bool:
+  """Whether ``over_runs`` vmaps ``num_runs`` runs trained together as ``how``."""
+  return num_runs > 1 and how == "vmap"
+
+
 def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
   """``fn`` mapped over a leading run axis of the arguments with in_axes 0.
 
@@ -179,7 +184,7 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
   slower per run and looping is not (``experiments/results/writeups/cpu_speed.md``).
   A single run is squeezed around ``fn`` instead.
   """
-  if num_runs > 1 and how == "vmap":
+  if vmapped(num_runs, how):
     return jax.vmap(fn, in_axes=tuple(in_axes))
 
   def looped(*args):
@@ -200,7 +205,7 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
 def chunk_guard(num_runs: int, how: str) -> Optional[str]:
   """The cheap guard (``train_step``'s) of a chunk of ``num_runs`` runs
   trained together as ``how``: none where vmapped, else ``"loss"``."""
-  return None if num_runs > 1 and how == "vmap" else "loss"
+  return None if vmapped(num_runs, how) else "loss"
 
 
 def train_chunk(state: TrainState, images: jax.Array, rngs: jax.Array,

@@ -164,8 +164,7 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   return Program(
       images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
       scalars={k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()},
-      init=jax.jit(steps.over_runs(init, num_runs, [0, None], config.train.runs_together),
-                   out_shardings=replicated),
+      init=jax.jit(steps.over_runs(init, num_runs, [0, None], how), out_shardings=replicated),
       run_steps=run_steps, sharding=replicated)
 
 
