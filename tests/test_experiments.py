@@ -1,4 +1,4 @@
-"""The quantizer benchmarks run end to end on tiny inputs (without torch)."""
+"""The experiments' benchmarks run end to end on tiny inputs (without torch)."""
 
 import gzip
 import json
@@ -47,3 +47,17 @@ def test_large_k_benchmark_writes_its_table(tmp_path):
   assert set(environment["environment"]["versions"]) >= {"jax", "jaxlib", "flax", "optax"}
   assert {r["module"] for r in records} == {"VectorQuantizer", "SoftVectorQuantizer"}
   assert all(r["chunked_ms"] > 0 and r["chunked_temp_gib"] <= r["dense_temp_gib"] for r in records)
+
+
+@pytest.mark.slow
+def test_guard_cost_times_every_guard_and_part(tmp_path):
+  out = tmp_path / "guard_cost.jsonl"
+  subprocess.run([sys.executable, "experiments/guard_cost.py", "--steps=2", "--repeats=1",
+                  f"--out={out}"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+  *records, environment = [json.loads(line) for line in open(out)]
+  assert "versions" in environment["environment"]
+  names = [r["name"] for r in records]
+  assert {f"guard_{g}_runs1_ms_per_step_per_run" for g in ("gradients", "loss", "none")} <= set(names)
+  assert {f"{part}_{how}3_ms_per_step_per_run" for part in ("forward", "forward_backward", "adam")
+          for how in ("vmap", "loop")} <= set(names)
+  assert all(r["value"] > 0 for r in records)
