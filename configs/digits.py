@@ -5,11 +5,11 @@ Deterministic split: 1437 train / 360 test. The paper's MLP trunk at a
 smaller scale (d = 16, K = 32) trains soft VQ in about a minute on 2 cores.
 """
 
-from softvq_jax.configs import default
+from softvq_jax.launch import presets
 
 LATENT_DIM = 16
 NUM_PIXELS = 64
-PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=32,
+PAPER = presets.PaperValues(beta_vae_beta=20.0, vq_codewords=32,
                             soft_vq_codewords=32, steps=3000,
                             soft_vq_steps=3000,
                             info_dropout_beta=0.5 / LATENT_DIM,
@@ -17,7 +17,7 @@ PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=32,
 
 
 def get_config(args=None):
-  config = default.get_base_config()
+  config = presets.get_base_config()
   config.data.name = "digits"
   config.data.source = "sklearn"
   config.data.pixel_range = "unit"
@@ -36,17 +36,17 @@ def get_config(args=None):
   config.train.checkpoint_every = 1000
   config.eval.probe_steps = 5000
   config.eval.tsne_points = 360
-  return default.apply_args(config, args, PAPER)
+  return presets.apply_args(config, args, PAPER)
 
 
 SWEEPS = {
     # Table 1's rows (raw pixels and the bottlenecks' presets) on digits.
-    "table1": lambda: default.table_sweep(("raw",) + default.PRESETS, PAPER),
-    # The quantizers beside Table 1 (default.QUANTIZER_PRESETS).
-    "quantizers": lambda: default.table_sweep(default.QUANTIZER_PRESETS, PAPER),
+    "table1": lambda: presets.table_sweep(("raw",) + presets.PRESETS, PAPER),
+    # The quantizers beside Table 1 (presets.QUANTIZER_PRESETS).
+    "quantizers": lambda: presets.table_sweep(presets.QUANTIZER_PRESETS, PAPER),
 }
 
 
 def get_sweep(name):
   """The points of ``SWEEPS[name]``, for ``python -m softvq_jax.sweep --sweep=NAME``."""
-  return default.named_sweep(SWEEPS, name)
+  return presets.named_sweep(SWEEPS, name)

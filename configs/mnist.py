@@ -1,7 +1,7 @@
 """MNIST, Table 1: MLP 784-500-500-2000-64, batch 32, 40000 steps, Adam 3e-4.
 
 Usage: --config=configs/mnist.py[:PRESETS] with PRESETS from
-softvq_jax.configs.default (e.g. ``:beta_vae`` or ``:vq_vae,quick``). The
+softvq_jax.launch.presets (e.g. ``:beta_vae`` or ``:vq_vae,quick``). The
 default is the soft VQ-VAE row, which weighs codewords as the authors' MNIST
 notebook does (``normalizer="notebook"``, sigma^+1); eq. (5) as printed
 (sigma^-d) is the preset ``soft_vq_vae_eq5``. How these settings were chosen:
@@ -15,10 +15,10 @@ vq_weight = 3.0 * 784 / 64 = 36.75 with commitment 2.5; its
 information-dropout cost weight 0.5 on a per-element mean is beta = 0.5 / 64.
 """
 
-from softvq_jax.configs import default
+from softvq_jax.launch import presets
 
 LATENT_DIM = 64
-PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=128,
+PAPER = presets.PaperValues(beta_vae_beta=20.0, vq_codewords=128,
                             soft_vq_codewords=128, steps=40000,
                             soft_vq_steps=40000,
                             info_dropout_beta=0.5 / LATENT_DIM,
@@ -26,7 +26,7 @@ PAPER = default.PaperValues(beta_vae_beta=20.0, vq_codewords=128,
 
 
 def get_config(args=None):
-  config = default.get_base_config()
+  config = presets.get_base_config()
   config.data.name = "mnist"
   config.data.source = "tfds"
   config.model.network = "mlp"
@@ -40,7 +40,7 @@ def get_config(args=None):
   config.data.pixel_range = "unit"
   config.train.num_steps = 40000
   config.train.batch_size = 32
-  return default.apply_args(config, args, PAPER)
+  return presets.apply_args(config, args, PAPER)
 
 
 # The paper's Table 1: clustering ACC (%), NMI, linear-probe accuracy (%).
@@ -62,7 +62,7 @@ VALIDATION_SIZE = 10000
 NOTEBOOK_BATCH_SIZE = 64
 
 # Soft VQ-VAE settings the paper leaves open, each against PAPER_FAITHFUL, as
-# ``default.paper_point`` arguments; "authors_code" is the MNIST notebook's.
+# ``presets.paper_point`` arguments; "authors_code" is the MNIST notebook's.
 VARIANTS = (
     {"swept": {"model.noise_std": 0.01}},
     {"swept": {"model.normalizer": "notebook"}},
@@ -90,7 +90,7 @@ def variant_point(variant, seed):
   """One soft VQ-VAE variant (of ``VARIANTS``), scored on the validation hold-out."""
   overrides = {**PAPER_FAITHFUL, **variant.get("overrides", {}),
                "data.validation_size": VALIDATION_SIZE}
-  return default.paper_point("soft_vq_vae", seed, PAPER, variant=variant.get("variant", ""),
+  return presets.paper_point("soft_vq_vae", seed, PAPER, variant=variant.get("variant", ""),
                              swept=variant.get("swept"), overrides=overrides)
 
 
@@ -165,7 +165,7 @@ def moonshot_point(trial, seed, *, validation=True):
   overrides = {"model.vq_weight": 3.0 * 784 / swept["model.latent_dim"]}
   if validation:
     overrides["data.validation_size"] = VALIDATION_SIZE
-  return default.paper_point("soft_vq_vae", seed, PAPER, variant="moonshot", swept=swept,
+  return presets.paper_point("soft_vq_vae", seed, PAPER, variant="moonshot", swept=swept,
                              overrides=overrides)
 
 
@@ -188,7 +188,7 @@ QUANTIZER_SCREEN = (
 LFQ_CHOSEN = {"model.commitment": 0.25}
 
 
-SEEDS = default.SEEDS
+SEEDS = presets.SEEDS
 CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 
 # The named sweeps of ``python -m softvq_jax.sweep --sweep=NAME``: each builds
@@ -196,61 +196,61 @@ CODEBOOK_SIZES = (16, 32, 64, 128, 256, 512)
 # interrupted sweep has every setting for the first seeds.
 SWEEPS = {
     # The 7 rows of Table 1, and soft_vq_vae_eq5, x SEEDS.
-    "table1": lambda: default.table_sweep(PAPER_RESULTS["mnist"], PAPER, SEEDS),
-    # The quantizers beside Table 1 (default.QUANTIZER_PRESETS), x SEEDS.
-    "quantizers": lambda: default.table_sweep(default.QUANTIZER_PRESETS, PAPER, SEEDS),
+    "table1": lambda: presets.table_sweep(PAPER_RESULTS["mnist"], PAPER, SEEDS),
+    # The quantizers beside Table 1 (presets.QUANTIZER_PRESETS), x SEEDS.
+    "quantizers": lambda: presets.table_sweep(presets.QUANTIZER_PRESETS, PAPER, SEEDS),
     # The QUANTIZER_SCREEN, seed 0, on the validation hold-out.
     "quantizer_screen": lambda: [
-        default.paper_point(row, 0, PAPER, swept={"train.num_steps": SCREEN_STEPS, **swept},
+        presets.paper_point(row, 0, PAPER, swept={"train.num_steps": SCREEN_STEPS, **swept},
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for row, swept in QUANTIZER_SCREEN],
     # The lfq row with LFQ_CHOSEN, x SEEDS, on the test split.
-    "lfq_test": lambda: [default.paper_point("lfq", seed, PAPER, swept=LFQ_CHOSEN)
+    "lfq_test": lambda: [presets.paper_point("lfq", seed, PAPER, swept=LFQ_CHOSEN)
                          for seed in SEEDS],
     # The K curve: soft VQ-VAE with each of CODEBOOK_SIZES, x SEEDS.
     "codebook": lambda: [
-        default.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
+        presets.paper_point("soft_vq_vae", seed, PAPER, swept={"model.num_codewords": k})
         for seed in SEEDS for k in CODEBOOK_SIZES],
     # Soft VQ-VAE settings (VARIANTS), seed 0, on the validation hold-out.
     "variants": lambda: [variant_point(variant, 0) for variant in VARIANTS],
     # Soft VQ-VAE with the CHOSEN variant, x SEEDS, on the test split.
-    "chosen": lambda: [default.paper_point("soft_vq_vae", seed, PAPER, swept=CHOSEN)
+    "chosen": lambda: [presets.paper_point("soft_vq_vae", seed, PAPER, swept=CHOSEN)
                        for seed in SEEDS],
     # The beta-VAE row with each of BETA_VAE_BETAS, seed 0, on the validation
     # hold-out (one vmapped program).
     "beta_vae": lambda: [
-        default.paper_point("beta_vae", 0, PAPER, swept={"model.beta": beta},
+        presets.paper_point("beta_vae", 0, PAPER, swept={"model.beta": beta},
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for beta in BETA_VAE_BETAS],
     # The beta-VAE row with BETA_VAE_CHOSEN, x SEEDS, on the test split.
     "beta_vae_test": lambda: [
-        default.paper_point("beta_vae", seed, PAPER, swept={"model.beta": BETA_VAE_CHOSEN})
+        presets.paper_point("beta_vae", seed, PAPER, swept={"model.beta": BETA_VAE_CHOSEN})
         for seed in SEEDS],
     # The beta-VAE row at NOTEBOOK_BATCH_SIZE with beta 20 and BETA_VAE_CHOSEN,
     # seed 0, on the validation hold-out: the last setting of the beta-VAE row
     # that the notebook and the paper disagree on.
     "beta_vae_batch": lambda: [
-        default.paper_point("beta_vae", 0, PAPER,
+        presets.paper_point("beta_vae", 0, PAPER,
                             swept={"model.beta": beta, "train.batch_size": NOTEBOOK_BATCH_SIZE},
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for beta in (PAPER.beta_vae_beta, BETA_VAE_CHOSEN)],
     # The vq_vae row with each of VQ_VAE_VARIANTS, seed 0, on the validation
     # hold-out.
     "vq_vae": lambda: [
-        default.paper_point("vq_vae", 0, PAPER, swept=swept,
+        presets.paper_point("vq_vae", 0, PAPER, swept=swept,
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for swept in VQ_VAE_VARIANTS],
     # The vq_vae row with VQ_VAE_CHOSEN, x SEEDS, on the test split.
-    "vq_vae_test": lambda: [default.paper_point("vq_vae", seed, PAPER, swept=VQ_VAE_CHOSEN)
+    "vq_vae_test": lambda: [presets.paper_point("vq_vae", seed, PAPER, swept=VQ_VAE_CHOSEN)
                             for seed in SEEDS],
     # The soft_vq_vae row and each of ABLATIONS, x SEEDS (seed-major within
     # each group), on the test split.
-    "ablations": lambda: [default.paper_point("soft_vq_vae", seed, PAPER, swept=swept)
+    "ablations": lambda: [presets.paper_point("soft_vq_vae", seed, PAPER, swept=swept)
                           for group in ABLATIONS for seed in SEEDS for swept in group],
     # The soft_vq_vae row with each of NOISE_STDS, x SEEDS, on the validation
     # hold-out (one vmapped program).
     "noise": lambda: [
-        default.paper_point("soft_vq_vae", seed, PAPER, variant="noise",
+        presets.paper_point("soft_vq_vae", seed, PAPER, variant="noise",
                             swept={"model.noise_std": noise},
                             overrides={"data.validation_size": VALIDATION_SIZE})
         for seed in SEEDS for noise in NOISE_STDS],
@@ -275,4 +275,4 @@ SWEEPS = {
 
 def get_sweep(name):
   """The points of ``SWEEPS[name]``, for ``python -m softvq_jax.sweep --sweep=NAME``."""
-  return default.named_sweep(SWEEPS, name)
+  return presets.named_sweep(SWEEPS, name)

@@ -1,6 +1,6 @@
-"""SVHN (tfds svhn_cropped), Table 2; see softvq_jax/configs/images32.py."""
+"""SVHN (tfds svhn_cropped), Table 2; see softvq_jax/launch/images32.py."""
 
-from softvq_jax.configs import images32
+from softvq_jax.launch import images32
 
 
 def get_config(args=None):

@@ -74,20 +74,20 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import jsonl  # experiments/jsonl.py, beside this script.
 import numpy as np
 import optax
-
-import jsonl  # experiments/jsonl.py, beside this script.
 from timing import best_time  # experiments/timing.py.
-from softvq_jax import bottlenecks
+
 from softvq_jax import evaluation
-from softvq_jax import input_pipeline
 from softvq_jax import quantizers
-from softvq_jax import models
-from softvq_jax import steps as steps_lib
-from softvq_jax import streaming
-from softvq_jax.configs import default
+from softvq_jax.data import input_pipeline
 from softvq_jax.errors import InputError
+from softvq_jax.launch import presets
+from softvq_jax.launch import steps as steps_lib
+from softvq_jax.model import autoencoder
+from softvq_jax.quantizers import functional
+from softvq_jax.quantizers import streaming
 
 flags.DEFINE_bool("quick", False, "Fewer repeats and a smaller kernel grid.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
@@ -140,9 +140,9 @@ def mlp_program(bottleneck, num_runs, swept, step_counts, how="vmap"):
   """The paper's MNIST MLP with ``bottleneck`` for ``num_runs`` runs trained
   together (``steps.over_runs``, ``how``): their initial state, keys and
   swept scalars, and one jitted ``steps.train_chunk`` per step count."""
-  config = default.get_base_config()
+  config = presets.get_base_config()
   config.model.bottleneck = bottleneck
-  model_fn = functools.partial(models.make_model, config.model, (28, 28, 1))
+  model_fn = functools.partial(autoencoder.make_model, config.model, (28, 28, 1))
   optimizer = steps_lib.make_optimizer(config.train)
   init = lambda rng, model=model_fn({}), optimizer=optimizer: steps_lib.init_state(
       rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
@@ -207,11 +207,11 @@ def bottleneck_layers(lines, steps, repeats):
 
   The per-bottleneck difference of a training step, without the shared MLP.
   """
-  config = default.get_base_config()
+  config = presets.get_base_config()
   h = jax.random.normal(jax.random.key(0), (32, config.model.mlp_hidden[-1]))
   for bottleneck in BOTTLENECKS:
     config.model.bottleneck = bottleneck
-    layer = models.make_bottleneck(config.model)
+    layer = autoencoder.make_bottleneck(config.model)
     params = layer.init({"params": jax.random.key(1), "noise": jax.random.key(2)},
                         h, train=True)["params"]
 
@@ -232,8 +232,8 @@ def adam_update(lines, steps, repeats):
   At batch 32 the update reads and writes every parameter and both moments
   each step, a memory-bound cost that vmapping seeds does not amortise.
   """
-  config = default.get_base_config()
-  model = models.make_model(config.model, (28, 28, 1))
+  config = presets.get_base_config()
+  model = autoencoder.make_model(config.model, (28, 28, 1))
   optimizer = steps_lib.make_optimizer(config.train)
   state = steps_lib.init_state(jax.random.key(0), model, optimizer, jnp.zeros((1, 28, 28, 1)))
   grads = jax.tree.map(jnp.ones_like, state.params)
@@ -257,7 +257,7 @@ def kernel_grid(lines, grid, repeats):
     log_var = jnp.zeros((n, k), jnp.float32)
     cotangent = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
     kernel = jax.jit(jax.grad(
-        lambda z, c, v: jnp.sum(bottlenecks.soft_quantize(z, c, v)[0] * cotangent),
+        lambda z, c, v: jnp.sum(functional.soft_quantize(z, c, v)[0] * cotangent),
         argnums=(0, 1, 2)))
     matmuls = jax.jit(jax.grad(
         lambda z, c, v: jnp.sum(((z @ c.T + v) @ c) * cotangent), argnums=(0, 1, 2)))
@@ -274,7 +274,7 @@ def chunked_vs_dense(lines, repeats, d=256, timed_n=4096, memory_n=65536):
   """The dense and streaming soft quantizers at large K: time and memory."""
   rng = np.random.default_rng(0)
   for k in (4096, 16384):
-    for name, fn in (("soft_quantize", lambda *a: bottlenecks.soft_quantize(*a)[0]),
+    for name, fn in (("soft_quantize", lambda *a: functional.soft_quantize(*a)[0]),
                      ("soft_quantize_chunked", streaming.soft_quantize_chunked)):
       kernel = jax.jit(jax.grad(lambda z, c, v, fn=fn: jnp.sum(fn(z, c, v)),
                                 argnums=(0, 1, 2)))
@@ -313,7 +313,7 @@ def mnist_evaluation(lines):
   train_y, test_y = rng.integers(0, 10, 60000), rng.integers(0, 10, 10000)
   train_x = (centres[train_y] + rng.normal(size=(60000, 64))).astype(np.float32)
   test_x = (centres[test_y] + rng.normal(size=(10000, 64))).astype(np.float32)
-  config = default.get_base_config().eval
+  config = presets.get_base_config().eval
   for backend in ("jax", "sklearn"):
     config.kmeans_backend = backend
     t0 = time.perf_counter()
@@ -332,7 +332,7 @@ def _time_load(lines, name, data_config):
 
 
 def loading(lines):
-  config = default.get_base_config().data
+  config = presets.get_base_config().data
   if os.path.isdir(FLAGS.mnist_dir):
     config.name, config.source, config.dir = "mnist", "files", FLAGS.mnist_dir
     for verify in (True, False):

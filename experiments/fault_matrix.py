@@ -5,7 +5,7 @@
 Each case starts ``python -m softvq_jax.main`` (or ``.sweep``) on short
 digits runs as a user would, breaks something (a flag, a file, the disk, a
 signal at a chosen moment), and checks what the command promises
-(``softvq_jax.cli``): the exit status, one last line that says what
+(``softvq_jax.launch.cli``): the exit status, one last line that says what
 happened, no line on stderr but the launcher's own log and that last line,
 and where it matters what is on disk afterwards (an identical eval.json,
 nothing written, no half-written checkpoint). It writes ``OUT.md`` and
@@ -32,10 +32,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-import numpy as np
-
 import fault_cases as fc  # experiments/fault_cases.py, beside this script.
 from fault_cases import Case
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "mnist")

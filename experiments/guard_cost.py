@@ -25,13 +25,13 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import jsonl  # experiments/jsonl.py, beside this script.
 import numpy as np
 import optax
 
-import jsonl  # experiments/jsonl.py, beside this script.
-from softvq_jax import models
-from softvq_jax import steps
-from softvq_jax.configs import default
+from softvq_jax.launch import presets
+from softvq_jax.launch import steps
+from softvq_jax.model import autoencoder
 
 flags.DEFINE_integer("steps", 200, "Steps per timed chunk.")
 flags.DEFINE_integer("repeats", 5, "Timed chunks per variant; the best counts.")
@@ -41,8 +41,8 @@ NUM_RUNS = 3
 
 
 def setup():
-  config = default.get_base_config()
-  model_fn = functools.partial(models.make_model, config.model, (28, 28, 1))
+  config = presets.get_base_config()
+  model_fn = functools.partial(autoencoder.make_model, config.model, (28, 28, 1))
   optimizer = steps.make_optimizer(config.train)
   images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
   init = lambda rng: steps.init_state(rng, model_fn({}), optimizer, jnp.zeros((1, 28, 28, 1)))

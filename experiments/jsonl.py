@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Mapping, Optional
 
-from softvq_jax import provenance
+from softvq_jax.launch import provenance
 
 
 def emit(lines: List[str], record: Mapping[str, Any], sort_keys: bool = False) -> None:

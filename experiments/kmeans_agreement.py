@@ -16,12 +16,12 @@ import time
 from absl import app
 from absl import flags
 import jax
+import jsonl  # experiments/jsonl.py, beside this script.
 import numpy as np
 
-import jsonl  # experiments/jsonl.py, beside this script.
 from softvq_jax import evaluation
-from softvq_jax import input_pipeline
-from softvq_jax.configs import default
+from softvq_jax.data import input_pipeline
+from softvq_jax.launch import presets
 
 flags.DEFINE_list("latents", [], "latents.npz files of trained runs.")
 flags.DEFINE_string("mnist_dir", None, "Official MNIST files: also cluster the raw test pixels.")
@@ -60,7 +60,7 @@ def main(_):
     with np.load(path) as data:
       inputs.append((path, data["latents"].astype(np.float32), data["labels"]))
   if FLAGS.mnist_dir:
-    config = default.get_base_config().data
+    config = presets.get_base_config().data
     config.name, config.source, config.dir = "mnist", "files", FLAGS.mnist_dir
     splits = input_pipeline.load(config)
     inputs.append(("mnist test pixels", splits.eval_images.reshape(len(splits.eval_images), -1),

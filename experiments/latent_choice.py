@@ -21,12 +21,12 @@ import functools
 from absl import app
 from absl import flags
 import jax
-import numpy as np
-
 import jsonl  # experiments/jsonl.py, beside this script.
+import numpy as np
 import restore  # experiments/restore.py, beside this script.
+
 from softvq_jax import evaluation
-from softvq_jax import models
+from softvq_jax.model import autoencoder
 
 flags.DEFINE_list("workdirs", [], "Finished runs' workdirs.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 LATENTS = ("z_e", "decoder_input", "train_sample")
 
 
-def latents(model: models.Autoencoder, variables, images: np.ndarray, kind: str,
+def latents(model: autoencoder.Autoencoder, variables, images: np.ndarray, kind: str,
             batch_size: int, seed: int) -> np.ndarray:
   """``(N, d)`` latents of one ``kind`` (module docstring), in batches."""
   def one_batch(module, x):

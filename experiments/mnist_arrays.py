@@ -1,6 +1,6 @@
 """MNIST from the official idx files as numpy arrays, with numpy and gzip
 alone, so that the JAX and PyTorch halves of a benchmark read the same
-bytes (``softvq_jax.input_pipeline`` is the checked loader of the launcher)."""
+bytes (``softvq_jax.data.input_pipeline`` is the checked loader of the launcher)."""
 
 import gzip
 import os

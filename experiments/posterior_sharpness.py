@@ -24,18 +24,18 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
-
 import jsonl  # experiments/jsonl.py, beside this script.
+import numpy as np
 import restore  # experiments/restore.py, beside this script.
-from softvq_jax import models
+
+from softvq_jax.model import autoencoder
 
 flags.DEFINE_list("workdirs", [], "Finished soft VQ-VAE runs' workdirs.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
 FLAGS = flags.FLAGS
 
 
-def _batch_statistics(module: models.Autoencoder, x, log_var_params, pixel_var):
+def _batch_statistics(module: autoencoder.Autoencoder, x, log_var_params, pixel_var):
   h = module.encoder(x)
   z_hat, aux = module.bottleneck(h, train=False)
   probs, z = aux["probs"], aux["latent"]
@@ -44,7 +44,7 @@ def _batch_statistics(module: models.Autoencoder, x, log_var_params, pixel_var):
   else:
     log_var = jnp.broadcast_to(log_var_params, probs.shape)
   entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
-  recon = models.reconstruction_loss(module.decoder(z_hat), x, kind=module.recon,
+  recon = autoencoder.reconstruction_loss(module.decoder(z_hat), x, kind=module.recon,
                                      output_activation=module.output_activation,
                                      pixel_var=pixel_var)
   return {"entropy": entropy, "max_prob": jnp.max(probs, axis=-1),

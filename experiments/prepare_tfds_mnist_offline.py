@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 from tensorflow_datasets.image_classification import mnist
 
-from softvq_jax import input_pipeline
+from softvq_jax.data import input_pipeline
 
 flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist", "The official MNIST .gz files.")
 flags.DEFINE_string("tfds_data_dir", None, "The tfds data_dir to prepare into.")

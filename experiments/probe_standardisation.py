@@ -17,7 +17,7 @@ from absl import flags
 import ml_collections
 
 from softvq_jax import evaluation
-from softvq_jax import input_pipeline
+from softvq_jax.data import input_pipeline
 
 flags.DEFINE_string("data_dir", "../shared/datasets/mnist", "Official MNIST files.")
 flags.DEFINE_integer("seed", 0, "Probe seed.")

@@ -7,11 +7,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from softvq_jax import checkpoints
-from softvq_jax import config_keys
-from softvq_jax import input_pipeline
-from softvq_jax import models
-from softvq_jax import workdir as workdir_lib
+from softvq_jax.data import input_pipeline
+from softvq_jax.launch import checkpoints
+from softvq_jax.launch import config_keys
+from softvq_jax.launch import workdir as workdir_lib
+from softvq_jax.model import autoencoder
 
 
 def restore_variables(run_dir: str):
@@ -36,5 +36,5 @@ def load_run(run_dir: str):
     if field not in config[section]:
       config[section][field] = value
   data = input_pipeline.load(config.data)
-  model = models.make_model(config.model, data.image_shape)
+  model = autoencoder.make_model(config.model, data.image_shape)
   return config, data, model, restore_variables(run_dir)

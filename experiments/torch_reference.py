@@ -4,7 +4,7 @@
 ``--torch_python`` and times it beside the JAX step
 (``mnist_mlp_soft_vq_b32_ms_per_step``): the same MLP 784-500-500-2000-64 and
 mirror decoder, the per-sample log-variance head of size K = 128, the
-notebook's weighting (``bottlenecks.soft_assignment_logits``), the noise
+notebook's weighting (``functional.soft_assignment_logits``), the noise
 0.01, the losses of ``configs/mnist.py`` (squared error over pixels,
 vq_weight 36.75, commitment 2.5) and Adam 3e-4 at batch 32. It is a timing
 reference, not a second implementation: nothing else in the project uses it,

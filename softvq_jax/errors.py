@@ -1,4 +1,4 @@
-"""The error types that reach the user as one line (``softvq_jax.cli``)."""
+"""The error types that reach the user as one line (``softvq_jax.launch.cli``)."""
 
 
 class InputError(ValueError):

@@ -7,7 +7,7 @@ Scales: accuracies (``clustering_acc``, ``probe_acc``) are in percent
 * Clustering: K-means with ``eval.kmeans_inits`` initialisations (the paper
   uses 100) on the evaluation split's latents, keeping the run with the best
   inertia (``eval.kmeans_backend``: ``jax``, all inits in one program on the
-  device, ``softvq_jax.kmeans``; ``sklearn``, float64 on the host; ``auto``,
+  device, ``softvq_jax.quantizers.kmeans``; ``sklearn``, float64 on the host; ``auto``,
   the default: ``jax`` on an accelerator, ``sklearn`` on a CPU, where it is
   faster: experiments/results/benchmark_cpu_evaluation.jsonl);
   accuracy by Hungarian matching of clusters to classes, NMI as
@@ -30,7 +30,7 @@ import scipy.optimize
 import sklearn.cluster
 import sklearn.metrics
 
-from softvq_jax import kmeans as kmeans_lib
+from softvq_jax.quantizers import kmeans as kmeans_lib
 
 KMEANS_BACKENDS = ("auto", "jax", "sklearn")
 

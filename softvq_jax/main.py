@@ -8,14 +8,14 @@
 Bad input (an invalid key, missing data, a workdir of another config) ends in
 a one-line error and exit status 2 before anything is written; a run that
 stops on its way (a non-finite loss, a failed checkpoint save, Ctrl-C) ends
-in one line naming the last good checkpoint (``softvq_jax.cli``). One
+in one line naming the last good checkpoint (``softvq_jax.launch.cli``). One
 launcher at a time holds a workdir (``locks.lock``).
 
 Several processes: start the same command in each with ``--distributed``
-(``softvq_jax.distributed``).
+(``softvq_jax.launch.distributed``).
 """
 
-from softvq_jax import cli
+from softvq_jax.launch import cli
 
 with cli.interruptible_start(__name__):
   import os
@@ -23,9 +23,9 @@ with cli.interruptible_start(__name__):
   from absl import flags
   from ml_collections import config_flags
 
-  from softvq_jax import distributed
-  from softvq_jax import train
   from softvq_jax.errors import InputError
+  from softvq_jax.launch import distributed
+  from softvq_jax.launch import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally FILE:PRESETS.",

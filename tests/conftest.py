@@ -44,9 +44,10 @@ def mock_tfds(monkeypatch):
   (the real one needs TensorFlow), and the mock's ``__getitems__``, a partial
   that gets no self, is given one that takes the keys first, as the real data
   source's method does."""
-  from softvq_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets import testing as tfds_testing  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.testing import mocking  # pylint: disable=g-import-not-at-top
+
+  from softvq_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(input_pipeline, "tensorflow_available", lambda: True)
   monkeypatch.setattr(mocking, "_getitems",
                       lambda keys, generator: [generator[k] for k in keys])

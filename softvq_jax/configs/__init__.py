@@ -1,1 +1,0 @@
-"""Shared configuration defaults; the per-dataset files live in ``configs/``."""

@@ -1,0 +1,182 @@
+"""Sweep launcher: runs a named sweep of a config file, then tabulates it.
+
+  python -m softvq_jax.sweep --config=configs/mnist.py --sweep=table1 \
+      --config.data.source=files --config.data.dir=../shared/datasets/mnist \
+      --workdir=/tmp/table1 --results=experiments/results/table1_mnist
+
+Sweeps are defined in the config file by ``get_sweep(name)``, a list of
+``runs.Point``s; the command-line ``--config.*`` overrides apply to every
+point, after its preset (a key that the sweep varies cannot be overridden).
+Each point runs in ``WORKDIR/<runs.point_dir(point)>``. Finished
+runs are skipped and unfinished ones resume, so re-running the command
+continues an interrupted sweep. Every point's config is validated before the
+first run starts.
+
+Points of one family (``runs.family``: they differ only by seed, and by the
+value of one swept key of ``autoencoder.VMAPPABLE_KEYS`` such as
+``model.noise_std``) train together in one vmapped program
+(``--vmap_seeds``; ``train.num_seeds``, ``train.vmap_key``).
+``--num_shards=N --shard=i`` gives the i-th launcher every N-th family, so
+that N launchers (processes, or machines sharing the workdir) split one
+sweep; each writes the tables of all runs finished so far
+(``softvq_jax.launch.tables``), and ``--aggregate_only`` rewrites them at the end.
+
+The ``raw`` row evaluates the pixels themselves (the paper's "Raw Data").
+Each point's run holds its workdir's lock while it runs: a second sweep
+over the same workdir skips the points that the first one is running, and
+says so (``locks.lock``).
+"""
+
+import importlib.util
+import os
+import sys
+import time
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
+
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+from ml_collections import config_flags
+
+from softvq_jax.errors import InputError
+from softvq_jax.errors import RunStopped
+from softvq_jax.launch import checkpoints
+from softvq_jax.launch import distributed
+from softvq_jax.launch import locks
+from softvq_jax.launch import provenance
+from softvq_jax.launch import runs
+from softvq_jax.launch import tables
+from softvq_jax.launch import train
+from softvq_jax.launch import validation
+from softvq_jax.launch import workdir as workdir_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file of the sweep.",
+                                lock_config=True)
+flags.DEFINE_string("sweep", None, "Name of a sweep of the config file's get_sweep.")
+flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
+flags.DEFINE_string("results", None, "Path prefix of the tables; default WORKDIR/SWEEP.")
+flags.DEFINE_bool("aggregate_only", False, "Only tabulate the finished runs.")
+flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers.")
+flags.DEFINE_integer("shard", 0, "This launcher's shard, in [0, num_shards).")
+flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values of a "
+                  "family together (train.num_seeds, train.vmap_key).")
+distributed.define_flags()
+flags.mark_flags_as_required(["config", "sweep", "workdir"])
+
+def load_config_module(path: str):
+  """The config file as a module, for its ``get_sweep`` and ``PAPER_RESULTS``."""
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def shard_points(points: Sequence[runs.Point], shard: int,
+                 num_shards: int) -> List[runs.Point]:
+  """The points of one shard: every ``num_shards``-th family (``runs.family``),
+  so that all seeds and swept values of a family can train together."""
+  families = list(dict.fromkeys(runs.family(p) for p in points))
+  mine = set(families[shard::num_shards])
+  return [p for p in points if runs.family(p) in mine]
+
+
+def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
+         quick: bool = False, vmap_seeds: bool = True,
+         command_line: Optional[Mapping[str, Any]] = None) -> List[runs.Launch]:
+  """The launches of a sweep, in the order of its points.
+
+  Unfinished points of one family (``runs.family``) whose latest checkpoints
+  are at the same step (none for unstarted points) are grouped; within a
+  group, consecutive seeds and the values of the family's vmapped key become
+  one launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``)
+  that resumes them together; ``train`` writes each run into the point's own
+  workdir. Finished points (skipped) and ``raw`` points are launches alone.
+  ``command_line`` (the ``--config.*`` overrides) applies to every point
+  after its own overrides (``runs.point_config``); a key that the points
+  set to different values cannot be overridden (``runs.check_command_line``).
+  """
+  runs.check_command_line(points, command_line or {})
+  groups: Dict[Hashable, List[runs.Member]] = {}
+  for i, point in enumerate(points):
+    config = runs.point_config(base, point, quick, command_line)
+    run_dir = os.path.join(workdir, runs.point_dir(point))
+    alone = (not vmap_seeds or point.raw
+             or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
+    group = ("alone", i) if alone else (runs.family(point), checkpoints.latest_step(run_dir))
+    groups.setdefault(group, []).append((point, config))
+  return [launch for members in groups.values()
+          for launch in runs.pack(members, workdir)]
+
+
+def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
+        quick: bool = False, vmap_seeds: bool = True,
+        command_line: Optional[Mapping[str, Any]] = None) -> List[str]:
+  """Runs every point of the sweep that is not finished yet (see ``plan``).
+
+  A run whose loss turns non-finite, or whose workdir another launcher holds,
+  does not stop the sweep: it is logged, left out of the tables, and its
+  names returned among the failures.
+  """
+  validation.validate_workdir(workdir)
+  launches = plan(base, points, workdir, quick, vmap_seeds, command_line)
+  for launch in launches:
+    validation.validate_config(launch.config, jax.device_count())
+  failed = []
+  for i, launch in enumerate(launches):
+    logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
+    try:
+      if launch.raw:
+        train.evaluate_pixels(launch.config, launch.workdir, validated=True)
+      else:
+        train.train_and_evaluate(launch.config, launch.workdir, validated=True)
+    except (FloatingPointError, locks.Locked) as e:
+      logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
+      failed.extend(launch.names)
+  return failed
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a "
+                     "--flag")
+  path, _, args = FLAGS["config"].config_filename.partition(":")
+  module = load_config_module(path)
+  failed, t_start = [], time.time()
+  distributed.initialize_from_flags()
+  distributed.check_same("config, sweep and workdir", "\n".join((
+      FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
+      os.path.abspath(FLAGS.workdir), f"{FLAGS.shard}/{FLAGS.num_shards}")))
+  try:
+    points = module.get_sweep(FLAGS.sweep)
+  except ValueError as e:
+    raise InputError(str(e)) from e
+  prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
+  validation.writable(os.path.dirname(os.path.abspath(prefix)), "--results")
+  if not FLAGS.aggregate_only:
+    if not 0 <= FLAGS.shard < FLAGS.num_shards:
+      raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
+    failed = run(FLAGS.config, shard_points(points, FLAGS.shard, FLAGS.num_shards),
+                 FLAGS.workdir, quick="quick" in args.split(","),
+                 vmap_seeds=FLAGS.vmap_seeds,
+                 command_line=config_flags.get_override_values(FLAGS["config"]))
+  table = tables.aggregate(points, FLAGS.workdir, getattr(module, "PAPER_RESULTS", {}))
+  table["protocol"] = {
+      "command": " ".join(sys.argv),
+      "config": workdir_lib.config_dict(FLAGS.config),
+      "sweep": FLAGS.sweep,
+      **provenance.environment(),
+      "launcher_seconds": time.time() - t_start,  # This launcher's wall time, all runs.
+  }
+  if jax.process_index() == 0:
+    tables.write_tables(table, prefix)
+    if table["rows"]:
+      tables.write_figure(table, prefix + "_metrics.png")
+    tables.write_tsne(points, FLAGS.workdir, prefix + "_tsne.png",
+                       FLAGS.config.eval.tsne_points)
+    print(tables.markdown(table))
+  if failed:
+    raise RunStopped(f"{len(failed)} runs not finished (a non-finite loss, or another "
+                     f"launcher holds them; see the log): {', '.join(failed)}")
+

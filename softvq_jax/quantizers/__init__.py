@@ -1,0 +1,56 @@
+"""Vector quantizers for JAX: hard VQ, Wu & Flierl's soft (posterior-mean) VQ, FSQ, LFQ, residual.
+
+::
+
+    import jax, jax.numpy as jnp
+    from softvq_jax.quantizers import SoftVectorQuantizer
+
+    vq = SoftVectorQuantizer(512, ema_decay=0.99, codebook_init="kmeans")
+    z = jnp.ones((8, 16, 16, 64))                       # (B, H, W, d), any leading shape
+    variables = vq.init(jax.random.key(0), z, train=False)
+    (z_q, aux), state = vq.apply(variables, z, train=True, mutable=["ema"])
+    tokens, loss = aux["indices"], aux["loss"]          # add loss to yours
+    codewords = vq.apply(variables, tokens, method=vq.embed)
+
+The same modules for Flax NNX are in ``softvq_jax.quantizers.nnx``; the maths under both,
+as pure jit/vmap/grad-safe functions, in ``functional`` (eqs. 1, 5-7, 27), ``streaming``
+(large K in chunks), ``scalar`` (FSQ, LFQ), ``residual`` and ``codebook_health``.
+"""
+
+from softvq_jax.quantizers import functional
+from softvq_jax.quantizers import nnx
+from softvq_jax.quantizers import streaming
+from softvq_jax.quantizers.codebook_health import dead_codes
+from softvq_jax.quantizers.codebook_health import kmeans_codebook
+from softvq_jax.quantizers.codebook_health import restart_dead_codes
+from softvq_jax.quantizers.functional import codebook_loss
+from softvq_jax.quantizers.functional import commitment_loss
+from softvq_jax.quantizers.functional import ema_codebook_step
+from softvq_jax.quantizers.functional import hard_quantize
+from softvq_jax.quantizers.functional import lookup
+from softvq_jax.quantizers.functional import orthogonal_loss
+from softvq_jax.quantizers.functional import perplexity
+from softvq_jax.quantizers.functional import rotation_trick
+from softvq_jax.quantizers.functional import soft_quantize
+from softvq_jax.quantizers.functional import straight_through
+from softvq_jax.quantizers.linen import FSQ
+from softvq_jax.quantizers.linen import LFQ
+from softvq_jax.quantizers.linen import QuantizerOptions
+from softvq_jax.quantizers.linen import ResidualQuantizer
+from softvq_jax.quantizers.linen import SoftOptions
+from softvq_jax.quantizers.linen import SoftVectorQuantizer
+from softvq_jax.quantizers.linen import VectorQuantizer
+from softvq_jax.quantizers.scalar import fsq
+from softvq_jax.quantizers.scalar import lfq
+from softvq_jax.quantizers.scalar import lfq_entropy
+from softvq_jax.quantizers.streaming import nearest_codewords
+from softvq_jax.quantizers.streaming import soft_quantize_chunked
+
+__all__ = [
+    "VectorQuantizer", "SoftVectorQuantizer", "FSQ", "LFQ", "ResidualQuantizer",
+    "QuantizerOptions", "SoftOptions", "nnx", "functional", "streaming",
+    "hard_quantize", "soft_quantize", "lookup", "straight_through", "rotation_trick",
+    "codebook_loss", "commitment_loss", "orthogonal_loss", "perplexity", "ema_codebook_step",
+    "nearest_codewords", "soft_quantize_chunked", "fsq", "lfq", "lfq_entropy",
+    "kmeans_codebook", "dead_codes", "restart_dead_codes",
+]

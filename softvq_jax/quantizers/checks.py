@@ -1,0 +1,98 @@
+"""Checks of the quantizer modules' options and inputs: one clear error,
+naming the argument, at construction or trace time, never a NaN or a silent
+broadcast. ``opts`` is a module (linen or NNX) with the options of
+``quantizers.QuantizerOptions`` / ``SoftOptions``."""
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers.core import CODEBOOK_INITS
+from softvq_jax.quantizers.core import VARIANCES
+from softvq_jax.quantizers.core import learns_log_var
+
+Array = jax.Array
+
+
+def check_options(opts: Any, soft: bool) -> None:
+  """One ``ValueError`` naming the argument for options that make no sense
+  (at construction; traced scalars are not checked)."""
+  name = type(opts).__name__
+  _positive_integer(name, "num_codewords", opts.num_codewords, optional=False)
+  _positive_integer(name, "chunk_size", opts.chunk_size)
+  _positive_integer(name, "codebook_dim", opts.codebook_dim)
+  if opts.ema_decay is not None and not 0.0 < opts.ema_decay < 1.0:
+    raise ValueError(f"{name}: ema_decay must lie in (0, 1) or be None, got {opts.ema_decay!r}")
+  choices = {"codebook_init": CODEBOOK_INITS}
+  numbers = ["commitment", "vq_weight", "dead_code_threshold", "orthogonal_weight"]
+  if soft:
+    choices.update(normalizer=bn.NORMALIZERS, variance=VARIANCES)
+    numbers.append("noise_std")
+    if opts.log_var_init is not None and not np.isfinite(opts.log_var_init):
+      raise ValueError(f"{name}: log_var_init must be finite, got {opts.log_var_init!r}")
+  for key, allowed in choices.items():
+    if getattr(opts, key) not in allowed:
+      raise ValueError(f"{name}: {key} must be one of {allowed}, got {getattr(opts, key)!r}")
+  for key in numbers:
+    value = getattr(opts, key)
+    if isinstance(value, (int, float)) and not (np.isfinite(value) and value >= 0):
+      raise ValueError(f"{name}: {key} must be finite and >= 0, got {value!r}")
+  if opts.ema_decay is not None and opts.orthogonal_weight:
+    raise ValueError(f"{name}: orthogonal_weight regularises a codebook trained by "
+                     "gradient; with ema_decay it would train nothing")
+  if opts.dead_code_threshold > 0 and opts.ema_decay is None:
+    raise ValueError(f"{name}: dead_code_threshold restarts codewords of an EMA codebook; "
+                     "set ema_decay")
+
+
+def _positive_integer(name: str, key: str, value: Any, optional: bool = True) -> None:
+  if optional and value is None:
+    return
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name}: {key} must be a positive integer"
+                     f"{' or None' if optional else ''}, got {value!r}")
+
+
+def check_input(opts: Any, z: Array, dim: Optional[int]) -> None:
+  """One error naming ``z`` for an input that is not a float ``(..., dim)``."""
+  name = type(opts).__name__
+  if not jnp.issubdtype(z.dtype, jnp.floating):
+    raise TypeError(f"{name}: z must be a floating-point array, got dtype {z.dtype}")
+  if z.ndim < 1 or (dim is not None and z.shape[-1] != dim):
+    raise ValueError(f"{name}: z's last dimension must be the codeword size {dim}, got "
+                     f"shape {z.shape}")
+
+
+def check_mask(opts: Any, z: Array, mask: Optional[Array]) -> None:
+  """One error naming ``mask`` unless it is None or booleans of shape ``z.shape[:-1]``."""
+  if mask is None:
+    return
+  if jnp.shape(mask) != tuple(z.shape[:-1]) or jnp.result_type(mask) != jnp.bool_:
+    raise ValueError(f"{type(opts).__name__}: mask must be booleans of shape "
+                     f"{tuple(z.shape[:-1])} (z's without its last axis), got "
+                     f"{jnp.result_type(mask)}{list(jnp.shape(mask))}")
+
+
+def check_log_var(opts: Any, z: Array, log_var: Optional[Array]) -> None:
+  """One error naming ``log_var``: given exactly when ``variance="sample"``,
+  and broadcastable against ``(..., K)``."""
+  name = type(opts).__name__
+  own = learns_log_var(opts)
+  if own and log_var is not None:
+    raise ValueError(f"{name}: variance={opts.variance!r} holds its own log_var; give a "
+                     "log_var argument with variance='sample'")
+  if not own and log_var is None:
+    raise ValueError(f"{name}: variance='sample' takes a log_var argument of shape (..., K)")
+  if log_var is None:
+    return
+  target = tuple(z.shape[:-1]) + (opts.num_codewords,)
+  try:
+    shape = jnp.broadcast_shapes(jnp.shape(log_var), target)
+  except ValueError:
+    shape = None
+  if shape != target:
+    raise ValueError(f"{name}: log_var of shape {jnp.shape(log_var)} does not broadcast "
+                     f"against (..., K) = {target}")

@@ -1,0 +1,1 @@
+"""Tests of softvq_jax.data, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of softvq_jax.launch, one file per module."""

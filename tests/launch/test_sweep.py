@@ -1,0 +1,281 @@
+"""Tests of the sweep launcher: runs, skipping, resumption and the tables."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import cifar10
+from configs import digits
+from configs import mnist
+from softvq_jax.errors import InputError
+from softvq_jax.launch import presets
+from softvq_jax.launch import runs
+from softvq_jax.launch import sweep
+from softvq_jax.launch import tables
+from softvq_jax.launch import train
+from softvq_jax.launch import validation
+from softvq_jax.launch import workdir
+from tests import ROOT
+
+
+def small_points(module, name, keep):
+  return [p for p in module.get_sweep(name) if keep(p)]
+
+
+def test_table_sweeps_cover_rows_and_seeds():
+  points = mnist.get_sweep("table1")
+  assert len(points) == 8 * 3  # The paper's 7 rows and soft_vq_vae_eq5.
+  assert [p.row for p in points[:8]] == list(mnist.PAPER_RESULTS["mnist"])
+  normalizers = {p.row: p.config_overrides().get("model.normalizer") for p in points}
+  assert (normalizers["soft_vq_vae"], normalizers["soft_vq_vae_eq5"]) == ("notebook", "paper")
+  assert {p.config_overrides()["seed"] for p in points} == {0, 1, 2}
+  vq = next(p for p in points if p.row == "vq_vae")
+  assert vq.config_overrides()["model.num_codewords"] == 128
+  table2 = cifar10.get_sweep("table2")
+  assert len(table2) == 2 * 6 * 3
+  assert {p.config_overrides()["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
+  assert len({runs.point_dir(p) for p in table2}) == len(table2)
+  assert runs.point_dir(table2[0]) == "svhn_cropped/ae/seed_0"
+  assert runs.point_dir(mnist.get_sweep("codebook")[0]) == "soft_vq_vae/num_codewords_16/seed_0"
+
+
+@pytest.mark.slow
+def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):
+  points = small_points(digits, "table1", lambda p: p.row in ("raw", "ae", "soft_vq_vae")
+                        and p.seed < 2)
+  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  table = tables.aggregate(points, str(tmp_path), paper={})
+  assert [(r["model"], r["seeds"]) for r in table["rows"]] == [
+      ("raw", [0, 1]), ("ae", [0, 1]), ("soft_vq_vae", [0, 1])]
+  for row in table["rows"]:
+    for metric in tables.METRICS:
+      assert len(row[metric]) == 2
+      expected = json.load(open(tmp_path / row["model"] / "seed_1" / "eval.json"))[metric]
+      assert row[metric][1] == expected
+    timings = [json.load(open(tmp_path / row["model"] / f"seed_{s}" / "timing.json"))
+               for s in (0, 1)]
+    assert row["eval_seconds"] == [t["eval_seconds"] for t in timings]
+    if row["model"] != "raw":
+      assert [m["step"] for m in row["last_train_metrics"]] == [
+          tiny_config.train.num_steps] * 2
+    assert all(seconds > 0 for seconds in row["eval_seconds"])
+  markdown = tables.markdown(table)
+  assert markdown.count("\n") == 2 + 3 + 2 and "±" in markdown  # Rows, then "Made with".
+  assert "Made with: flax" in markdown
+  # Finished runs are not trained again.
+  monkeypatch.setattr(train.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
+  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  tables.write_tables(table, str(tmp_path / "t"))
+  assert json.load(open(tmp_path / "t.json")) == table
+  assert (tmp_path / "t.csv").read_text().count("\n") == 1 + 6
+  tables.write_tsne(points, str(tmp_path), str(tmp_path / "t_tsne.png"), num_points=100)
+  assert (tmp_path / "t_tsne.png").stat().st_size > 1000
+  tables.write_figure(table, str(tmp_path / "t_metrics.png"))
+  assert (tmp_path / "t_metrics.png").stat().st_size > 1000
+
+
+def rows_of(points):
+  """Table rows of ``points`` as ``tables.aggregate`` keys them, two seeds each."""
+  rows = {}
+  for point in points:
+    rows.setdefault(tables.model_label(point), {
+        "dataset": "mnist", "model": tables.model_label(point), "swept": dict(point.swept),
+        **{m: [50.0 + point.seed, 60.0] for m in tables.METRICS}})
+  return list(rows.values())
+
+
+@pytest.mark.parametrize("name,key", [
+    ("codebook", "model.num_codewords"), ("noise", "model.noise_std"),
+    ("beta_vae", "model.beta"), ("moonshot_log_var", "model.log_var_init"),
+    ("table1", None), ("ablations", None), ("moonshot", None), ("vq_vae", None)])
+def test_sweeps_over_one_numeric_key_are_curves(name, key, tmp_path):
+  rows = rows_of(mnist.get_sweep(name))
+  assert tables.curve_key(rows) == key
+  if key is not None:
+    tables.write_figure({"rows": rows}, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_tsne_has_one_panel_per_row_of_the_table(tmp_path, monkeypatch):
+  """Rows that share a preset and differ by a swept value (the K curve) each
+  get a panel, from their first seed's latents."""
+  points = small_points(mnist, "codebook", lambda p: p.seed < 2
+                        and dict(p.swept)["model.num_codewords"] in (16, 32))
+  for point in points:
+    run_dir = tmp_path / runs.point_dir(point)
+    run_dir.mkdir(parents=True)
+    np.savez(run_dir / "latents.npz", latents=np.full((4, 2), point.seed),
+             labels=np.arange(4))
+  drawn = []
+  monkeypatch.setattr(tables.figures, "tsne",
+                      lambda path, panels, num_points, seed: drawn.extend(panels))
+  tables.write_tsne(points, str(tmp_path), str(tmp_path / "t.png"), num_points=4)
+  assert [name for name, _, _ in drawn] == [
+      "soft_vq_vae/num_codewords_16/seed_0", "soft_vq_vae/num_codewords_32/seed_0"]
+  assert all((latents == 0).all() for _, latents, _ in drawn)
+
+
+def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
+  points = small_points(digits, "table1", lambda p: p.seed == 0)
+  points[-1] = dataclasses.replace(
+      points[-1], overrides=points[-1].overrides + (("model.num_codewords", 0),))
+  with pytest.raises(InputError, match="num_codewords"):
+    sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypatch):
+  points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
+  train_and_evaluate = sweep.train.train_and_evaluate
+
+  def fail_ae(config, workdir, **kwargs):
+    if config.model.bottleneck == "none":
+      raise FloatingPointError("non-finite loss or gradient at step 3")
+    return train_and_evaluate(config, workdir, **kwargs)
+
+  monkeypatch.setattr(sweep.train, "train_and_evaluate", fail_ae)
+  assert sweep.run(tiny_config, points, str(tmp_path), quick=True) == ["ae/seed_0"]
+  table = tables.aggregate(points, str(tmp_path), paper={})
+  assert [r["model"] for r in table["rows"]] == ["vae"]
+
+
+@pytest.mark.slow
+def test_table2_sweep_on_mock_data(tmp_path, mock_tfds):
+  config = cifar10.get_config()
+  config.model.cnn_channels = (4, 4, 4, 4)
+  config.model.latent_dim = 8
+  config.eval.figures = False
+  rows = {"svhn_cropped": "soft_vq_vae", "cifar10": "ae"}  # Both datasets and kinds.
+  points = small_points(cifar10, "table2", lambda p: p.seed == 0 and rows[p.dataset] == p.row)
+  with mock_tfds(24):
+    sweep.run(config, points, str(tmp_path), quick=True)
+  table = tables.aggregate(points, str(tmp_path), cifar10.PAPER_RESULTS)
+  assert {(r["dataset"], r["model"]) for r in table["rows"]} == set(rows.items())
+  soft = next(r for r in table["rows"] if r["dataset"] == "svhn_cropped"
+              and r["model"] == "soft_vq_vae")
+  assert soft["paper"]["clustering_acc"] == 17.68
+
+
+@pytest.mark.slow
+def test_sweep_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "softvq_jax.sweep", "--config=configs/digits.py:quick",
+       "--sweep=nope", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "error: unknown sweep 'nope'; choose table1" in result.stderr
+
+
+def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
+  points = digits.get_sweep("table1")
+  # Checkpointed further than its neighbours: resumes alone.
+  (tmp_path / "ae" / "seed_1" / "checkpoints" / "500").mkdir(parents=True)
+  # Two seeds at the same checkpoint resume together; a finished one is skipped.
+  for seed in (0, 1):
+    (tmp_path / "vq_vae" / f"seed_{seed}" / "checkpoints" / "500").mkdir(parents=True)
+  (tmp_path / "vq_vae" / "seed_2").mkdir(parents=True)
+  (tmp_path / "vq_vae" / "seed_2" / "eval.json").write_text("{}")
+  launches = sweep.plan(tiny_config, points, str(tmp_path))
+  described = {tuple(l.names): (l.config.seed, l.config.train.num_seeds, l.raw,
+                                os.path.relpath(l.workdir, tmp_path)) for l in launches}
+  assert described[("vae/seed_0", "vae/seed_1", "vae/seed_2")] == (0, 3, False, "vae")
+  assert described[("ae/seed_0",)] == (0, 1, False, "ae/seed_0")
+  assert described[("ae/seed_1",)] == (1, 1, False, "ae/seed_1")
+  assert described[("ae/seed_2",)] == (2, 1, False, "ae/seed_2")
+  assert described[("vq_vae/seed_0", "vq_vae/seed_1")] == (0, 2, False, "vq_vae")
+  assert described[("vq_vae/seed_2",)] == (2, 1, False, "vq_vae/seed_2")
+  assert described[("raw/seed_2",)] == (2, 1, True, "raw/seed_2")
+  assert sorted(n for l in launches for n in l.names) == sorted(
+      runs.point_dir(p) for p in points)
+  assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
+                                                    vmap_seeds=False))
+
+
+def describe(launches, workdir):
+  return {tuple(l.names): (l.config.train.num_seeds, l.config.train.vmap_key,
+                           tuple(l.config.train.vmap_values), os.path.relpath(l.workdir, workdir))
+          for l in launches}
+
+
+def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
+  point = lambda seed, **swept: presets.paper_point("vae", seed, digits.PAPER, swept=swept)
+  points = ([point(s, **{"model.beta": b}) for s in (0, 1) for b in (1.0, 4.0)]
+            + [point(0, **{"model.beta": 8.0}),
+               point(0, **{"model.beta": 2.0, "model.max_alpha": 0.5})])
+  launches = sweep.plan(tiny_config, points, str(tmp_path))
+  assert describe(launches, tmp_path) == {
+      ("vae/beta_1.0/seed_0", "vae/beta_1.0/seed_1", "vae/beta_4.0/seed_0",
+       "vae/beta_4.0/seed_1"): (2, "model.beta", (1.0, 4.0), "vae"),
+      ("vae/beta_8.0/seed_0",): (1, "", (), "vae/beta_8.0/seed_0"),
+      # Two tags: its family is its directory, so it trains alone.
+      ("vae/beta_2.0/max_alpha_0.5/seed_0",): (1, "", (), "vae/beta_2.0/max_alpha_0.5/seed_0"),
+  }
+  for launch in launches:  # unpack inverts pack: each point's config, in its directory.
+    unpacked = runs.unpack(launch.config, launch.workdir)
+    assert [d for _, d in unpacked] == [os.path.join(tmp_path, name) for name in launch.names]
+    assert [workdir.config_dict(c) for c, _ in unpacked] == [
+        workdir.config_dict(runs.point_config(tiny_config, p)) for p in launch.points]
+
+
+def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
+  points = mnist.get_sweep("variants")
+  assert {p.config_overrides()["data.validation_size"] for p in points} == {
+      mnist.VALIDATION_SIZE}
+  described = describe(sweep.plan(tiny_config, points, str(tmp_path)), tmp_path)
+  assert described[tuple(f"soft_vq_vae/validation/noise_std_{noise}/seed_0"
+                       for noise in (0.01, 0.0, 0.05))] == (
+                        1, "model.noise_std", (0.01, 0.0, 0.05), "soft_vq_vae/validation")
+  assert len(described) == len(points) - 2
+
+
+def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
+  points = mnist.get_sweep("chosen")
+  assert [p.seed for p in points] == [0, 1, 2]
+  for point in points:
+    assert "data.validation_size" not in point.config_overrides()
+    assert point.config_overrides()["model.normalizer"] == mnist.CHOSEN["model.normalizer"]
+
+
+@pytest.mark.parametrize("name,split", [
+    ("moonshot", "validation"), ("beta_vae", "validation"), ("variants", "validation"),
+    ("noise", "validation"), ("moonshot_seeds", "validation"), ("moonshot_log_var", "validation"),
+    ("vq_vae", "validation"), ("beta_vae_batch", "validation"),
+    ("ablations", "test"), ("beta_vae_test", "test"), ("moonshot_test", "test"),
+    ("vq_vae_test", "test")])
+def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
+  points = mnist.get_sweep(name)
+  assert len({runs.point_dir(p) for p in points}) == len(points)
+  for point in points:
+    config = runs.point_config(mnist.get_config(), point)
+    assert (config.data.validation_size > 0) == (split == "validation")
+    validation.validate_config(config, num_devices=1)
+  if name == "ablations":  # The row itself first, then the row with changes.
+    assert runs.point_dir(points[0]) == "soft_vq_vae/seed_0"
+    assert sorted(p.seed for p in points if not p.swept) == [0, 1, 2]
+
+
+def test_one_directory_holds_one_config_across_all_sweeps():
+  """Every sweep of configs/mnist.py can share one --workdir: a directory that
+  two sweeps name (the same run) gets the same config from both."""
+  configs = {}
+  for name in mnist.SWEEPS:
+    for point in mnist.get_sweep(name):
+      config = runs.point_config(mnist.get_config(), point).to_json(sort_keys=True)
+      assert configs.setdefault(runs.point_dir(point), config) == config, (
+          name, runs.point_dir(point))
+
+
+def test_shards_split_families_of_seeds():
+  points = mnist.get_sweep("table1")
+  shards = [sweep.shard_points(points, i, 3) for i in range(3)]
+  assert sorted(runs.point_dir(p) for s in shards for p in s) == sorted(
+      runs.point_dir(p) for p in points)
+  for shard in shards:
+    rows = {p.row for p in shard}
+    assert len(shard) == 3 * len(rows)  # Every seed of a row in the same shard.

@@ -1,0 +1,1 @@
+"""Tests of softvq_jax.model, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of softvq_jax.quantizers, one file per module."""

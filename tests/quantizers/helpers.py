@@ -1,0 +1,51 @@
+"""What the quantizer tests share: rngs, data, one training call, the codebook in use."""
+
+import jax
+import numpy as np
+
+from softvq_jax import quantizers
+from softvq_jax.quantizers import nnx as vq_nnx
+
+PARAMS_RNG = {"params": jax.random.key(0)}  # Where nothing else should be random.
+RNGS = {"params": jax.random.key(0), "noise": jax.random.key(1)}
+LINEN = {"hard": quantizers.VectorQuantizer, "soft": quantizers.SoftVectorQuantizer}
+FSQ_LEVELS = (8, 5, 5, 3)  # Even and odd levels.
+NNX = {"hard": vq_nnx.VectorQuantizer, "soft": vq_nnx.SoftVectorQuantizer}
+
+
+def random_problem(n, k, d, scale=1.0, seed=0):
+  """``z (n, d)``, a codebook ``(k, d)``, per-codeword log-variances and a cotangent."""
+  rng = np.random.default_rng(seed)
+  return (scale * rng.normal(size=(n, d)).astype(np.float32),
+          scale * rng.normal(size=(k, d)).astype(np.float32),
+          (0.5 * rng.normal(size=(k,))).astype(np.float32),
+          rng.normal(size=(n, d)).astype(np.float32))
+
+
+def clustered(n=256, k=8, d=4, seed=0):
+  """``n`` points around ``k`` well-separated centres."""
+  rng = np.random.default_rng(seed)
+  centres = 5.0 * rng.normal(size=(k, d))
+  return (centres[rng.integers(0, k, n)] + 0.1 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def train(module, variables, *args, **kwargs):
+  """One training call of a linen quantizer: ``(out, aux, updated variables)``."""
+  (out, aux), state = module.apply(variables, *args, train=True, mutable=["ema"], **kwargs)
+  return out, aux, {**variables, **state}
+
+
+def codebook_of(variables):
+  """The codebook in use: the EMA one, or the parameter plus its first-batch offset."""
+  if "codebook" in variables["ema"]:
+    return variables["ema"]["codebook"]
+  return variables["params"]["codebook"] + variables["ema"].get("codebook_offset", 0.0)
+
+
+def fsq_reference(z, levels, eps=1e-3):
+  """Mentzer et al.'s bound-and-round in float64 numpy."""
+  levels = np.asarray(levels, np.float64)
+  half_l = (levels - 1) * (1 + eps) / 2
+  offset = np.where(levels % 2 == 0, 0.5, 0.0)
+  bounded = np.tanh(z + np.arctanh(offset / half_l)) * half_l - offset
+  return np.round(bounded) / (levels // 2)
