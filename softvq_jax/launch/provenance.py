@@ -3,7 +3,7 @@
 XLA's floats differ between versions and thread layouts, so every result
 file records ``environment()`` beside its numbers (``eval.json``,
 ``timing.json``, a sweep's tables, the benchmarks' output), and
-``experiments/constraints.txt`` pins the versions of the published ones.
+``constraints.txt`` pins the versions of the published ones.
 """
 
 import importlib.metadata
