@@ -136,9 +136,9 @@ def matmul_peak(lines, repeats):
   return best
 
 
-def mlp_program(bottleneck, num_runs, swept, step_counts, how="vmap"):
+def mlp_program(bottleneck, num_runs, swept, step_counts, runs_together="vmap"):
   """The paper's MNIST MLP with ``bottleneck`` for ``num_runs`` runs trained
-  together (``steps.over_runs``, ``how``): their initial state, keys and
+  together (``steps.over_runs``, ``runs_together``): their initial state, keys and
   swept scalars, and one jitted ``steps.train_chunk`` per step count."""
   config = presets.get_base_config()
   config.model.bottleneck = bottleneck
@@ -148,10 +148,10 @@ def mlp_program(bottleneck, num_runs, swept, step_counts, how="vmap"):
       rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
   rngs = jax.random.split(jax.random.key(0), num_runs)
   scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
-  state = jax.jit(steps_lib.over_runs(init, num_runs, [0], how))(rngs)
+  state = jax.jit(steps_lib.over_runs(init, num_runs, [0], runs_together))(rngs)
   programs = tuple(jax.jit(functools.partial(
-      steps_lib.train_chunk, num_steps=n, num_runs=num_runs, how=how,
-      guard=steps_lib.chunk_guard(num_runs, how), model_fn=model_fn, optimizer=optimizer,
+      steps_lib.train_chunk, num_steps=n, num_runs=num_runs, runs_together=runs_together,
+      guard=steps_lib.chunk_guard(num_runs, runs_together), model_fn=model_fn, optimizer=optimizer,
       batch_size=32, pixel_var=0.1)) for n in step_counts)
   return state, rngs, scalars, programs
 
@@ -161,10 +161,10 @@ def runs_together(lines, steps, repeats, run_counts):
   and looped (``train.runs_together``), beside one run alone."""
   images = jnp.asarray(np.random.default_rng(0).random((60000, 28, 28, 1), np.float32))
   for num_runs in run_counts:
-    for how in steps_lib.RUNS_TOGETHER if num_runs > 1 else ("vmap",):
-      state, rngs, scalars, (run,) = mlp_program("soft_vq", num_runs, "", (steps,), how)
+    for runs_together in steps_lib.RUNS_TOGETHER if num_runs > 1 else ("vmap",):
+      state, rngs, scalars, (run,) = mlp_program("soft_vq", num_runs, "", (steps,), runs_together)
       seconds = best_time(run, state, images, rngs, scalars, repeats=repeats)
-      name = "alone" if num_runs == 1 else f"{how}{num_runs}"
+      name = "alone" if num_runs == 1 else f"{runs_together}{num_runs}"
       emit(lines, f"mnist_mlp_soft_vq_b32_{name}_ms_per_step_per_run",
            1000 * seconds / steps / num_runs, "ms")
 

@@ -12,7 +12,7 @@ repeat so that they see the same machine:
 * ``guard_<guard>_runs<R>``: ``steps.train_steps`` with each ``guard`` of
   ``train_step`` (``gradients``, the full guard; ``loss``; ``none``) for one
   run and for 3 runs vmapped, where a cond is a select;
-* ``<part>_<how>3``: 3 runs vmapped or looped (``steps.over_runs``) doing
+* ``<part>_<runs_together>3``: 3 runs vmapped or looped (``steps.over_runs``) doing
   part of a step: ``forward`` (the loss alone), ``forward_backward`` (loss,
   gradients and an SGD update), ``adam`` (the Adam update of a fixed
   gradient).
@@ -111,9 +111,9 @@ def parts(model_fn, optimizer, images, init):
                      ("adam", adam)):
     chunk = lambda state, rng, part=part: jax.lax.scan(
         lambda s, _: (part(s, rng), None), state, None, length=FLAGS.steps)[0]
-    for how in steps.RUNS_TOGETHER:
-      fn = jax.jit(steps.over_runs(chunk, NUM_RUNS, [0, 0], how))
-      programs[f"{name}_{how}{NUM_RUNS}"] = (fn, NUM_RUNS)
+    for runs_together in steps.RUNS_TOGETHER:
+      fn = jax.jit(steps.over_runs(chunk, NUM_RUNS, [0, 0], runs_together))
+      programs[f"{name}_{runs_together}{NUM_RUNS}"] = (fn, NUM_RUNS)
       args[fn] = (state, rngs)
   return best_of(programs, args)
 

@@ -169,22 +169,22 @@ def train_steps(state: TrainState, images: jax.Array, rng: jax.Array,
 RUNS_TOGETHER = ("vmap", "loop")
 
 
-def vmapped(num_runs: int, how: str) -> bool:
-  """Whether ``over_runs`` vmaps ``num_runs`` runs trained together as ``how``."""
-  return num_runs > 1 and how == "vmap"
+def vmapped(num_runs: int, runs_together: str) -> bool:
+  """Whether ``over_runs`` vmaps ``num_runs`` runs trained together as ``runs_together``."""
+  return num_runs > 1 and runs_together == "vmap"
 
 
-def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
+def over_runs(fn, num_runs: int, in_axes: Sequence[Any], runs_together: str = "vmap"):
   """``fn`` mapped over a leading run axis of the arguments with in_axes 0.
 
-  Several runs are vmapped (``how="vmap"``: batched matmuls), or run one
+  Several runs are vmapped (``runs_together="vmap"``: batched matmuls), or run one
   after another in the program (``"loop"``: ``lax.map``). At the paper's
   batch-32 MLP on a 2-core CPU both are about as fast per run as a run alone
   with XLA's default threads; on one pinned thread vmapping is 1.1-1.2x
   slower per run and looping is not (``experiments/results/writeups/cpu_speed.md``).
   A single run is squeezed around ``fn`` instead.
   """
-  if vmapped(num_runs, how):
+  if vmapped(num_runs, runs_together):
     return jax.vmap(fn, in_axes=tuple(in_axes))
 
   def looped(*args):
@@ -202,17 +202,17 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], how: str = "vmap"):
   return looped if num_runs > 1 else single
 
 
-def chunk_guard(num_runs: int, how: str) -> Optional[str]:
+def chunk_guard(num_runs: int, runs_together: str) -> Optional[str]:
   """The cheap guard (``train_step``'s) of a chunk of ``num_runs`` runs
-  trained together as ``how``: none where vmapped, else ``"loss"``."""
-  return None if vmapped(num_runs, how) else "loss"
+  trained together as ``runs_together``: none where vmapped, else ``"loss"``."""
+  return None if vmapped(num_runs, runs_together) else "loss"
 
 
 def train_chunk(state: TrainState, images: jax.Array, rngs: jax.Array,
                 scalars: Dict[str, jax.Array], *, num_steps: int, num_runs: int,
-                how: str, guard: Optional[str],
+                runs_together: str, guard: Optional[str],
                 **step_kwargs) -> Tuple[Tuple[TrainState, Dict], jax.Array]:
-  """``train_steps`` of ``num_runs`` runs (``over_runs``, ``how``), and
+  """``train_steps`` of ``num_runs`` runs (``over_runs``, ``runs_together``), and
   whether they stayed finite.
 
   The caller runs a chunk with the cheap guard (``chunk_guard``) and, only
@@ -232,7 +232,7 @@ def train_chunk(state: TrainState, images: jax.Array, rngs: jax.Array,
   """
   out, losses_finite = over_runs(
       functools.partial(train_steps, num_steps=num_steps, guard=guard, **step_kwargs),
-      num_runs, [0, None, 0, 0], how)(state, images, rngs, scalars)
+      num_runs, [0, None, 0, 0], runs_together)(state, images, rngs, scalars)
   finite = jnp.all(jnp.stack([jnp.all(losses_finite)] + [
       jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(out[0])]))
   return out, finite

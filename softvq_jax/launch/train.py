@@ -149,14 +149,14 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   def init(rng, images):
     return steps.init_state(rng, model_fn({}), optimizer,
                             steps.init_images(rng, images, config.model))
-  how = config.train.runs_together
+  runs_together = config.train.runs_together
   chunk = functools.partial(
-      steps.train_chunk, num_runs=num_runs, how=how, model_fn=model_fn, optimizer=optimizer,
+      steps.train_chunk, num_runs=num_runs, runs_together=runs_together, model_fn=model_fn, optimizer=optimizer,
       batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
       batch_sharding=batch_sharding)
   cheap, guarded = (jax.jit(functools.partial(chunk, guard=guard), static_argnames="num_steps",
                             out_shardings=((replicated, replicated), replicated))
-                    for guard in (steps.chunk_guard(num_runs, how), "gradients"))
+                    for guard in (steps.chunk_guard(num_runs, runs_together), "gradients"))
 
   def run_steps(state, images, rngs, scalars, num_steps):
     # The full guard is compiled and run only where a chunk was not finite.
@@ -166,7 +166,7 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   return Program(
       images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
       scalars={k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()},
-      init=jax.jit(steps.over_runs(init, num_runs, [0, None], how), out_shardings=replicated),
+      init=jax.jit(steps.over_runs(init, num_runs, [0, None], runs_together), out_shardings=replicated),
       run_steps=run_steps, sharding=replicated)
 
 

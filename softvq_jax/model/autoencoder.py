@@ -108,51 +108,55 @@ class BottleneckSpec:
   scalars: Tuple[str, ...]  # The float keys it reads: runs may vmap over them.
 
 
-def _quantizer(c: Mapping[str, Any]) -> Dict[str, Any]:
-  return dict(num_codewords=c["num_codewords"], commitment=c["commitment"],
-              vq_weight=c["vq_weight"], ema_decay=c["ema_decay"],
-              codebook_init=c["codebook_init"],
-              dead_code_threshold=c["dead_code_threshold"])
+def _quantizer(model: Mapping[str, Any]) -> Dict[str, Any]:
+  return dict(num_codewords=model["num_codewords"], commitment=model["commitment"],
+              vq_weight=model["vq_weight"], ema_decay=model["ema_decay"],
+              codebook_init=model["codebook_init"],
+              dead_code_threshold=model["dead_code_threshold"])
 
 
-def _soft_quantizer(c: Mapping[str, Any]) -> Dict[str, Any]:
-  return dict(noise_std=c["noise_std"], normalizer=c["normalizer"],
-              log_var_init=c["log_var_init"], **_quantizer(c))
+def _soft_quantizer(model: Mapping[str, Any]) -> Dict[str, Any]:
+  return dict(noise_std=model["noise_std"], normalizer=model["normalizer"],
+              log_var_init=model["log_var_init"], **_quantizer(model))
 
 
-def _residual(c: Mapping[str, Any], stage: Callable[[], nn.Module]) -> nn.Module:
-  stages = tuple(stage() for _ in range(c["num_stages"]))
-  return bottlenecks.Quantized(c["latent_dim"], linen.ResidualQuantizer(stages),
-                          num_codewords=c["num_codewords"])
+def _residual(model: Mapping[str, Any], stage: Callable[[], nn.Module]) -> nn.Module:
+  stages = tuple(stage() for _ in range(model["num_stages"]))
+  return bottlenecks.Quantized(model["latent_dim"], linen.ResidualQuantizer(stages),
+                               num_codewords=model["num_codewords"])
 
 
+# Each builds its module from config.model's keys (``model``).
 BOTTLENECKS = {
-    "none": BottleneckSpec(lambda c: bottlenecks.Identity(c["latent_dim"]), ()),
-    "vae": BottleneckSpec(lambda c: bottlenecks.VAE(c["latent_dim"], beta=c["beta"]),
+    "none": BottleneckSpec(lambda model: bottlenecks.Identity(model["latent_dim"]), ()),
+    "vae": BottleneckSpec(lambda model: bottlenecks.VAE(model["latent_dim"], beta=model["beta"]),
                           ("beta",)),
     "info_dropout": BottleneckSpec(
-        lambda c: bottlenecks.InfoDropout(c["latent_dim"], beta=c["beta"],
-                                     max_alpha=c["max_alpha"]), ("beta", "max_alpha")),
+        lambda model: bottlenecks.InfoDropout(model["latent_dim"], beta=model["beta"],
+                                              max_alpha=model["max_alpha"]),
+        ("beta", "max_alpha")),
     "vq": BottleneckSpec(
-        lambda c: bottlenecks.VQ(c["latent_dim"], **_quantizer(c)),
+        lambda model: bottlenecks.VQ(model["latent_dim"], **_quantizer(model)),
         ("commitment", "vq_weight")),
     "soft_vq": BottleneckSpec(
-        lambda c: bottlenecks.SoftVQ(c["latent_dim"], variance=c["variance"],
-                                **_soft_quantizer(c)),
+        lambda model: bottlenecks.SoftVQ(model["latent_dim"], variance=model["variance"],
+                                         **_soft_quantizer(model)),
         ("noise_std", "commitment", "vq_weight")),
     "fsq": BottleneckSpec(
-        lambda c: bottlenecks.Quantized(c["latent_dim"], linen.FSQ(tuple(c["fsq_levels"])),
-                                   num_codewords=math.prod(c["fsq_levels"])), ()),
+        lambda model: bottlenecks.Quantized(model["latent_dim"],
+                                            linen.FSQ(tuple(model["fsq_levels"])),
+                                            num_codewords=math.prod(model["fsq_levels"])), ()),
     "lfq": BottleneckSpec(
-        lambda c: bottlenecks.Quantized(
-            c["latent_dim"], linen.LFQ(c["latent_dim"], entropy_weight=c["entropy_weight"],
-                                            commitment=c["commitment"] * c["vq_weight"]),
-            num_codewords=2 ** c["latent_dim"]), ()),
+        lambda model: bottlenecks.Quantized(
+            model["latent_dim"],
+            linen.LFQ(model["latent_dim"], entropy_weight=model["entropy_weight"],
+                      commitment=model["commitment"] * model["vq_weight"]),
+            num_codewords=2 ** model["latent_dim"]), ()),
     "residual_vq": BottleneckSpec(
-        lambda c: _residual(c, lambda: linen.VectorQuantizer(**_quantizer(c))), ()),
+        lambda model: _residual(model, lambda: linen.VectorQuantizer(**_quantizer(model))), ()),
     "residual_soft_vq": BottleneckSpec(
-        lambda c: _residual(c, lambda: linen.SoftVectorQuantizer(
-            variance=c["variance"], **_soft_quantizer(c))), ()),
+        lambda model: _residual(model, lambda: linen.SoftVectorQuantizer(
+            variance=model["variance"], **_soft_quantizer(model))), ()),
 }
 # The bottlenecks with codebooks (model.num_codewords, codebook_init, ema_decay).
 CODEBOOKS = ("vq", "soft_vq", "residual_vq", "residual_soft_vq")

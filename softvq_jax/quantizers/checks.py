@@ -1,7 +1,7 @@
 """Checks of the quantizer modules' options and inputs: one clear error,
 naming the argument, at construction or trace time, never a NaN or a silent
 broadcast. ``opts`` is a module (linen or NNX) with the options of
-``quantizers.QuantizerOptions`` / ``SoftOptions``."""
+``options.VQOptions`` / ``SoftVQOptions``."""
 
 from typing import Any, Optional
 
@@ -9,15 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers.core import CODEBOOK_INITS
 from softvq_jax.quantizers.core import VARIANCES
 from softvq_jax.quantizers.core import learns_log_var
+from softvq_jax.quantizers.options import SoftVQOptions
+from softvq_jax.quantizers.options import VQOptions
 
 Array = jax.Array
 
 
-def check_options(opts: Any, soft: bool) -> None:
+def check_options(opts: VQOptions, soft: bool) -> None:
   """One ``ValueError`` naming the argument for options that make no sense
   (at construction; traced scalars are not checked)."""
   name = type(opts).__name__
@@ -29,7 +31,7 @@ def check_options(opts: Any, soft: bool) -> None:
   choices = {"codebook_init": CODEBOOK_INITS}
   numbers = ["commitment", "vq_weight", "dead_code_threshold", "orthogonal_weight"]
   if soft:
-    choices.update(normalizer=bn.NORMALIZERS, variance=VARIANCES)
+    choices.update(normalizer=functional.NORMALIZERS, variance=VARIANCES)
     numbers.append("noise_std")
     if opts.log_var_init is not None and not np.isfinite(opts.log_var_init):
       raise ValueError(f"{name}: log_var_init must be finite, got {opts.log_var_init!r}")
@@ -56,8 +58,9 @@ def _positive_integer(name: str, key: str, value: Any, optional: bool = True) ->
                      f"{' or None' if optional else ''}, got {value!r}")
 
 
-def check_input(opts: Any, z: Array, dim: Optional[int]) -> None:
-  """One error naming ``z`` for an input that is not a float ``(..., dim)``."""
+def check_input(opts: object, z: Array, dim: Optional[int]) -> None:
+  """One error naming ``z`` for an input that is not a float ``(..., dim)``; ``opts``,
+  any quantizer module, names it."""
   name = type(opts).__name__
   if not jnp.issubdtype(z.dtype, jnp.floating):
     raise TypeError(f"{name}: z must be a floating-point array, got dtype {z.dtype}")
@@ -66,7 +69,7 @@ def check_input(opts: Any, z: Array, dim: Optional[int]) -> None:
                      f"shape {z.shape}")
 
 
-def check_mask(opts: Any, z: Array, mask: Optional[Array]) -> None:
+def check_mask(opts: VQOptions, z: Array, mask: Optional[Array]) -> None:
   """One error naming ``mask`` unless it is None or booleans of shape ``z.shape[:-1]``."""
   if mask is None:
     return
@@ -76,7 +79,7 @@ def check_mask(opts: Any, z: Array, mask: Optional[Array]) -> None:
                      f"{jnp.result_type(mask)}{list(jnp.shape(mask))}")
 
 
-def check_log_var(opts: Any, z: Array, log_var: Optional[Array]) -> None:
+def check_log_var(opts: SoftVQOptions, z: Array, log_var: Optional[Array]) -> None:
   """One error naming ``log_var``: given exactly when ``variance="sample"``,
   and broadcastable against ``(..., K)``."""
   name = type(opts).__name__

@@ -13,7 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers import kmeans
 from softvq_jax.quantizers import streaming
 
@@ -44,12 +44,12 @@ def kmeans_codebook(rng: Array, z: Array, num_codewords: int, num_iters: int = 1
     Float32 centres, shape ``(K, d)``. A centre left without points keeps
     its previous position.
   """
-  z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  z = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   if weights is None:
     first = jax.random.randint(jax.random.fold_in(rng, 0), (), 0, z.shape[0])
     log_weights = 0.0
   else:
-    log_weights = jnp.log(bn.as_float32(weights).reshape(-1))
+    log_weights = jnp.log(functional.as_float32(weights).reshape(-1))
     first = jax.random.categorical(jax.random.fold_in(rng, 0), log_weights)
   centres = jnp.zeros((num_codewords, z.shape[-1]), jnp.float32).at[0].set(z[first])
   nearest = jnp.sum(jnp.square(z - z[first]), axis=-1)
@@ -74,16 +74,16 @@ def _general_lloyd_step(z: Array, centres: Array, chunk_size: Optional[int],
                         weights: Optional[Array]) -> Array:
   """``kmeans.lloyd_step`` with a streamed nearest-centre search and weights."""
   if chunk_size is None:
-    labels = jnp.argmin(bn.squared_distances(z, centres), axis=-1)
+    labels = jnp.argmin(functional.squared_distances(z, centres), axis=-1)
   else:
     labels = streaming.nearest_codewords(z, centres, chunk_size)[0]
-  counts, sums = bn.index_sums(z, labels, centres.shape[0], weights)
+  counts, sums = functional.index_sums(z, labels, centres.shape[0], weights)
   return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1e-30)[:, None], centres)
 
 
 def kmeans_inertia(z: Array, codebook: Array) -> Array:
   """Mean squared distance of encodings ``(..., d)`` to their nearest codeword."""
-  return jnp.mean(jnp.min(bn.squared_distances(z, codebook), axis=-1))
+  return jnp.mean(jnp.min(functional.squared_distances(z, codebook), axis=-1))
 
 
 def restart_dead_codes(rng: Array, codebook: Array, dead: Array, z: Array,

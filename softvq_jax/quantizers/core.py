@@ -6,7 +6,7 @@ The Flax linen modules (``softvq_jax.quantizers``, and the paper's
 (``softvq_jax.quantizers.nnx``) only hold the variables and call
 ``forward.hard_forward`` or ``soft_forward``, which build on this
 module; the options they read are the attributes of
-``quantizers.QuantizerOptions`` / ``SoftOptions``, passed as ``opts``.
+``options.VQOptions`` / ``SoftVQOptions``, passed as ``opts``.
 
 Variables:
 
@@ -33,8 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from softvq_jax.quantizers import codebook_health as health
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers import streaming
+from softvq_jax.quantizers.options import SoftVQOptions
+from softvq_jax.quantizers.options import VQOptions
 
 Array = jax.Array
 Aux = Dict[str, Any]
@@ -62,18 +64,18 @@ def bound_axis(axis_name: Optional[str]) -> Optional[str]:
   return axis_name
 
 
-def learns_log_var(opts: Any) -> bool:
+def learns_log_var(opts: SoftVQOptions) -> bool:
   """Whether a soft quantizer holds its own per-codeword ``log_var``."""
   return opts.variance in ("codeword", "fixed")
 
 
-def needs_first_batch(opts: Any, soft: bool) -> bool:
+def needs_first_batch(opts: VQOptions, soft: bool) -> bool:
   """Whether initialisation reads data: a data codebook or a variance fit."""
   fit = soft and learns_log_var(opts) and opts.log_var_init is None
   return opts.codebook_init != "uniform" or fit
 
 
-def first_batch_state(opts: Any, dim: int, soft: bool) -> Dict[str, Callable[[Array], Array]]:
+def first_batch_state(opts: VQOptions, dim: int, soft: bool) -> Dict[str, Callable[[Array], Array]]:
   """Initialisers (of a PRNG key) of the state that the first training batch sets."""
   k = opts.num_codewords
   state = {"initialized": lambda key: jnp.zeros((), bool),
@@ -87,7 +89,7 @@ def first_batch_state(opts: Any, dim: int, soft: bool) -> Dict[str, Callable[[Ar
 
 def ema_state(codebook: Array) -> Variables:
   """An EMA codebook's statistics, starting at ``codebook`` with unit counts."""
-  codebook = bn.as_float32(codebook)
+  codebook = functional.as_float32(codebook)
   return {"cluster_size": jnp.ones(codebook.shape[:1]), "embed_sum": codebook,
           "codebook": codebook}
 
@@ -98,7 +100,7 @@ def data_codebook(kind: str, rng: Array, z: Array, num_codewords: int,
   first K (``"data"``, cycled when there are fewer) or k-means centres
   (``"kmeans"``), then ``distinct_codewords``. Encodings of zero
   ``weights`` ``(...)`` (padding) are left out."""
-  z = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  z = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   valid = z
   if weights is not None:
     z, weights, valid = weighted_first(z, weights)
@@ -114,7 +116,7 @@ def weighted_first(z: Array, weights: Array) -> Tuple[Array, Array, Array]:
   """Rows ``z`` ``(N, d)`` with nonzero ``weights`` first (in order), the
   padding last: ``(z, weights, valid)``, reordered, and ``valid``, the
   nonzero-weight rows cycled to all N (shapes stay static)."""
-  weights = bn.as_float32(weights).reshape(-1)
+  weights = functional.as_float32(weights).reshape(-1)
   order = jnp.argsort(weights <= 0, stable=True)
   z, weights = z[order], weights[order]
   return z, weights, z[jnp.arange(z.shape[0]) % jnp.maximum(jnp.sum(weights > 0), 1)]
@@ -126,9 +128,9 @@ def index_statistics(indices: Array, num_codes: int, axis_name: Optional[str] = 
   each index counted with its ``weights`` (default 1), combined over
   ``axis_name`` where it is bound."""
   axis = bound_axis(axis_name)
-  counts = bn.index_counts(indices, num_codes, weights)
-  return {"perplexity": bn.perplexity(counts / total_weight(indices, weights), axis),
-          "usage": bn.usage(counts, axis)}
+  counts = functional.index_counts(indices, num_codes, weights)
+  return {"perplexity": functional.perplexity(counts / total_weight(indices, weights), axis),
+          "usage": functional.usage(counts, axis)}
 
 
 def total_weight(indices: Array, weights: Optional[Array]) -> Array:
@@ -143,7 +145,7 @@ def distinct_codewords(rng: Array, codebook: Array, z: Array) -> Array:
   than K still gives K distinct codewords. Rows without a twin are returned
   unchanged."""
   projection = jnp.matmul(codebook, jax.random.normal(rng, codebook.shape[1:]),
-                          precision=bn.PRECISION)
+                          precision=functional.PRECISION)
   order = jnp.argsort(projection)
   ordered = codebook[order]
   repeat = jnp.concatenate([jnp.zeros((1,), bool),
@@ -171,15 +173,15 @@ def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None,
     inertia = health.kmeans_inertia(z, codebook)
   else:
     if chunk_size is None:
-      nearest = jnp.min(bn.squared_distances(z, codebook), axis=-1)
+      nearest = jnp.min(functional.squared_distances(z, codebook), axis=-1)
     else:
       nearest = streaming.nearest_codewords(z, codebook, chunk_size)[1]
-    w = jnp.ones(nearest.shape) if weights is None else bn.as_float32(weights)
+    w = jnp.ones(nearest.shape) if weights is None else functional.as_float32(weights)
     inertia = jnp.sum(nearest * w) / jnp.maximum(jnp.sum(w), 1e-30)
   return jnp.log(jnp.maximum(inertia / z.shape[-1], 1e-6))
 
 
-def codebook(opts: Any, params: Variables, state: Variables) -> Array:
+def codebook(opts: VQOptions, params: Variables, state: Variables) -> Array:
   """The codebook in use: the EMA one, or the parameter (plus its offset)."""
   if opts.ema_decay is not None:
     return state["codebook"]
@@ -188,7 +190,7 @@ def codebook(opts: Any, params: Variables, state: Variables) -> Array:
   return params["codebook"]
 
 
-def codeword_log_var(opts: Any, params: Variables, state: Variables) -> Array:
+def codeword_log_var(opts: SoftVQOptions, params: Variables, state: Variables) -> Array:
   """A soft quantizer's own ``(K,)`` log sigma_k^2; ``"fixed"`` ones get no gradient."""
   log_var = params["log_var"]
   if "log_var_offset" in state:
@@ -196,7 +198,7 @@ def codeword_log_var(opts: Any, params: Variables, state: Variables) -> Array:
   return jax.lax.stop_gradient(log_var) if opts.variance == "fixed" else log_var
 
 
-def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
+def first_batch(opts: VQOptions, params: Variables, state: Variables, z: Array, *,
                 train: bool, weights: Optional[Array] = None) -> Variables:
   """In training, the state after the data-dependent initialisation on ``z``
   (all shards' ``z`` under a bound ``axis_name``; rows of zero ``weights``
@@ -207,8 +209,8 @@ def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
 
   def initialise():  # Offsets are constants: gradients reach the parameters alone.
     params_stop = jax.lax.stop_gradient(params)
-    x = bn.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-    w = None if weights is None else bn.as_float32(weights).reshape(-1)
+    x = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+    w = None if weights is None else functional.as_float32(weights).reshape(-1)
     x, w = _gather(opts.axis_name, x), None if w is None else _gather(opts.axis_name, w)
     new = dict(state, initialized=jnp.ones((), bool))
     fitted = codebook(opts, params_stop, state)
@@ -221,7 +223,7 @@ def first_batch(opts: Any, params: Variables, state: Variables, z: Array, *,
       else:
         new["codebook_offset"] = fitted - params_stop["codebook"]
     if "log_var_offset" in state:
-      table = bn.l2_normalize(fitted) if opts.cosine else fitted
+      table = functional.l2_normalize(fitted) if opts.cosine else fitted
       log_var = fit_log_var(x, table, opts.chunk_size, w)
       new["log_var_offset"] = (log_var - params_stop["log_var"]).astype(
           params_stop["log_var"].dtype)

@@ -1,6 +1,6 @@
 """The forward passes of the VQ modules: pure functions of ``(params, state,
 z)`` returning ``(z_q, aux, new_state)``, with the options of
-``quantizers.QuantizerOptions`` / ``SoftOptions`` read from ``opts``.
+``options.VQOptions`` / ``SoftVQOptions`` read from ``opts``.
 
 Beside eq. (1) (hard) and eqs. (5)-(7) (soft) with eq. (27)'s terms:
 
@@ -25,8 +25,10 @@ import jax.numpy as jnp
 
 from softvq_jax.quantizers import codebook_health as health
 from softvq_jax.quantizers import core
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers import streaming
+from softvq_jax.quantizers.options import SoftVQOptions
+from softvq_jax.quantizers.options import VQOptions
 
 Array = jax.Array
 Aux = core.Aux
@@ -34,25 +36,25 @@ Variables = core.Variables
 MakeRng = Callable[[], Array]
 
 
-def table(opts: Any, params: Variables, state: Variables) -> Array:
+def table(opts: VQOptions, params: Variables, state: Variables) -> Array:
   """The codewords in use, ``(K, codebook_dim or d)``: normalised with ``cosine``."""
   codewords = core.codebook(opts, params, state)
-  return bn.l2_normalize(codewords) if opts.cosine else codewords
+  return functional.l2_normalize(codewords) if opts.cosine else codewords
 
 
-def embed(opts: Any, params: Variables, state: Variables, indices: Array, dtype: Any) -> Array:
+def embed(opts: VQOptions, params: Variables, state: Variables, indices: Array, dtype: Any) -> Array:
   """The codewords of ``indices`` in z's space (through ``project_out``)."""
   codewords = core.embed(table(opts, params, state), indices, jnp.float32)
   return _project(params, "project_out", codewords).astype(dtype)
 
 
-def hard_forward(opts: Any, params: Variables, state: Variables, z: Array, *, train: bool,
+def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array, *, train: bool,
                  make_rng: MakeRng, mask: Optional[Array] = None
                  ) -> Tuple[Array, Aux, Variables]:
   """Nearest-codeword quantization (eq. 1) with eq. (27)'s terms.
 
   Args:
-    opts: the module's options (``quantizers.QuantizerOptions``).
+    opts: the module's options (``options.VQOptions``).
     params, state: the module's variables (``quantizer_core``).
     z: latents, float ``(..., d)``.
     train: update the state (first-batch initialisation, EMA, restarts).
@@ -70,20 +72,20 @@ def hard_forward(opts: Any, params: Variables, state: Variables, z: Array, *, tr
   codewords = table(opts, params, state)
   x_stop = jax.lax.stop_gradient(x)
   if opts.chunk_size is None:
-    x_q, indices = bn.hard_quantize(x_stop, codewords)
+    x_q, indices = functional.hard_quantize(x_stop, codewords)
     onehot = jax.nn.one_hot(indices, opts.num_codewords, dtype=jnp.float32)
-    sums = lambda: bn.assignment_sums(x, onehot, weights)
+    sums = lambda: functional.assignment_sums(x, onehot, weights)
   else:
     indices = streaming.nearest_codewords(x_stop, codewords, opts.chunk_size)[0]
-    x_q = bn.lookup(codewords, indices).astype(x.dtype)
-    sums = lambda: bn.index_sums(x, indices, opts.num_codewords, weights)
+    x_q = functional.lookup(codewords, indices).astype(x.dtype)
+    sums = lambda: functional.index_sums(x, indices, opts.num_codewords, weights)
   state, extra = _ema(opts, state, sums, x, weights, train=train, make_rng=make_rng)
   out, aux = _outputs(opts, params, codewords, z, x, x_q, indices, weights,
                       train_codebook=opts.ema_decay is None)
   return out, {**aux, **extra}, state
 
 
-def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
+def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Array,
                  log_var: Optional[Array], *, train: bool, make_rng: MakeRng,
                  mask: Optional[Array] = None) -> Tuple[Array, Aux, Variables]:
   """Soft quantization by the Bayesian estimator (eqs. 5-7) with eq. (27)'s terms.
@@ -110,11 +112,11 @@ def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
   x_stop = jax.lax.stop_gradient(x_in)
   extra = {}
   if opts.chunk_size is None:
-    logits = bn.soft_assignment_logits(x_stop, codewords, log_var, opts.normalizer)
+    logits = functional.soft_assignment_logits(x_stop, codewords, log_var, opts.normalizer)
     probs = jax.nn.softmax(logits)
-    x_hat = bn.posterior_mean(probs, codewords).astype(x.dtype)
+    x_hat = functional.posterior_mean(probs, codewords).astype(x.dtype)
     indices = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-    sums = lambda: bn.assignment_sums(x_in, probs, weights)
+    sums = lambda: functional.assignment_sums(x_in, probs, weights)
     posterior = probs.reshape(-1, opts.num_codewords)
     if weights is not None:
       posterior = posterior * weights.reshape(-1, 1)
@@ -131,30 +133,30 @@ def soft_forward(opts: Any, params: Variables, state: Variables, z: Array,
   # The codebook term trains the variances (and a codebook without EMA).
   out, aux = _outputs(opts, params, codewords, z, x_in, x_hat, indices, weights,
                       train_codebook=True)
-  extra["posterior_perplexity"] = bn.perplexity(
+  extra["posterior_perplexity"] = functional.perplexity(
       posterior_counts / core.total_weight(indices, weights), core.bound_axis(opts.axis_name))
   return out, {**aux, **ema_aux, **extra}, state
 
 
-def quantizer_input(opts: Any, params: Variables, z: Array) -> Array:
+def quantizer_input(opts: VQOptions, params: Variables, z: Array) -> Array:
   """What is quantized: z through ``project_in``, normalised with ``cosine``."""
   x = _project(params, "project_in", z)
-  return bn.l2_normalize(x).astype(z.dtype) if opts.cosine else x
+  return functional.l2_normalize(x).astype(z.dtype) if opts.cosine else x
 
 
 def _project(params: Variables, name: str, x: Array) -> Array:
   """``x @ kernel + bias`` of the projection ``name``, if the module has it."""
   if name not in params:
     return x
-  y = jnp.matmul(bn.as_float32(x), bn.as_float32(params[name]), precision=bn.PRECISION)
+  y = jnp.matmul(functional.as_float32(x), functional.as_float32(params[name]), precision=functional.PRECISION)
   return (y + params[name + "_bias"]).astype(x.dtype)
 
 
 def _weights(mask: Optional[Array]) -> Optional[Array]:
-  return None if mask is None else bn.as_float32(mask)
+  return None if mask is None else functional.as_float32(mask)
 
 
-def _outputs(opts: Any, params: Variables, codewords: Array, z: Array, x_in: Array,
+def _outputs(opts: VQOptions, params: Variables, codewords: Array, z: Array, x_in: Array,
              x_q: Array, indices: Array, weights: Optional[Array], *,
              train_codebook: bool) -> Tuple[Array, Aux]:
   """The output (straight-through or rotated, projected back), eq. (27)'s VQ
@@ -164,8 +166,8 @@ def _outputs(opts: Any, params: Variables, codewords: Array, z: Array, x_in: Arr
   normalised, plus noise for soft VQ); ``train_codebook`` is False when the
   codebook term would train nothing (a hard quantizer's EMA codebook).
   """
-  commit = bn.commitment_loss(x_in, x_q, opts.commitment, weights)
-  cb = bn.codebook_loss(x_in, x_q, weights) if train_codebook else jnp.zeros_like(commit)
+  commit = functional.commitment_loss(x_in, x_q, opts.commitment, weights)
+  cb = functional.codebook_loss(x_in, x_q, weights) if train_codebook else jnp.zeros_like(commit)
   aux = {
       "loss": opts.vq_weight * (cb + commit),
       "latent": z,
@@ -175,14 +177,14 @@ def _outputs(opts: Any, params: Variables, codewords: Array, z: Array, x_in: Arr
       "indices": indices,
   }
   if opts.orthogonal_weight:
-    aux["orthogonal_loss"] = bn.orthogonal_loss(codewords)
+    aux["orthogonal_loss"] = functional.orthogonal_loss(codewords)
     aux["loss"] = aux["loss"] + opts.orthogonal_weight * aux["orthogonal_loss"]
-  estimator = bn.rotation_trick if opts.rotation_trick else bn.straight_through
+  estimator = functional.rotation_trick if opts.rotation_trick else functional.straight_through
   out = _project(params, "project_out", estimator(x_in, x_q))
   return out.astype(z.dtype), aux
 
 
-def _ema(opts: Any, state: Variables, sums: Callable[[], Tuple[Array, Array]], z: Array,
+def _ema(opts: VQOptions, state: Variables, sums: Callable[[], Tuple[Array, Array]], z: Array,
          weights: Optional[Array], *, train: bool,
          make_rng: MakeRng) -> Tuple[Variables, Aux]:
   """In training, the EMA codebook step from ``sums()`` (the assignments'
@@ -201,7 +203,7 @@ def _ema(opts: Any, state: Variables, sums: Callable[[], Tuple[Array, Array]], z
   aux = {"dead_code_fraction": jnp.mean(dead)}
   if not train:
     return state, aux
-  size, embed_sum, codewords = bn.ema_codebook_step(
+  size, embed_sum, codewords = functional.ema_codebook_step(
       state["cluster_size"], state["embed_sum"], *sums(), opts.ema_decay, axis_name=axis)
   if threshold > 0:
     rows = z if weights is None else core.weighted_first(

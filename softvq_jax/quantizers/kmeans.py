@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 
 Array = jax.Array
 
@@ -33,10 +33,10 @@ class KMeans(NamedTuple):
 def lloyd_step(x: Array, centres: Array) -> Array:
   """One Lloyd update of ``(K, d)`` centres on ``(N, d)`` float32 points: each
   centre moves to the mean of its points; one without points stays put."""
-  labels = jnp.argmin(bn.squared_distances(x, centres), axis=-1)
+  labels = jnp.argmin(functional.squared_distances(x, centres), axis=-1)
   one_hot = jax.nn.one_hot(labels, centres.shape[0], dtype=jnp.float32)
   counts = jnp.sum(one_hot, axis=0)
-  sums = jnp.matmul(one_hot.T, x, precision=bn.PRECISION)
+  sums = jnp.matmul(one_hot.T, x, precision=functional.PRECISION)
   return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
 
 
@@ -47,14 +47,14 @@ def kmeans_plus_plus(rng: Array, x: Array, num_clusters: int) -> Array:
   first_rng, rng = jax.random.split(rng)
   first = jax.random.randint(first_rng, (), 0, x.shape[0])
   centres = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(x[first])
-  closest = bn.squared_distances(x, x[first][None])[:, 0]
+  closest = functional.squared_distances(x, x[first][None])[:, 0]
 
   def add_centre(i, carry):
     centres, closest = carry
     logits = jnp.log(jnp.maximum(closest, 1e-30))
     candidates = jax.random.categorical(jax.random.fold_in(rng, i), logits, shape=(trials,))
     # (trials, N): each candidate's closest distances if it were added.
-    with_candidate = jnp.minimum(closest[None], bn.squared_distances(x, x[candidates]).T)
+    with_candidate = jnp.minimum(closest[None], functional.squared_distances(x, x[candidates]).T)
     best = jnp.argmin(with_candidate.sum(-1))
     return centres.at[i].set(x[candidates[best]]), with_candidate[best]
 
@@ -76,7 +76,7 @@ def lloyd(x: Array, centres: Array, max_iter: int, tol: float) -> KMeans:
 
   centres, _, _ = jax.lax.while_loop(not_converged, update,
                                      (centres, jnp.asarray(jnp.inf, x.dtype), 0))
-  distances = bn.squared_distances(x, centres)
+  distances = functional.squared_distances(x, centres)
   return KMeans(jnp.argmin(distances, -1).astype(jnp.int32), jnp.min(distances, -1).sum(),
                 centres)
 
@@ -95,7 +95,7 @@ def kmeans(rng: Array, x: Array, num_clusters: int, num_inits: int, max_iter: in
     tol: relative tolerance: the squared centre shift at which an init
       stops, in units of the mean per-feature variance of ``x``.
   """
-  x = bn.as_float32(x)
+  x = functional.as_float32(x)
   abs_tol = tol * jnp.mean(jnp.var(x, axis=0))
 
   def one_init(i):

@@ -18,12 +18,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from softvq_jax.quantizers.options import ResidualOptions
+
 Array = jax.Array
 Stage = Callable[[Array], Tuple[Array, Dict[str, Array]]]
 STAGE_STATISTICS = ("perplexity", "usage")
 
 
-def check_stages(opts) -> None:
+def check_stages(opts: ResidualOptions) -> None:
   """One ``ValueError`` naming the bad argument of a residual quantizer."""
   name = type(opts).__name__
   if len(opts.stages) < 1:

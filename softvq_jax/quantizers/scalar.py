@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from softvq_jax.quantizers import core
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers.checks import check_input
 from softvq_jax.quantizers.core import checked_indices
+from softvq_jax.quantizers.options import FSQOptions
+from softvq_jax.quantizers.options import LFQOptions
 
 Array = jax.Array
 
@@ -64,7 +66,7 @@ def fsq(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Tuple[Array, Arra
   half_l = (levels_f - 1) * (1 + eps) / 2
   offset = jnp.where(jnp.asarray(levels) % 2 == 0, 0.5, 0.0)
   shift = jnp.arctanh(offset / half_l)
-  bounded = jnp.tanh(bn.as_float32(z) + shift) * half_l - offset
+  bounded = jnp.tanh(functional.as_float32(z) + shift) * half_l - offset
   rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
   half_width = jnp.asarray(levels) // 2
   codes = rounded / half_width
@@ -75,7 +77,7 @@ def fsq_indices(codes: Array, levels: Sequence[int]) -> Array:
   """The index of FSQ grid points ``(..., len(levels))``: mixed radix, the
   first dimension least significant (as vector-quantize-pytorch)."""
   half_width = jnp.asarray(levels) // 2
-  digits = jnp.round(bn.as_float32(codes) * half_width + half_width).astype(jnp.int32)
+  digits = jnp.round(functional.as_float32(codes) * half_width + half_width).astype(jnp.int32)
   basis = jnp.asarray(np.cumprod((1,) + tuple(levels[:-1])), jnp.int32)
   return jnp.sum(digits * basis, axis=-1)
 
@@ -102,12 +104,12 @@ def lfq(z: Array, spherical: bool = False) -> Tuple[Array, Array, Array]:
     dimension most significant, as vector-quantize-pytorch); ``u``, the
     float32 input of the sign (``z``, or ``z / ||z||``).
   """
-  u = bn.as_float32(z)
+  u = functional.as_float32(z)
   if spherical:
     u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
   scale = 1.0 / np.sqrt(z.shape[-1]) if spherical else 1.0
   codes = jnp.where(u > 0, scale, -scale)
-  return (bn.straight_through(u, codes).astype(z.dtype), lfq_indices(codes),
+  return (functional.straight_through(u, codes).astype(z.dtype), lfq_indices(codes),
           u)
 
 
@@ -148,9 +150,9 @@ def lfq_entropy(u: Array, inv_temperature: float, spherical: bool = False,
   """
   d = u.shape[-1]
   scale = 1.0 / np.sqrt(d) if spherical else 1.0
-  logits = 4.0 * scale * inv_temperature * bn.as_float32(u).reshape(-1, d)
+  logits = 4.0 * scale * inv_temperature * functional.as_float32(u).reshape(-1, d)
   weights = (jnp.ones(logits.shape[:1]) if mask is None
-             else bn.as_float32(mask).reshape(-1))
+             else functional.as_float32(mask).reshape(-1))
   total = jnp.maximum(jnp.sum(weights), 1.0)
   log_p, log_q = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
   per_bit = -(jnp.exp(log_p) * log_p + jnp.exp(log_q) * log_q)
@@ -190,7 +192,7 @@ def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_g
   ``indices``, ``perplexity``, ``usage``. The batch entropy is that of this
   shard's tokens."""
   codes, indices, u = lfq(z, spherical)
-  commit = bn.commitment_loss(u, codes, commitment)
+  commit = functional.commitment_loss(u, codes, commitment)
   aux = {"latent": z, "indices": indices, "commitment_loss": commit,
          **core.index_statistics(indices, 2 ** z.shape[-1], axis_name)}
   loss = commit
@@ -202,26 +204,26 @@ def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_g
   return codes, aux
 
 
-def check_lfq_dim(opts) -> None:
+def check_lfq_dim(opts: LFQOptions) -> None:
   """One ``ValueError`` naming ``dim`` unless 1 <= dim <= 24 (2^dim codes)."""
   if not isinstance(opts.dim, (int, np.integer)) or not 1 <= opts.dim <= 24:
     raise ValueError(f"{type(opts).__name__}: dim must be an integer in [1, 24] "
                      f"(2^dim codes), got {opts.dim!r}")
 
 
-def fsq_call(opts, z: Array) -> Tuple[Array, dict]:
+def fsq_call(opts: FSQOptions, z: Array) -> Tuple[Array, dict]:
   """An FSQ module's call: checks, ``opts.dtype``, ``fsq_forward``."""
   check_input(opts, z, len(opts.levels))
   return fsq_forward(z.astype(opts.dtype or z.dtype), opts.levels, opts.axis_name)
 
 
-def fsq_embed(opts, indices: Array) -> Array:
+def fsq_embed(opts: FSQOptions, indices: Array) -> Array:
   """An FSQ module's ``embed``: the grid points of ``indices``."""
   indices = checked_indices(indices, int(np.prod(opts.levels)))
   return fsq_codes(indices, opts.levels).astype(opts.dtype or jnp.float32)
 
 
-def lfq_call(opts, z: Array, train: bool) -> Tuple[Array, dict]:
+def lfq_call(opts: LFQOptions, z: Array, train: bool) -> Tuple[Array, dict]:
   """An LFQ module's call: checks, ``opts.dtype``, ``lfq_forward``."""
   check_input(opts, z, opts.dim)
   return lfq_forward(z.astype(opts.dtype or z.dtype), spherical=opts.spherical,
@@ -230,7 +232,7 @@ def lfq_call(opts, z: Array, train: bool) -> Tuple[Array, dict]:
                      train=train, axis_name=opts.axis_name)
 
 
-def lfq_embed(opts, indices: Array) -> Array:
+def lfq_embed(opts: LFQOptions, indices: Array) -> Array:
   """An LFQ module's ``embed``: the codes of ``indices``."""
   indices = checked_indices(indices, 2 ** opts.dim)
   return lfq_codes(indices, opts.dim, opts.spherical).astype(opts.dtype or jnp.float32)

@@ -14,7 +14,7 @@ from softvq_jax.model import autoencoder
 NUM_STEPS = 24
 
 
-def _program(tiny_config, bottleneck, num_runs, how, nan_image):
+def _program(tiny_config, bottleneck, num_runs, runs_together, nan_image):
   """A tiny MLP's initial state for ``num_runs`` runs, its images (image 0
   all NaN if ``nan_image``) and the kwargs shared by both guards."""
   tiny_config.model.bottleneck = bottleneck
@@ -25,22 +25,22 @@ def _program(tiny_config, bottleneck, num_runs, how, nan_image):
     images[0] = np.nan
   init = steps.over_runs(lambda rng: steps.init_state(rng, model_fn({}), optimizer,
                                                       jnp.zeros((1, 8, 8, 1))),
-                         num_runs, [0], how)
+                         num_runs, [0], runs_together)
   rngs = jax.random.split(jax.random.key(0), num_runs)
   kwargs = dict(model_fn=model_fn, optimizer=optimizer, batch_size=8, pixel_var=0.1)
   return init(rngs), jnp.asarray(images), rngs, kwargs
 
 
 @pytest.mark.parametrize("bottleneck", ["soft_vq", pytest.param("vq", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("num_runs,how", [
+@pytest.mark.parametrize("num_runs,runs_together", [
     (1, "vmap"), (3, "vmap"), pytest.param(3, "loop", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("nan_image", [False, True])
 def test_the_cheap_guard_computes_the_full_guards_bits_or_says_not_finite(
-    tiny_config, bottleneck, num_runs, how, nan_image):
-  state, images, rngs, kwargs = _program(tiny_config, bottleneck, num_runs, how, nan_image)
+    tiny_config, bottleneck, num_runs, runs_together, nan_image):
+  state, images, rngs, kwargs = _program(tiny_config, bottleneck, num_runs, runs_together, nan_image)
   cheap, full = (jax.jit(functools.partial(
-      steps.train_chunk, num_steps=NUM_STEPS, num_runs=num_runs, how=how, guard=guard,
-      **kwargs))(state, images, rngs, {}) for guard in (steps.chunk_guard(num_runs, how),
+      steps.train_chunk, num_steps=NUM_STEPS, num_runs=num_runs, runs_together=runs_together, guard=guard,
+      **kwargs))(state, images, rngs, {}) for guard in (steps.chunk_guard(num_runs, runs_together),
                                                           "gradients"))
   reached = np.asarray(full[0][0].step)
   if nan_image:  # The NaN image was drawn: the full guard stopped those runs there.

@@ -141,7 +141,7 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["vmap", "loop"])
+@pytest.mark.parametrize("runs_together", ["vmap", "loop"])
 @pytest.mark.parametrize("bottleneck,num_seeds,key,values,run_dirs", [
     ("soft_vq", 2, "", (), ["seed_0", "seed_1"]),
     ("soft_vq", 1, "model.noise_std", (0.0, 0.5),
@@ -149,8 +149,8 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_pat
     ("vae", 1, "model.beta", (1.0, 20.0), ["beta_1.0/seed_0", "beta_20.0/seed_0"]),
 ])
 def test_runs_trained_together_match_separate_runs(tiny_config, tmp_path, bottleneck,
-                                                   num_seeds, key, values, run_dirs, how):
-  tiny_config.train.runs_together = how
+                                                   num_seeds, key, values, run_dirs, runs_together):
+  tiny_config.train.runs_together = runs_together
   tiny_config.model.bottleneck = bottleneck
   tiny_config.train.num_seeds = num_seeds
   tiny_config.train.vmap_key, tiny_config.train.vmap_values = key, values

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softvq_jax import quantizers
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from tests.quantizers import helpers
 
 
@@ -26,7 +26,7 @@ def test_data_init_happens_on_the_first_training_batch_once(kind, kwargs):
   table = np.asarray(helpers.codebook_of(first))
   assert len(np.unique(table, axis=0)) == 8
   if kwargs["codebook_init"] == "kmeans":  # Every cluster gets a codeword.
-    assert float(jnp.mean(jnp.min(bn.squared_distances(z, table), -1))) < 0.1
+    assert float(jnp.mean(jnp.min(functional.squared_distances(z, table), -1))) < 0.1
   else:
     np.testing.assert_allclose(table, z[:8], atol=1e-6)
   if kind == "soft":  # The variance fit of this batch, not of the dummy one.
@@ -138,14 +138,14 @@ def test_soft_log_var_is_an_argument_or_fitted_on_the_first_training_batch():
   assert set(given["params"]) == {"codebook"}
   # A per-codeword log-variance is eq. (5) with sigma_k: compare by hand.
   _, aux = module.apply({**variables, **state}, x, train=False)
-  expected = jax.nn.softmax(-0.5 * bn.squared_distances(x, codebook) / np.exp(log_var), -1)
+  expected = jax.nn.softmax(-0.5 * functional.squared_distances(x, codebook) / np.exp(log_var), -1)
   np.testing.assert_allclose(aux["probs"], expected, atol=1e-6)
 
 
 def test_soft_ema_statistics_are_weighted_by_the_posterior():
   z = jnp.array([[1.0, 0.0], [0.0, 2.0]])
   probs = jnp.array([[0.75, 0.25], [0.5, 0.5]])
-  size, embed_sum, _ = bn.ema_codebook_step(jnp.zeros(2), jnp.zeros((2, 2)),
-                                            *bn.assignment_sums(z, probs), decay=0.5, eps=0.0)
+  size, embed_sum, _ = functional.ema_codebook_step(jnp.zeros(2), jnp.zeros((2, 2)),
+                                            *functional.assignment_sums(z, probs), decay=0.5, eps=0.0)
   np.testing.assert_allclose(size, [0.5 * 1.25, 0.5 * 0.75])
   np.testing.assert_allclose(embed_sum, [[0.5 * 0.75, 0.5 * 1.0], [0.5 * 0.25, 0.5 * 1.0]])

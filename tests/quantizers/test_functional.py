@@ -7,7 +7,7 @@ import pytest
 import scipy.special
 
 from softvq_jax.model import variational
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers.functional import hard_quantize
 from softvq_jax.quantizers.functional import soft_quantize
 
@@ -92,8 +92,8 @@ def test_equal_huge_variances_give_codebook_mean():
 def test_equal_variances_make_normalizers_agree():
   z, codebook, _ = random_inputs(3, 10, 8, 4, 1.0)
   log_var = np.full((10, 8), 0.3, np.float32)
-  paper = jax.nn.softmax(bn.soft_assignment_logits(z, codebook, log_var, "paper"))
-  notebook = jax.nn.softmax(bn.soft_assignment_logits(z, codebook, log_var, "notebook"))
+  paper = jax.nn.softmax(functional.soft_assignment_logits(z, codebook, log_var, "paper"))
+  notebook = jax.nn.softmax(functional.soft_assignment_logits(z, codebook, log_var, "notebook"))
   np.testing.assert_allclose(paper, notebook, atol=1e-6)
 
 
@@ -105,7 +105,7 @@ def test_straight_through_jacobian_is_identity(quantize):
     z_sg = jax.lax.stop_gradient(z_e)
     z_q = hard_quantize(z_sg, codebook)[0] if quantize == "hard" else \
         soft_quantize(z_sg, codebook, log_var)[0]
-    return bn.straight_through(z_e, z_q)
+    return functional.straight_through(z_e, z_q)
 
   jac = jax.jacobian(decoder_input)(z)  # (3, 5, 3, 5)
   np.testing.assert_array_equal(jac.reshape(15, 15), np.eye(15))
@@ -120,8 +120,8 @@ def test_vq_terms_route_gradients(term, expect_z, expect_codebook):
 
   def loss(z_e, cb):
     z_q = soft_quantize(jax.lax.stop_gradient(z_e), cb, log_var)[0]
-    return bn.codebook_loss(z_e, z_q) if term == "codebook" else \
-        bn.commitment_loss(z_e, z_q, 0.25)
+    return functional.codebook_loss(z_e, z_q) if term == "codebook" else \
+        functional.commitment_loss(z_e, z_q, 0.25)
 
   g_z, g_cb = jax.grad(loss, argnums=(0, 1))(z, codebook)
   assert bool(np.any(g_z != 0)) == expect_z
@@ -131,8 +131,8 @@ def test_vq_terms_route_gradients(term, expect_z, expect_codebook):
 def test_vq_terms_hand_computed():
   z = jnp.array([[1.0, 2.0], [0.0, 0.0]])
   z_q = jnp.array([[0.0, 0.0], [3.0, 4.0]])
-  assert float(bn.codebook_loss(z, z_q)) == pytest.approx((5 + 25) / 2)
-  assert float(bn.commitment_loss(z, z_q, 0.5)) == pytest.approx(0.5 * 15)
+  assert float(functional.codebook_loss(z, z_q)) == pytest.approx((5 + 25) / 2)
+  assert float(functional.commitment_loss(z, z_q, 0.5)) == pytest.approx(0.5 * 15)
 
 
 @pytest.mark.parametrize("assignments,perplexity", [
@@ -142,22 +142,22 @@ def test_vq_terms_hand_computed():
 ])
 def test_perplexity(assignments, perplexity):
   average = jnp.mean(jnp.array(assignments, jnp.float32), axis=0)
-  assert float(bn.perplexity(average)) == pytest.approx(perplexity, rel=1e-5)
+  assert float(functional.perplexity(average)) == pytest.approx(perplexity, rel=1e-5)
 
 
 def test_index_counts_and_usage():
-  counts = bn.index_counts(jnp.array([[0, 3], [3, 3]]), 8)
+  counts = functional.index_counts(jnp.array([[0, 3], [3, 3]]), 8)
   np.testing.assert_array_equal(counts, [1, 0, 0, 3, 0, 0, 0, 0])
-  assert float(bn.usage(counts)) == 2 / 8
+  assert float(functional.usage(counts)) == 2 / 8
 
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_ema_update_hand_computed(hard):
   z = jnp.array([[2.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
   indices = jnp.array([0, 0, 1])
-  sums = (bn.index_sums(z, indices, 2) if hard
-          else bn.assignment_sums(z, jax.nn.one_hot(indices, 2)))
-  size, embed_sum, codebook = bn.ema_codebook_step(jnp.ones(2), jnp.zeros((2, 2)), *sums,
+  sums = (functional.index_sums(z, indices, 2) if hard
+          else functional.assignment_sums(z, jax.nn.one_hot(indices, 2)))
+  size, embed_sum, codebook = functional.ema_codebook_step(jnp.ones(2), jnp.zeros((2, 2)), *sums,
                                                    decay=0.5, eps=0.0)
   np.testing.assert_allclose(size, [1.5, 1.0])
   np.testing.assert_allclose(embed_sum, [[3.0, 0.0], [0.0, 3.0]])

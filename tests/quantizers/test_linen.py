@@ -12,7 +12,7 @@ import pytest
 
 from softvq_jax import quantizers
 from softvq_jax.model import bottlenecks
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers import streaming
 from tests import ROOT
 from tests.quantizers import helpers
@@ -27,21 +27,21 @@ def test_bfloat16_matches_float32_without_nan(scale):
   # the outputs' bf16 rounding alone.
   z_r, cb_r = np.asarray(z16, np.float32), np.asarray(cb16, np.float32)
   outputs = {
-      "hard": (bn.hard_quantize(z16, cb16)[0], bn.hard_quantize(z_r, cb_r)[0]),
-      "soft": (bn.soft_quantize(z16, cb16, log_var)[0], bn.soft_quantize(z_r, cb_r, log_var)[0]),
-      "probs": (bn.soft_quantize(z16, cb16, log_var)[1], bn.soft_quantize(z_r, cb_r, log_var)[1]),
+      "hard": (functional.hard_quantize(z16, cb16)[0], functional.hard_quantize(z_r, cb_r)[0]),
+      "soft": (functional.soft_quantize(z16, cb16, log_var)[0], functional.soft_quantize(z_r, cb_r, log_var)[0]),
+      "probs": (functional.soft_quantize(z16, cb16, log_var)[1], functional.soft_quantize(z_r, cb_r, log_var)[1]),
       "chunked": (streaming.soft_quantize_chunked(z16, cb16, log_var, chunk_size=8),
-                  bn.soft_quantize(z_r, cb_r, log_var)[0]),
-      "lookup": (bn.lookup(cb16, jnp.arange(5)), cb_r[:5]),
+                  functional.soft_quantize(z_r, cb_r, log_var)[0]),
+      "lookup": (functional.lookup(cb16, jnp.arange(5)), cb_r[:5]),
   }
   for name, (low, ref) in outputs.items():
     assert low.dtype == jnp.bfloat16, name
     low = np.asarray(low, np.float32)
     assert np.all(np.isfinite(low)), name
     np.testing.assert_allclose(low, ref, rtol=2 ** -7, atol=2 ** -7 * scale, err_msg=name)
-  np.testing.assert_array_equal(bn.hard_quantize(z16, cb16)[1], bn.hard_quantize(z_r, cb_r)[1])
-  assert bn.squared_distances(z16, cb16).dtype == jnp.float32
-  assert bn.codebook_loss(z16, cb16[:64 // 2].repeat(2, 0)).dtype == jnp.float32
+  np.testing.assert_array_equal(functional.hard_quantize(z16, cb16)[1], functional.hard_quantize(z_r, cb_r)[1])
+  assert functional.squared_distances(z16, cb16).dtype == jnp.float32
+  assert functional.codebook_loss(z16, cb16[:64 // 2].repeat(2, 0)).dtype == jnp.float32
 
 
 @pytest.mark.parametrize("module", [

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softvq_jax.quantizers import functional as bn
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers import streaming
 from tests.quantizers import helpers
 
@@ -20,11 +20,11 @@ from tests.quantizers import helpers
 ])
 def test_chunked_equals_dense_values_and_gradients(n, k, d, chunk, normalizer):
   z, codebook, log_var, g = helpers.random_problem(n, k, d)
-  dense = lambda *a: jnp.sum(bn.soft_quantize(*a, normalizer)[0] * g)
+  dense = lambda *a: jnp.sum(functional.soft_quantize(*a, normalizer)[0] * g)
   chunked = lambda *a: jnp.sum(streaming.soft_quantize_chunked(*a, normalizer, chunk) * g)
   np.testing.assert_allclose(
       streaming.soft_quantize_chunked(z, codebook, log_var, normalizer, chunk),
-      bn.soft_quantize(z, codebook, log_var, normalizer)[0], atol=2e-6, rtol=1e-5)
+      functional.soft_quantize(z, codebook, log_var, normalizer)[0], atol=2e-6, rtol=1e-5)
   for a, b in zip(jax.grad(chunked, (0, 1, 2))(z, codebook, log_var),
                   jax.grad(dense, (0, 1, 2))(z, codebook, log_var)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -38,7 +38,7 @@ def test_chunked_leading_shape_and_log_var_shape():
   per_latent = np.random.default_rng(1).normal(size=(2, 3, 4, 10)).astype(np.float32)
   np.testing.assert_allclose(
       streaming.soft_quantize_chunked(z.reshape(2, 3, 4, 4), codebook, per_latent, chunk_size=4),
-      bn.soft_quantize(z.reshape(2, 3, 4, 4), codebook, per_latent)[0], atol=2e-6)
+      functional.soft_quantize(z.reshape(2, 3, 4, 4), codebook, per_latent)[0], atol=2e-6)
 
 
 def test_chunked_memory_at_large_k_stays_under_1_gib():
