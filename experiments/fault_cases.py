@@ -333,7 +333,7 @@ def second_launcher(ctx, launch):
   workdir = ctx.path("locked")
   os.makedirs(workdir)
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import time; from softvq_jax import locks\n"
+      [sys.executable, "-c", "import time; from softvq_jax.launch import locks\n"
        f"with locks.lock([{workdir!r}]):\n print('held', flush=True)\n time.sleep(600)"],
       cwd=ctx.root, stdout=subprocess.PIPE, text=True)
   holder.stdout.readline()

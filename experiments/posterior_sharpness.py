@@ -45,7 +45,7 @@ def _batch_statistics(module: autoencoder.Autoencoder, x, log_var_params, pixel_
     log_var = jnp.broadcast_to(log_var_params, probs.shape)
   entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
   recon = autoencoder.reconstruction_loss(module.decoder(z_hat), x, kind=module.recon,
-                                     output_activation=module.output_activation,
+                                          output_activation=module.output_activation,
                                      pixel_var=pixel_var)
   return {"entropy": entropy, "max_prob": jnp.max(probs, axis=-1),
           "log_var": jnp.mean(log_var, axis=-1), "log_var_var": jnp.var(log_var, axis=-1),

@@ -4,5 +4,6 @@ import warnings
 
 from softvq_jax.quantizers.nnx import *  # noqa: F401,F403  pylint: disable=wildcard-import
 
-warnings.warn("softvq_jax.nnx moved to softvq_jax.quantizers.nnx; import it from there", DeprecationWarning,
-              stacklevel=2)
+warnings.warn("softvq_jax.nnx moved to softvq_jax.quantizers.nnx; "
+              "import it from there",
+              DeprecationWarning, stacklevel=2)

@@ -91,13 +91,15 @@ KEYS: Dict[str, Dict[str, Key]] = {
                     (non_negative,)),
     },
     "model": {
-        "bottleneck": Key("soft_vq", "One of autoencoder.BOTTLENECKS.", (choice(autoencoder.BOTTLENECKS),)),
+        "bottleneck": Key("soft_vq", "One of autoencoder.BOTTLENECKS.",
+                          (choice(autoencoder.BOTTLENECKS),)),
         "network": Key("mlp", "mlp (MNIST, digits) | cnn (SVHN, CIFAR-10).",
                        (choice(autoencoder.NETWORKS),)),
         "mlp_hidden": Key((500, 500, 2000), "Encoder trunk sizes; decoder mirrors.", (sizes,)),
         "cnn_channels": Key((64, 128, 256, 512), "Conv channels; decoder mirrors.", (sizes,)),
         "latent_dim": Key(64, "d, the size of z_e.", (positive, integer)),
-        "num_codewords": Key(128, "K, codebook size (autoencoder.CODEBOOKS; per stage for residual_*).",
+        "num_codewords": Key(128, "K, codebook size (autoencoder.CODEBOOKS; per stage for "
+                             "residual_*).",
                              (positive, integer)),
         "num_stages": Key(4, "Quantizer stages of residual_vq and residual_soft_vq.",
                           (positive, integer), added=4),
@@ -160,7 +162,8 @@ KEYS: Dict[str, Dict[str, Key]] = {
         "max_checkpoints": Key(2, "Checkpoints kept on disk.", (positive, integer)),
         "num_seeds": Key(1, ">1: seeds seed..seed+num_seeds-1 in one vmapped program.",
                          (positive, integer), added=1),
-        "vmap_key": Key("", "A key of autoencoder.VMAPPABLE_KEYS: one run per value of vmap_values.",
+        "vmap_key": Key("", "A key of autoencoder.VMAPPABLE_KEYS: one run per value of "
+                         "vmap_values.",
                         added=""),
         "vmap_values": Key((), "The values of vmap_key, vmapped with the seeds in one program.",
                            added=[]),

@@ -174,7 +174,7 @@ def main(argv):
     if table["rows"]:
       tables.write_figure(table, prefix + "_metrics.png")
     tables.write_tsne(points, FLAGS.workdir, prefix + "_tsne.png",
-                       FLAGS.config.eval.tsne_points)
+                      FLAGS.config.eval.tsne_points)
     print(tables.markdown(table))
   if failed:
     raise RunStopped(f"{len(failed)} runs not finished (a non-finite loss, or another "

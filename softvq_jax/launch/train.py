@@ -135,7 +135,7 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   """The model, optimizer, mesh and keys, and the jitted init and steps."""
   num_runs = len(runs)
   model_fn = functools.partial(autoencoder.make_model, config.model, data.image_shape,
-                               compute_dtype=config.train.compute_dtype)
+                                    compute_dtype=config.train.compute_dtype)
   optimizer = steps.make_optimizer(config.train)
   keys = jnp.stack([jnp.stack(jax.random.split(jax.random.key(run.config.seed)))
                     for run in runs])
@@ -151,7 +151,8 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
                             steps.init_images(rng, images, config.model))
   runs_together = config.train.runs_together
   chunk = functools.partial(
-      steps.train_chunk, num_runs=num_runs, runs_together=runs_together, model_fn=model_fn, optimizer=optimizer,
+      steps.train_chunk, num_runs=num_runs, runs_together=runs_together, model_fn=model_fn,
+      optimizer=optimizer,
       batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
       batch_sharding=batch_sharding)
   cheap, guarded = (jax.jit(functools.partial(chunk, guard=guard), static_argnames="num_steps",
@@ -166,7 +167,8 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   return Program(
       images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
       scalars={k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()},
-      init=jax.jit(steps.over_runs(init, num_runs, [0, None], runs_together), out_shardings=replicated),
+      init=jax.jit(steps.over_runs(init, num_runs, [0, None], runs_together),
+                   out_shardings=replicated),
       run_steps=run_steps, sharding=replicated)
 
 
@@ -337,7 +339,7 @@ def evaluate_run(run: runs_lib.Run, data: input_pipeline.Splits, state: steps.Tr
   (on process 0 alone in a multi-process run)."""
   t0, config = time.time(), run.config
   model = autoencoder.make_model(config.model, data.image_shape,
-                            compute_dtype=config.train.compute_dtype)
+                                 compute_dtype=config.train.compute_dtype)
   variables = {"params": state.params, **state.model_state}
   train_z = encode(model, variables, data.train_images, config.eval.batch_size)
   eval_z = encode(model, variables, data.eval_images, config.eval.batch_size)

@@ -42,7 +42,8 @@ def table(opts: VQOptions, params: Variables, state: Variables) -> Array:
   return functional.l2_normalize(codewords) if opts.cosine else codewords
 
 
-def embed(opts: VQOptions, params: Variables, state: Variables, indices: Array, dtype: Any) -> Array:
+def embed(opts: VQOptions, params: Variables, state: Variables, indices: Array,
+          dtype: Any) -> Array:
   """The codewords of ``indices`` in z's space (through ``project_out``)."""
   codewords = core.embed(table(opts, params, state), indices, jnp.float32)
   return _project(params, "project_out", codewords).astype(dtype)
@@ -148,7 +149,8 @@ def _project(params: Variables, name: str, x: Array) -> Array:
   """``x @ kernel + bias`` of the projection ``name``, if the module has it."""
   if name not in params:
     return x
-  y = jnp.matmul(functional.as_float32(x), functional.as_float32(params[name]), precision=functional.PRECISION)
+  y = jnp.matmul(functional.as_float32(x), functional.as_float32(params[name]),
+                 precision=functional.PRECISION)
   return (y + params[name + "_bias"]).astype(x.dtype)
 
 

@@ -1,6 +1,8 @@
 """Fault injection: damaged checkpoints, a full disk, Ctrl-C, two launchers,
 bad flags, bad values and bad files. Each ends in one line, with the exit
-status of ``softvq_jax.launch.cli``, and nothing already written is lost."""
+status of ``softvq_jax.launch.cli``, and nothing already written is lost.
+Killed and restarted runs end as uninterrupted ones, and stored configs count
+as the same run exactly when they are."""
 
 import errno
 import gzip
@@ -116,7 +118,7 @@ def test_second_launcher_is_refused_naming_the_holder(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_the_lock_of_a_killed_launcher_does_not_block(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from softvq_jax import locks\n"
+      [sys.executable, "-c", "import sys, time; from softvq_jax.launch import locks\n"
        f"with locks.lock([{str(tmp_path)!r}]):\n print('held', flush=True)\n"
        " time.sleep(600)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "held"

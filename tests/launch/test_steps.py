@@ -37,9 +37,11 @@ def _program(tiny_config, bottleneck, num_runs, runs_together, nan_image):
 @pytest.mark.parametrize("nan_image", [False, True])
 def test_the_cheap_guard_computes_the_full_guards_bits_or_says_not_finite(
     tiny_config, bottleneck, num_runs, runs_together, nan_image):
-  state, images, rngs, kwargs = _program(tiny_config, bottleneck, num_runs, runs_together, nan_image)
+  state, images, rngs, kwargs = _program(tiny_config, bottleneck, num_runs, runs_together,
+                                         nan_image)
   cheap, full = (jax.jit(functools.partial(
-      steps.train_chunk, num_steps=NUM_STEPS, num_runs=num_runs, runs_together=runs_together, guard=guard,
+      steps.train_chunk, num_steps=NUM_STEPS, num_runs=num_runs, runs_together=runs_together,
+      guard=guard,
       **kwargs))(state, images, rngs, {}) for guard in (steps.chunk_guard(num_runs, runs_together),
                                                           "gradients"))
   reached = np.asarray(full[0][0].step)

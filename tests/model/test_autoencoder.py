@@ -30,7 +30,7 @@ QUANTIZED = {
 ])
 def test_reconstruction_loss(kind, outputs, x, expected):
   loss = autoencoder.reconstruction_loss(jnp.asarray(outputs), jnp.asarray(x), kind=kind,
-                                    output_activation="sigmoid", pixel_var=0.5)
+                                         output_activation="sigmoid", pixel_var=0.5)
   assert float(loss) == pytest.approx(expected, rel=1e-6)
 
 
@@ -81,7 +81,8 @@ def test_bfloat16_compute_keeps_float32_params_quantizer_and_loss(network):
 
 def quantized_model_config(name):
   config = ml_collections.ConfigDict(dict(
-      bottleneck=name, latent_dim=helpers.D, num_codewords=helpers.K, num_stages=4, fsq_levels=(5, 5, 5),
+      bottleneck=name, latent_dim=helpers.D, num_codewords=helpers.K, num_stages=4,
+      fsq_levels=(5, 5, 5),
       entropy_weight=0.1, noise_std=0.0, normalizer="paper", variance="codeword",
       log_var_init=None, commitment=0.25, vq_weight=1.0, codebook_init="uniform",
       ema_decay=None, dead_code_threshold=0.0))

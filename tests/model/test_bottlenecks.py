@@ -1,4 +1,5 @@
-"""The paper's bottleneck modules: one interface, their own heads, noise, gradient routing, variances and codebook initialisation."""
+"""The paper's bottleneck modules: one interface, their own heads, noise, gradient routing,
+variances and codebook initialisation."""
 
 import flax
 import jax
@@ -16,7 +17,8 @@ MODULES = {
     "info_dropout": lambda: bottlenecks.InfoDropout(helpers.D, beta=0.5),
     "vq": lambda: bottlenecks.VQ(helpers.D, helpers.K, commitment=0.25, vq_weight=2.0),
     "vq_ema": lambda: bottlenecks.VQ(helpers.D, helpers.K, ema_decay=0.9),
-    "soft_vq": lambda: bottlenecks.SoftVQ(helpers.D, helpers.K, noise_std=0.1, commitment=0.25, vq_weight=2.0),
+    "soft_vq": lambda: bottlenecks.SoftVQ(helpers.D, helpers.K, noise_std=0.1, commitment=0.25,
+                                          vq_weight=2.0),
 }
 
 
@@ -115,10 +117,11 @@ def test_soft_vq_variances_from_a_head_per_codeword_or_fixed(variance, heads, tr
 
 def test_a_soft_quantizer_takes_a_log_var_argument_exactly_when_variance_is_sample():
   with pytest.raises(ValueError, match="takes a log_var argument"):
-    quantizers.SoftVectorQuantizer(helpers.K, variance="sample").init(helpers.RNGS, jnp.ones((3, helpers.D)), train=False)
+    quantizers.SoftVectorQuantizer(helpers.K, variance="sample").init(
+        helpers.RNGS, jnp.ones((3, helpers.D)), train=False)
   with pytest.raises(ValueError, match="holds its own log_var"):
-    quantizers.SoftVectorQuantizer(helpers.K).init(helpers.RNGS, jnp.ones((3, helpers.D)), jnp.ones((3, helpers.K)),
-                                           train=False)
+    quantizers.SoftVectorQuantizer(helpers.K).init(
+        helpers.RNGS, jnp.ones((3, helpers.D)), jnp.ones((3, helpers.K)), train=False)
 
 
 def test_vq_decoder_input_is_nearest_codeword():
@@ -153,14 +156,15 @@ def test_data_codebook_init_takes_the_first_encodings_of_the_init_batch(module):
 
 @pytest.mark.parametrize("kind", ["data", "kmeans"])
 def test_an_init_batch_with_fewer_encodings_than_k_gives_k_distinct_codewords(kind):
-  params = bottlenecks.SoftVQ(helpers.D, helpers.K, codebook_init=kind).init(helpers.RNGS, jnp.ones((3, 7)),
-                                                         train=False)["params"]
+  params = bottlenecks.SoftVQ(helpers.D, helpers.K, codebook_init=kind).init(
+      helpers.RNGS, jnp.ones((3, 7)), train=False)["params"]
   assert len(np.unique(np.asarray(params["codebook"]), axis=0)) == helpers.K
 
 
 @pytest.mark.parametrize("build,message", [
     (lambda: bottlenecks.VQ(helpers.D, helpers.K, dead_code_threshold=0.5), "set ema_decay"),
-    (lambda: bottlenecks.VQ(helpers.D, helpers.K, codebook_init="nope"), "codebook_init must be one of"),
+    (lambda: bottlenecks.VQ(helpers.D, helpers.K, codebook_init="nope"),
+     "codebook_init must be one of"),
 ])
 def test_codebook_init_errors(build, message):
   with pytest.raises(ValueError, match=message):

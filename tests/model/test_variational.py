@@ -27,7 +27,8 @@ def test_reparameterize_moments():
 
 def test_info_dropout_hand_computed():
   alpha = jnp.full((2, 4), 0.7)
-  np.testing.assert_allclose(variational.info_dropout_penalty(alpha, 0.7), -4 * np.log(1.001), rtol=1e-4)
+  np.testing.assert_allclose(variational.info_dropout_penalty(alpha, 0.7), -4 * np.log(1.001),
+                             rtol=1e-4)
   z = jnp.ones((100000, 1))
   noisy = variational.info_dropout_noise(jax.random.key(0), z, 0.5)
   assert float(jnp.log(noisy).std()) == pytest.approx(0.5, abs=0.01)

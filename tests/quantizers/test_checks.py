@@ -1,4 +1,5 @@
-"""A quantizer's bad options or inputs: one error naming the argument, at construction or at the call."""
+"""A quantizer's bad options or inputs: one error naming the argument, at construction or at
+the call."""
 
 from flax import nnx
 import jax.numpy as jnp

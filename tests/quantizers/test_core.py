@@ -1,4 +1,5 @@
-"""The one core under every VQ module: first-batch initialisation, statistics over an axis or local, randomness, dtypes, indices, perplexities."""
+"""The one core under every VQ module: first-batch initialisation, statistics over an axis or
+local, randomness, dtypes, indices, perplexities."""
 
 import functools
 
@@ -18,7 +19,8 @@ from tests.quantizers import helpers
                                          ("soft", dict(codebook_init="kmeans", chunk_size=3))])
 def test_data_init_happens_on_the_first_training_batch_once(kind, kwargs):
   module = helpers.LINEN[kind](8, **kwargs)
-  variables = module.init(helpers.PARAMS_RNG, jnp.zeros((2, 3, 3, 4)), train=False)  # A dummy batch.
+  # A dummy batch.
+  variables = module.init(helpers.PARAMS_RNG, jnp.zeros((2, 3, 3, 4)), train=False)
   assert not variables["ema"]["initialized"]
   z = helpers.clustered()
   _, _, first = helpers.train(module, variables, z)
@@ -146,6 +148,7 @@ def test_soft_ema_statistics_are_weighted_by_the_posterior():
   z = jnp.array([[1.0, 0.0], [0.0, 2.0]])
   probs = jnp.array([[0.75, 0.25], [0.5, 0.5]])
   size, embed_sum, _ = functional.ema_codebook_step(jnp.zeros(2), jnp.zeros((2, 2)),
-                                            *functional.assignment_sums(z, probs), decay=0.5, eps=0.0)
+                                                    *functional.assignment_sums(z, probs),
+                                                    decay=0.5, eps=0.0)
   np.testing.assert_allclose(size, [0.5 * 1.25, 0.5 * 0.75])
   np.testing.assert_allclose(embed_sum, [[0.5 * 0.75, 0.5 * 1.0], [0.5 * 0.25, 0.5 * 1.0]])

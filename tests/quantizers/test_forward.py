@@ -1,4 +1,5 @@
-"""The VQ forward passes' options against float64 references: the rotation trick, cosine codebooks, a low-dimensional codebook, orthogonal regularisation and padding masks."""
+"""The VQ forward passes' options against float64 references: the rotation trick, cosine
+codebooks, a low-dimensional codebook, orthogonal regularisation and padding masks."""
 
 import jax
 import jax.numpy as jnp

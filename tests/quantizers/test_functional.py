@@ -157,8 +157,8 @@ def test_ema_update_hand_computed(hard):
   indices = jnp.array([0, 0, 1])
   sums = (functional.index_sums(z, indices, 2) if hard
           else functional.assignment_sums(z, jax.nn.one_hot(indices, 2)))
-  size, embed_sum, codebook = functional.ema_codebook_step(jnp.ones(2), jnp.zeros((2, 2)), *sums,
-                                                   decay=0.5, eps=0.0)
+  size, embed_sum, codebook = functional.ema_codebook_step(jnp.ones(2), jnp.zeros((2, 2)),
+                                                           *sums, decay=0.5, eps=0.0)
   np.testing.assert_allclose(size, [1.5, 1.0])
   np.testing.assert_allclose(embed_sum, [[3.0, 0.0], [0.0, 3.0]])
   np.testing.assert_allclose(codebook, [[2.0, 0.0], [0.0, 3.0]])

@@ -28,8 +28,10 @@ def test_bfloat16_matches_float32_without_nan(scale):
   z_r, cb_r = np.asarray(z16, np.float32), np.asarray(cb16, np.float32)
   outputs = {
       "hard": (functional.hard_quantize(z16, cb16)[0], functional.hard_quantize(z_r, cb_r)[0]),
-      "soft": (functional.soft_quantize(z16, cb16, log_var)[0], functional.soft_quantize(z_r, cb_r, log_var)[0]),
-      "probs": (functional.soft_quantize(z16, cb16, log_var)[1], functional.soft_quantize(z_r, cb_r, log_var)[1]),
+      "soft": (functional.soft_quantize(z16, cb16, log_var)[0],
+               functional.soft_quantize(z_r, cb_r, log_var)[0]),
+      "probs": (functional.soft_quantize(z16, cb16, log_var)[1],
+                functional.soft_quantize(z_r, cb_r, log_var)[1]),
       "chunked": (streaming.soft_quantize_chunked(z16, cb16, log_var, chunk_size=8),
                   functional.soft_quantize(z_r, cb_r, log_var)[0]),
       "lookup": (functional.lookup(cb16, jnp.arange(5)), cb_r[:5]),
@@ -39,7 +41,8 @@ def test_bfloat16_matches_float32_without_nan(scale):
     low = np.asarray(low, np.float32)
     assert np.all(np.isfinite(low)), name
     np.testing.assert_allclose(low, ref, rtol=2 ** -7, atol=2 ** -7 * scale, err_msg=name)
-  np.testing.assert_array_equal(functional.hard_quantize(z16, cb16)[1], functional.hard_quantize(z_r, cb_r)[1])
+  np.testing.assert_array_equal(functional.hard_quantize(z16, cb16)[1],
+                                functional.hard_quantize(z_r, cb_r)[1])
   assert functional.squared_distances(z16, cb16).dtype == jnp.float32
   assert functional.codebook_loss(z16, cb16[:64 // 2].repeat(2, 0)).dtype == jnp.float32
 

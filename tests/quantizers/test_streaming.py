@@ -1,4 +1,5 @@
-"""The quantizers streamed over codebook chunks: equal to dense in values, state and gradients, in bounded memory."""
+"""The quantizers streamed over codebook chunks: equal to dense in values, state and
+gradients, in bounded memory."""
 
 import functools
 
