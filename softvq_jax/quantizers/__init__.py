@@ -10,7 +10,7 @@
     variables = vq.init(jax.random.key(0), z, train=False)
     (z_q, aux), state = vq.apply(variables, z, train=True, mutable=["ema"])
     tokens, loss = aux["indices"], aux["loss"]          # add loss to yours
-    codewords = vq.apply(variables, tokens, method=vq.embed)
+    codewords = vq.apply({**variables, **state}, tokens, method=vq.embed)
 
 The same modules for Flax NNX are in ``softvq_jax.quantizers.nnx``; the maths under both,
 as pure jit/vmap/grad-safe functions, in ``functional`` (eqs. 1, 5-7, 27), ``streaming``
