@@ -37,16 +37,3 @@ def get_config(args=None):
   config.eval.probe_steps = 5000
   config.eval.tsne_points = 360
   return presets.apply_args(config, args, PAPER)
-
-
-SWEEPS = {
-    # Table 1's rows (raw pixels and the bottlenecks' presets) on digits.
-    "table1": lambda: presets.table_sweep(("raw",) + presets.PRESETS, PAPER),
-    # The quantizers beside Table 1 (presets.QUANTIZER_PRESETS).
-    "quantizers": lambda: presets.table_sweep(presets.QUANTIZER_PRESETS, PAPER),
-}
-
-
-def get_sweep(name):
-  """The points of ``SWEEPS[name]``, for ``python -m softvq_jax.sweep --sweep=NAME``."""
-  return presets.named_sweep(SWEEPS, name)

@@ -6,6 +6,3 @@ from softvq_jax.launch import images32
 def get_config(args=None):
   return images32.get_config("svhn_cropped", args)
 
-
-PAPER_RESULTS = images32.PAPER_RESULTS
-get_sweep = images32.get_sweep

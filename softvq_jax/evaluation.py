@@ -9,7 +9,7 @@ Scales: accuracies (``clustering_acc``, ``probe_acc``) are in percent
   inertia (``eval.kmeans_backend``: ``jax``, all inits in one program on the
   device, ``softvq_jax.quantizers.kmeans``; ``sklearn``, float64 on the host; ``auto``,
   the default: ``jax`` on an accelerator, ``sklearn`` on a CPU, where it is
-  faster: experiments/results/benchmark_cpu_evaluation.jsonl);
+  faster: experiments/results/evaluation_loading_speed/benchmark_cpu_evaluation.jsonl);
   accuracy by Hungarian matching of clusters to classes, NMI as
   2 I(y, y') / (H(y) + H(y')), and ARI.
 * Linear probe: the paper's classifier, one dense layer with a softmax,

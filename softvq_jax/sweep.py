@@ -2,7 +2,7 @@
 
   python -m softvq_jax.sweep --config=configs/mnist.py --sweep=table1 \
       --config.data.source=files --config.data.dir=../shared/datasets/mnist \
-      --workdir=/tmp/table1 --results=experiments/results/table1_mnist
+      --workdir=/tmp/table1 --results=experiments/results/table1/table1_mnist
 """
 
 from softvq_jax.launch import cli

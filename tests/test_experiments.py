@@ -2,14 +2,13 @@
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT
 
 
 def _write_idx(path, array):
@@ -25,7 +24,7 @@ def test_quantizer_benchmark_writes_its_table(tmp_path):
   for split, n in (("train", 256), ("t10k", 100)):
     _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
   out = tmp_path / "bench"
-  subprocess.run([sys.executable, "experiments/quantizer_benchmark.py", "--steps=55",
+  subprocess.run([sys.executable, "-m", "experiments.benchmarks.quantizer_benchmark", "--steps=55",
                   "--batch_size=8", "--seeds=0", "--quantizers=vq_ema,residual_vq4,fsq",
                   f"--mnist_dir={tmp_path}", f"--out={out}"],
                  cwd=ROOT, check=True, capture_output=True, timeout=600)
@@ -40,8 +39,8 @@ def test_quantizer_benchmark_writes_its_table(tmp_path):
 @pytest.mark.slow
 def test_large_k_benchmark_writes_its_table(tmp_path):
   out = tmp_path / "large_k"
-  subprocess.run([sys.executable, "experiments/large_k_benchmark.py", "--sizes=64x96x8",
-                  "--chunk_size=32", "--repeats=1", f"--out={out}"],
+  subprocess.run([sys.executable, "-m", "experiments.benchmarks.large_k_benchmark",
+                  "--sizes=64x96x8", "--chunk_size=32", "--repeats=1", f"--out={out}"],
                  cwd=ROOT, check=True, capture_output=True, timeout=600)
   *records, environment = [json.loads(line) for line in open(f"{out}.jsonl")]
   assert set(environment["environment"]["versions"]) >= {"jax", "jaxlib", "flax", "optax"}
@@ -52,12 +51,14 @@ def test_large_k_benchmark_writes_its_table(tmp_path):
 @pytest.mark.slow
 def test_guard_cost_times_every_guard_and_part(tmp_path):
   out = tmp_path / "guard_cost.jsonl"
-  subprocess.run([sys.executable, "experiments/guard_cost.py", "--steps=2", "--repeats=1",
-                  f"--out={out}"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+  subprocess.run([sys.executable, "-m", "experiments.benchmarks.guard_cost", "--steps=2",
+                  "--repeats=1", f"--out={out}"], cwd=ROOT, check=True, capture_output=True,
+                 timeout=600)
   *records, environment = [json.loads(line) for line in open(out)]
   assert "versions" in environment["environment"]
   names = [r["name"] for r in records]
   assert {f"guard_{g}_runs1_ms_per_step_per_run" for g in ("gradients", "loss", "none")} <= set(names)
-  assert {f"{part}_{how}3_ms_per_step_per_run" for part in ("forward", "forward_backward", "adam")
-          for how in ("vmap", "loop")} <= set(names)
+  assert {f"{part}_{runs_together}3_ms_per_step_per_run"
+          for part in ("forward", "forward_backward", "adam")
+          for runs_together in ("vmap", "loop")} <= set(names)
   assert all(r["value"] > 0 for r in records)

@@ -30,7 +30,7 @@ of other quantizers, each with the paper's MLP, steps and loss weights:
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import ml_collections
 
@@ -123,13 +123,3 @@ def table_sweep(rows: Sequence[str], values: PaperValues,
                 seeds: Sequence[int] = SEEDS) -> list:
   """Every row x seed, seed-major: an interrupted sweep has all rows of seed 0."""
   return [paper_point(row, seed, values) for seed in seeds for row in rows]
-
-
-def named_sweep(sweeps: Mapping[str, Callable[[], List[runs.Point]]],
-                name: str) -> List[runs.Point]:
-  """A config file's ``get_sweep``: the points of ``sweeps[name]``."""
-  if name not in sweeps:
-    *rest, last = sweeps
-    raise ValueError(f"unknown sweep {name!r}; choose "
-                     + (f"{', '.join(rest)} or {last}" if rest else last))
-  return sweeps[name]()

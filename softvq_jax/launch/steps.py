@@ -181,7 +181,7 @@ def over_runs(fn, num_runs: int, in_axes: Sequence[Any], runs_together: str = "v
   after another in the program (``"loop"``: ``lax.map``). At the paper's
   batch-32 MLP on a 2-core CPU both are about as fast per run as a run alone
   with XLA's default threads; on one pinned thread vmapping is 1.1-1.2x
-  slower per run and looping is not (``experiments/results/writeups/cpu_speed.md``).
+  slower per run and looping is not (``experiments/results/cpu_speed/README.md``).
   A single run is squeezed around ``fn`` instead.
   """
   if vmapped(num_runs, runs_together):

@@ -2,10 +2,11 @@
 
   python -m softvq_jax.sweep --config=configs/mnist.py --sweep=table1 \
       --config.data.source=files --config.data.dir=../shared/datasets/mnist \
-      --workdir=/tmp/table1 --results=experiments/results/table1_mnist
+      --workdir=/tmp/table1 --results=experiments/results/table1/table1_mnist
 
-Sweeps are defined in the config file by ``get_sweep(name)``, a list of
-``runs.Point``s; the command-line ``--config.*`` overrides apply to every
+Sweeps live beside a config file ``DIR/NAME.py`` in ``DIR/sweeps/NAME.py``
+(``load_sweeps``), whose ``SWEEPS`` gives each name its list of
+``runs.Point``s. The command-line ``--config.*`` overrides apply to every
 point, after its preset (a key that the sweep varies cannot be overridden).
 Each point runs in ``WORKDIR/<runs.point_dir(point)>``. Finished
 runs are skipped and unfinished ones resume, so re-running the command
@@ -27,10 +28,11 @@ over the same workdir skips the points that the first one is running, and
 says so (``locks.lock``).
 """
 
-import importlib.util
+import importlib
 import os
 import sys
 import time
+import types
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
 
 from absl import flags
@@ -54,7 +56,7 @@ from softvq_jax.launch import workdir as workdir_lib
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file of the sweep.",
                                 lock_config=True)
-flags.DEFINE_string("sweep", None, "Name of a sweep of the config file's get_sweep.")
+flags.DEFINE_string("sweep", None, "Name of a sweep of the config file's sweeps/ module.")
 flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
 flags.DEFINE_string("results", None, "Path prefix of the tables; default WORKDIR/SWEEP.")
 flags.DEFINE_bool("aggregate_only", False, "Only tabulate the finished runs.")
@@ -65,12 +67,31 @@ flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values o
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
-def load_config_module(path: str):
-  """The config file as a module, for its ``get_sweep`` and ``PAPER_RESULTS``."""
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def load_sweeps(config_path: str) -> types.ModuleType:
+  """The sweeps of the config file ``DIR/NAME.py``: the module ``DIR/sweeps/NAME.py``,
+  imported as ``<DIR's name>.sweeps.NAME`` with DIR's parent on ``sys.path`` (so that it
+  imports its config file as ``configs.NAME``). It holds ``SWEEPS`` (name: a function
+  of no arguments returning the points) and, for the tables, ``PAPER_RESULTS``."""
+  folder, filename = os.path.split(os.path.abspath(config_path))
+  if not os.path.isfile(os.path.join(folder, "sweeps", filename)):
+    raise InputError(f"{config_path} has no sweeps: they live in "
+                     f"{os.path.join(os.path.dirname(config_path), 'sweeps', filename)}")
+  if os.path.dirname(folder) not in sys.path:
+    sys.path.insert(0, os.path.dirname(folder))
+  module_name = f"{os.path.basename(folder)}.sweeps.{filename[:-3]}"
+  try:
+    return importlib.import_module(module_name)
+  except Exception as e:  # A broken sweeps file is bad input, named as such.
+    raise InputError(f"{module_name}: {type(e).__name__}: {e}") from e
+
+
+def sweep_points(sweeps: types.ModuleType, name: str) -> List[runs.Point]:
+  """The points of ``sweeps.SWEEPS[name]``; an unknown name lists the known ones."""
+  if name not in sweeps.SWEEPS:
+    *rest, last = sweeps.SWEEPS
+    raise InputError(f"unknown sweep {name!r}; choose "
+                     + (f"{', '.join(rest)} or {last}" if rest else last))
+  return sweeps.SWEEPS[name]()
 
 
 def shard_points(points: Sequence[runs.Point], shard: int,
@@ -142,16 +163,13 @@ def main(argv):
     raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a "
                      "--flag")
   path, _, args = FLAGS["config"].config_filename.partition(":")
-  module = load_config_module(path)
+  sweeps = load_sweeps(path)
   failed, t_start = [], time.time()
   distributed.initialize_from_flags()
   distributed.check_same("config, sweep and workdir", "\n".join((
       FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
       os.path.abspath(FLAGS.workdir), f"{FLAGS.shard}/{FLAGS.num_shards}")))
-  try:
-    points = module.get_sweep(FLAGS.sweep)
-  except ValueError as e:
-    raise InputError(str(e)) from e
+  points = sweep_points(sweeps, FLAGS.sweep)
   prefix = FLAGS.results or os.path.join(FLAGS.workdir, FLAGS.sweep)
   validation.writable(os.path.dirname(os.path.abspath(prefix)), "--results")
   if not FLAGS.aggregate_only:
@@ -161,7 +179,7 @@ def main(argv):
                  FLAGS.workdir, quick="quick" in args.split(","),
                  vmap_seeds=FLAGS.vmap_seeds,
                  command_line=config_flags.get_override_values(FLAGS["config"]))
-  table = tables.aggregate(points, FLAGS.workdir, getattr(module, "PAPER_RESULTS", {}))
+  table = tables.aggregate(points, FLAGS.workdir, getattr(sweeps, "PAPER_RESULTS", {}))
   table["protocol"] = {
       "command": " ".join(sys.argv),
       "config": workdir_lib.config_dict(FLAGS.config),

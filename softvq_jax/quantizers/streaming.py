@@ -13,7 +13,7 @@ codewords, so temporaries are O(rows x chunk). The quantizer modules'
 * ``posterior_sums``: the posterior's per-codeword counts and weighted sums
   of the latents (EMA statistics, the average posterior).
 
-``experiments/large_k_benchmark.py`` measures memory and time against the
+``experiments/benchmarks/large_k_benchmark.py`` measures memory and time against the
 dense functions of ``bottlenecks``.
 """
 

@@ -12,6 +12,8 @@ import scipy.io
 
 from softvq_jax.data import input_pipeline
 from softvq_jax.errors import InputError
+from softvq_jax.launch import runs
+from softvq_jax.launch import train
 from tests import ROOT
 
 SHARED_MNIST = os.path.join(ROOT, "..", "shared", "datasets", "mnist")
@@ -201,3 +203,58 @@ def test_validation_split_replaces_test_split():
   assert len(data.train_images) == 1237 and len(data.eval_images) == 200
   train_rows = {row.tobytes() for row in full.train_images}
   assert all(row.tobytes() in train_rows for row in data.eval_images)
+
+
+def _idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(
+      n.to_bytes(4, "big") for n in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+  """Tiny files in MNIST's IDX format, under the official names."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 30), ("t10k", 20)):
+    _idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+    _idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+  return tmp_path
+
+
+def test_an_empty_training_split_is_refused(fake_mnist, tiny_config, tmp_path):
+  _idx(fake_mnist / "train-images-idx3-ubyte.gz", np.zeros((0, 28, 28)))
+  _idx(fake_mnist / "train-labels-idx1-ubyte.gz", np.zeros((0,)))
+  runs.apply_overrides(tiny_config, {"data.name": "mnist", "data.source": "files",
+                                     "data.dir": str(fake_mnist), "data.verify_md5": False})
+  with pytest.raises(InputError, match="holds 0 training and 20 test images"):
+    train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("header,match", [
+    (bytes([0, 0, 8, 3]) + b"\xff\xff\xff\xff" * 3, r"not an array of at most"),
+    # A gzip bomb: a small header, then far more zeros than it declares.
+    (bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(50_000_000), r"holds 11\+ bytes"),
+])
+def test_idx_headers_that_overflow_or_lie_are_refused_without_reading_on(
+    tmp_path, header, match):
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  with gzip.open(path, "wb") as f:
+    f.write(header)
+  with pytest.raises(InputError, match=match):
+    input_pipeline.read_idx(str(path))
+
+
+def test_label_files_where_image_files_belong_are_refused(fake_mnist):
+  os.replace(fake_mnist / "train-labels-idx1-ubyte.gz", fake_mnist / "train-images-idx3-ubyte.gz")
+  _idx(fake_mnist / "train-labels-idx1-ubyte.gz", np.zeros(30))
+  with pytest.raises(InputError, match=r"train-images-idx3-ubyte.gz holds an array of shape "
+                     r"\(30,\), not the \(N, 28, 28\) of mnist train images"):
+    input_pipeline._mnist_files(str(fake_mnist), verify=False)
+
+
+def test_unreadable_data_file_is_refused(fake_mnist, monkeypatch):
+  target = str(fake_mnist / "t10k-labels-idx1-ubyte.gz")
+  monkeypatch.setattr(input_pipeline.os, "access", lambda path, mode: path != target)
+  with pytest.raises(InputError, match=f"data file unreadable: {target}"):
+    input_pipeline._mnist_files(str(fake_mnist), verify=False)

@@ -19,6 +19,7 @@ from softvq_jax.launch import validation
 from softvq_jax.launch import workdir
 from softvq_jax.model import autoencoder
 from tests import ROOT
+from tests.launch import helpers
 
 
 # Directories as the name strings of the earlier code wrote them, literally.
@@ -120,7 +121,7 @@ def old_layout_finished_run(sweep_dir, name, config):
 def test_runs_laid_out_the_old_way_are_found_finished(tmp_path, monkeypatch, module,
                                                       sweep_name, name):
   base = module.get_config()
-  point = next(p for p in module.get_sweep(sweep_name) if runs.point_dir(p) == name)
+  point = next(p for p in helpers.points(module, sweep_name) if runs.point_dir(p) == name)
   expected = old_layout_finished_run(str(tmp_path), name, runs.point_config(base, point))
   launches = sweep.plan(base, [point], str(tmp_path))
   assert [(l.names, l.workdir) for l in launches] == [([name], str(tmp_path / name))]
@@ -178,6 +179,6 @@ def test_vmap_key_must_be_read_by_the_bottleneck(tiny_config, bottleneck, key, m
 def test_sweep_tables_keep_their_row_labels():
   """The published tables' model column comes from the typed points."""
   from softvq_jax.launch import tables  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(ROOT, "experiments/results/variants_mnist.json")) as f:
+  with open(os.path.join(ROOT, "experiments/results/soft_vq_variants/variants_mnist.json")) as f:
     published = [row["model"] for row in json.load(f)["rows"]]
-  assert [tables.model_label(p) for p in mnist.get_sweep("variants")] == published
+  assert [tables.model_label(p) for p in helpers.points(mnist, "variants")] == published

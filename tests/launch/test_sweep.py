@@ -12,7 +12,9 @@ import pytest
 from configs import cifar10
 from configs import digits
 from configs import mnist
+from configs import svhn
 from softvq_jax.errors import InputError
+from softvq_jax.launch import locks
 from softvq_jax.launch import presets
 from softvq_jax.launch import runs
 from softvq_jax.launch import sweep
@@ -21,27 +23,29 @@ from softvq_jax.launch import train
 from softvq_jax.launch import validation
 from softvq_jax.launch import workdir
 from tests import ROOT
+from tests.launch import helpers
 
 
 def small_points(module, name, keep):
-  return [p for p in module.get_sweep(name) if keep(p)]
+  return [p for p in helpers.points(module, name) if keep(p)]
 
 
 def test_table_sweeps_cover_rows_and_seeds():
-  points = mnist.get_sweep("table1")
+  points = helpers.points(mnist, "table1")
   assert len(points) == 8 * 3  # The paper's 7 rows and soft_vq_vae_eq5.
-  assert [p.row for p in points[:8]] == list(mnist.PAPER_RESULTS["mnist"])
+  assert [p.row for p in points[:8]] == list(helpers.sweeps(mnist).PAPER_RESULTS["mnist"])
   normalizers = {p.row: p.config_overrides().get("model.normalizer") for p in points}
   assert (normalizers["soft_vq_vae"], normalizers["soft_vq_vae_eq5"]) == ("notebook", "paper")
   assert {p.config_overrides()["seed"] for p in points} == {0, 1, 2}
   vq = next(p for p in points if p.row == "vq_vae")
   assert vq.config_overrides()["model.num_codewords"] == 128
-  table2 = cifar10.get_sweep("table2")
+  table2 = helpers.points(cifar10, "table2")
   assert len(table2) == 2 * 6 * 3
   assert {p.config_overrides()["data.name"] for p in table2} == {"svhn_cropped", "cifar10"}
   assert len({runs.point_dir(p) for p in table2}) == len(table2)
   assert runs.point_dir(table2[0]) == "svhn_cropped/ae/seed_0"
-  assert runs.point_dir(mnist.get_sweep("codebook")[0]) == "soft_vq_vae/num_codewords_16/seed_0"
+  codebook = helpers.points(mnist, "codebook")
+  assert runs.point_dir(codebook[0]) == "soft_vq_vae/num_codewords_16/seed_0"
 
 
 @pytest.mark.slow
@@ -94,7 +98,7 @@ def rows_of(points):
     ("beta_vae", "model.beta"), ("moonshot_log_var", "model.log_var_init"),
     ("table1", None), ("ablations", None), ("moonshot", None), ("vq_vae", None)])
 def test_sweeps_over_one_numeric_key_are_curves(name, key, tmp_path):
-  rows = rows_of(mnist.get_sweep(name))
+  rows = rows_of(helpers.points(mnist, name))
   assert tables.curve_key(rows) == key
   if key is not None:
     tables.write_figure({"rows": rows}, str(tmp_path / "curve.png"))
@@ -155,7 +159,7 @@ def test_table2_sweep_on_mock_data(tmp_path, mock_tfds):
   points = small_points(cifar10, "table2", lambda p: p.seed == 0 and rows[p.dataset] == p.row)
   with mock_tfds(24):
     sweep.run(config, points, str(tmp_path), quick=True)
-  table = tables.aggregate(points, str(tmp_path), cifar10.PAPER_RESULTS)
+  table = tables.aggregate(points, str(tmp_path), helpers.sweeps(cifar10).PAPER_RESULTS)
   assert {(r["dataset"], r["model"]) for r in table["rows"]} == set(rows.items())
   soft = next(r for r in table["rows"] if r["dataset"] == "svhn_cropped"
               and r["model"] == "soft_vq_vae")
@@ -172,8 +176,27 @@ def test_sweep_command_line(tmp_path):
   assert "error: unknown sweep 'nope'; choose table1" in result.stderr
 
 
+
+def test_sweeps_are_found_beside_their_config_file_and_named_in_errors(tmp_path, monkeypatch):
+  monkeypatch.setattr(sys, "path", list(sys.path))  # load_sweeps adds my_configs' parent.
+  assert helpers.sweeps(mnist).__name__ == "configs.sweeps.mnist"
+  assert helpers.sweeps(cifar10).SWEEPS is helpers.sweeps(svhn).SWEEPS  # Table 2 over both.
+  with pytest.raises(InputError, match="unknown sweep 'nope'; choose table1 or quantizers"):
+    helpers.points(digits, "nope")
+  own = tmp_path / "my_configs"
+  (own / "sweeps").mkdir(parents=True)
+  (own / "toy.py").write_text("SIZE = 3\n")
+  with pytest.raises(InputError, match="has no sweeps: they live in .*my_configs/sweeps/toy.py"):
+    sweep.load_sweeps(str(own / "toy.py"))
+  (own / "sweeps" / "toy.py").write_text("from my_configs.toy import SIZE\nSWEEPS = {'s': list}\n")
+  assert sweep.sweep_points(sweep.load_sweeps(str(own / "toy.py")), "s") == []
+  (own / "sweeps" / "broken.py").write_text("raise RuntimeError('boom')\n")
+  (own / "broken.py").write_text("")
+  with pytest.raises(InputError, match="my_configs.sweeps.broken: RuntimeError: boom"):
+    sweep.load_sweeps(str(own / "broken.py"))
+
 def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
-  points = digits.get_sweep("table1")
+  points = helpers.points(digits, "table1")
   # Checkpointed further than its neighbours: resumes alone.
   (tmp_path / "ae" / "seed_1" / "checkpoints" / "500").mkdir(parents=True)
   # Two seeds at the same checkpoint resume together; a finished one is skipped.
@@ -224,9 +247,9 @@ def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
 
 
 def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
-  points = mnist.get_sweep("variants")
+  points = helpers.points(mnist, "variants")
   assert {p.config_overrides()["data.validation_size"] for p in points} == {
-      mnist.VALIDATION_SIZE}
+      helpers.sweeps(mnist).VALIDATION_SIZE}
   described = describe(sweep.plan(tiny_config, points, str(tmp_path)), tmp_path)
   assert described[tuple(f"soft_vq_vae/validation/noise_std_{noise}/seed_0"
                        for noise in (0.01, 0.0, 0.05))] == (
@@ -235,11 +258,11 @@ def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
 
 
 def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
-  points = mnist.get_sweep("chosen")
+  points = helpers.points(mnist, "chosen")
   assert [p.seed for p in points] == [0, 1, 2]
   for point in points:
     assert "data.validation_size" not in point.config_overrides()
-    assert point.config_overrides()["model.normalizer"] == mnist.CHOSEN["model.normalizer"]
+    assert point.config_overrides()["model.normalizer"] == helpers.sweeps(mnist).CHOSEN["model.normalizer"]
 
 
 @pytest.mark.parametrize("name,split", [
@@ -249,7 +272,7 @@ def test_chosen_sweep_scores_the_chosen_variant_on_the_test_split():
     ("ablations", "test"), ("beta_vae_test", "test"), ("moonshot_test", "test"),
     ("vq_vae_test", "test")])
 def test_choosing_sweeps_score_on_validation_and_chosen_settings_on_test(name, split):
-  points = mnist.get_sweep(name)
+  points = helpers.points(mnist, name)
   assert len({runs.point_dir(p) for p in points}) == len(points)
   for point in points:
     config = runs.point_config(mnist.get_config(), point)
@@ -264,18 +287,62 @@ def test_one_directory_holds_one_config_across_all_sweeps():
   """Every sweep of configs/mnist.py can share one --workdir: a directory that
   two sweeps name (the same run) gets the same config from both."""
   configs = {}
-  for name in mnist.SWEEPS:
-    for point in mnist.get_sweep(name):
+  for name in helpers.sweeps(mnist).SWEEPS:
+    for point in helpers.points(mnist, name):
       config = runs.point_config(mnist.get_config(), point).to_json(sort_keys=True)
       assert configs.setdefault(runs.point_dir(point), config) == config, (
           name, runs.point_dir(point))
 
 
 def test_shards_split_families_of_seeds():
-  points = mnist.get_sweep("table1")
+  points = helpers.points(mnist, "table1")
   shards = [sweep.shard_points(points, i, 3) for i in range(3)]
   assert sorted(runs.point_dir(p) for s in shards for p in s) == sorted(
       runs.point_dir(p) for p in points)
   for shard in shards:
     rows = {p.row for p in shard}
     assert len(shard) == 3 * len(rows)  # Every seed of a row in the same shard.
+
+
+def test_a_sweep_skips_the_points_another_launcher_holds(tmp_path):
+  base = digits.get_config("quick")
+  points = [runs.point("raw", seed) for seed in (0, 1)]
+  with locks.lock([str(tmp_path / "raw" / "seed_1")]):
+    failed = sweep.run(base, points, str(tmp_path), quick=True)
+  assert failed == ["raw/seed_1"]
+  assert (tmp_path / "raw" / "seed_0" / "eval.json").exists()
+  assert not (tmp_path / "raw" / "seed_1" / "eval.json").exists()
+
+
+def test_sweep_command_line_overrides_win_over_presets():
+  point = helpers.points(digits, "table1")[1]  # The ae row: its preset sets num_steps.
+  base = digits.get_config()
+  base.train.num_steps = 200
+  assert runs.point_config(base, point).train.num_steps == digits.PAPER.steps
+  config = runs.point_config(base, point, command_line={"train.num_steps": 200})
+  assert config.train.num_steps == 200
+  assert runs.point_config(base, point, quick=True,
+                           command_line={"train.num_steps": 200}).train.num_steps == 200
+  swept = runs.point("soft_vq_vae", 0, swept={"model.noise_std": 0.1})
+  with pytest.raises(InputError, match="config.model.noise_std is swept"):
+    runs.point_config(base, swept, command_line={"model.noise_std": 0.0})
+
+
+@pytest.mark.parametrize("key,value,refused", [
+    ("model.bottleneck", "vq", True),  # The rows' presets set it: every row would be VQ.
+    ("model.beta", 2.0, True),
+    ("train.num_steps", 300, False),  # Every digits row trains 3000 steps: shortens all.
+    ("eval.figures", False, False),
+])
+def test_a_sweep_refuses_overrides_of_keys_its_rows_set_differently(tmp_path, key, value,
+                                                                   refused):
+  base = digits.get_config()
+  runs.apply_overrides(base, {key: value})
+  plan = lambda: sweep.plan(base, helpers.points(digits, "table1"), str(tmp_path),
+                            command_line={key: value})
+  if refused:
+    with pytest.raises(InputError, match=rf"--config.{key} is set per row by this sweep"):
+      plan()
+  else:
+    assert {launch.config[key] for launch in plan()} == {value}
+  assert not os.listdir(tmp_path)

@@ -138,7 +138,7 @@ def test_tokenizer_example_agrees_on_one_device_jit_and_shard_map():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "experiments/tokenizer_example.py", "--mode=all", "--steps=10",
+      [sys.executable, "-m", "experiments.analyses.tokenizer_example", "--mode=all", "--steps=10",
        "--num_codewords=8"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,55 @@
+"""Ctrl-C and SIGTERM: pending saves finish, and a signal deferred over a block or dropped by
+Python still arrives."""
+
+import signal
+
+import pytest
+
+from softvq_jax.launch import signals
+from softvq_jax.launch import train
+from softvq_jax.launch import training_log
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_pending_saves_and_names_the_resume_step(
+    tiny_config, tmp_path, monkeypatch):
+  write = training_log.MetricsLog.write
+
+  def interrupted_at_step_20(self, step, *args, **kwargs):
+    if step == 20:
+      raise KeyboardInterrupt
+    write(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(training_log.MetricsLog, "write", interrupted_at_step_20)
+  with pytest.raises(KeyboardInterrupt, match="last good checkpoint is at step 10"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  monkeypatch.undo()
+  assert train.train_and_evaluate(tiny_config, str(tmp_path))["eval_split"] == "test"
+
+
+def test_signals_in_a_deferred_block_arrive_at_its_end():
+  reached_the_end = []
+  with pytest.raises(KeyboardInterrupt):
+    with signals.deferred():
+      signal.raise_signal(signal.SIGINT)
+      reached_the_end.append(True)  # A save here is never cut short.
+  assert reached_the_end == [True]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_dropped_interrupt_is_raised_again_by_check(monkeypatch):
+  monkeypatch.setattr(signals, "_received", [])
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    signals.install()
+
+    class DropsIt:  # Python drops what a __del__ raises, as in a gc callback.
+      def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+    DropsIt()
+    with pytest.raises(signals.Terminated, match="stopped by SIGTERM"):
+      signals.check()
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
