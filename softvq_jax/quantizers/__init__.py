@@ -17,8 +17,9 @@ as pure jit/vmap/grad-safe functions, in ``functional`` (eqs. 1, 5-7, 27), ``str
 (large K in chunks), ``scalar`` (FSQ, LFQ), ``residual`` and ``codebook_health``.
 """
 
+import importlib
+
 from softvq_jax.quantizers import functional
-from softvq_jax.quantizers import nnx
 from softvq_jax.quantizers import streaming
 from softvq_jax.quantizers.codebook_health import dead_codes
 from softvq_jax.quantizers.codebook_health import kmeans_codebook
@@ -54,3 +55,10 @@ __all__ = [
     "nearest_codewords", "soft_quantize_chunked", "fsq", "lfq", "lfq_entropy",
     "kmeans_codebook", "dead_codes", "restart_dead_codes",
 ]
+
+
+def __getattr__(name):
+  """``nnx``, imported on first use: the launcher and linen users skip flax.nnx's import."""
+  if name == "nnx":
+    return importlib.import_module("softvq_jax.quantizers.nnx")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
