@@ -1,4 +1,4 @@
-"""The experiments' benchmarks run end to end on tiny inputs (without torch)."""
+"""The benchmarks of experiments/benchmarks/ run end to end on tiny inputs (without torch)."""
 
 import gzip
 import json

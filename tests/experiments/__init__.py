@@ -1,0 +1,1 @@
+"""Tests of experiments/: each benchmark runs end to end on tiny inputs."""
