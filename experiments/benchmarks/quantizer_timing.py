@@ -22,8 +22,8 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import quantizer_benchmark  # pylint: disable=g-import-not-at-top  (its flags too)
 
+from experiments.benchmarks import quantizer_benchmark  # Its flags too.
 from experiments.common import jsonl
 
 flags.DEFINE_integer("timing_calls", 50, "Calls per timed block.")

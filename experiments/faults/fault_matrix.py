@@ -32,10 +32,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
-from fault_cases import Case
 import numpy as np
 
 from experiments.faults import fault_cases as fc
+from experiments.faults.fault_cases import Case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "mnist")
