@@ -88,6 +88,10 @@ def deferred() -> Iterator[None]:
   """Defers SIGINT and SIGTERM to the end of the block, then re-delivers
   the first that arrived to the handler that was in place before.
 
+  A Python handler is called right there, so that its exception is raised
+  at the block's end; a signal raised again would run that handler at some
+  later bytecode, possibly inside a garbage-collector callback, where Python
+  drops the exception. Other handlers (SIG_DFL, SIG_IGN) get the signal.
   Outside the main thread (where handlers cannot be set) it does nothing.
   """
   if threading.current_thread() is not threading.main_thread():
@@ -102,5 +106,7 @@ def deferred() -> Iterator[None]:
     for sig, handler in previous.items():
       # None: a handler set outside Python, which signal cannot reinstate.
       signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-    if caught:
+    if caught and callable(previous[caught[0]]):
+      previous[caught[0]](caught[0], None)
+    elif caught:
       signal.raise_signal(caught[0])

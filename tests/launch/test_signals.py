@@ -37,6 +37,29 @@ def test_signals_in_a_deferred_block_arrive_at_its_end():
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+
+def test_a_deferred_signal_reaches_a_python_handler_at_the_blocks_end(monkeypatch):
+  """Synchronously: raised again as a signal, its handler could run inside a
+  garbage-collector callback, which drops the exception (a flaky test showed it)."""
+  calls = []
+
+  def handler(signum, frame):
+    del frame
+    calls.append(signum)
+    raise KeyboardInterrupt("handled")
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    with pytest.raises(KeyboardInterrupt, match="handled"):
+      with signals.deferred():
+        signal.raise_signal(signal.SIGINT)  # Held back by the block.
+        monkeypatch.setattr(signal, "raise_signal",
+                            lambda signum: pytest.fail("delivered as a new signal"))
+    assert calls == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is handler
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
 def test_a_dropped_interrupt_is_raised_again_by_check(monkeypatch):
   monkeypatch.setattr(signals, "_received", [])
   previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
