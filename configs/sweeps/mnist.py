@@ -137,23 +137,38 @@ def moonshot_point(trial, seed, *, validation=True):
                              overrides=overrides)
 
 
-# FSQ and LFQ rows beside Table 1 collapse to one code at the presets'
-# settings (experiments/results/quantizers_beside_table1/README.md): settings screened on the
-# validation hold-out, seed 0, SCREEN_STEPS steps, each a preset and the keys
-# it changes.
+# FSQ and LFQ rows beside Table 1 on a z_e head of the quantizer's size (d = 3,
+# d = 7) collapse to one code (experiments/results/quantizers_beside_table1/README.md):
+# settings screened on the validation hold-out, seed 0, SCREEN_STEPS steps, each
+# a preset and the keys it changes.
+DIRECT_FSQ = {"model.quantizer_dim": None, "model.latent_dim": 3}
+DIRECT_LFQ = {"model.quantizer_dim": None, "model.latent_dim": 7, "model.commitment": 2.5}
 QUANTIZER_SCREEN = (
+    ("fsq", DIRECT_FSQ),
+    ("fsq", {**DIRECT_FSQ, "train.learning_rate": 1e-4}),
+    ("fsq", {**DIRECT_FSQ, "train.learning_rate": 3e-5}),
+    ("lfq", DIRECT_LFQ),
+    ("lfq", {**DIRECT_LFQ, "model.commitment": 0.0}),
+    ("lfq", {**DIRECT_LFQ, "model.commitment": 0.25}),
+)
+# The one of QUANTIZER_SCREEN's LFQ settings chosen on validation, for the test
+# split; no FSQ setting screened escaped the collapse.
+LFQ_CHOSEN = {**DIRECT_LFQ, "model.commitment": 0.25}
+# Then the presets' LayerNorm and projection of a 64-d z_e (model.quantizer_dim),
+# screened the same way, LFQ at three commitment weights.
+QUANTIZER_SCREEN_LAYERNORM = (
     ("fsq", {}),
-    ("fsq", {"train.learning_rate": 1e-4}),
-    ("fsq", {"train.learning_rate": 3e-5}),
-    ("lfq", {}),
-    ("lfq", {"model.commitment": 0.0}),
+    ("lfq", {"model.commitment": 2.5}),
     ("lfq", {"model.commitment": 0.25}),
+    ("lfq", {"model.commitment": 0.0}),
 )
 
 
-# The one of QUANTIZER_SCREEN's LFQ settings chosen on validation, for the test
-# split; no FSQ setting screened escaped the collapse.
-LFQ_CHOSEN = {"model.commitment": 0.25}
+def screen_points(screen):
+  """A screen's (row, keys) settings, seed 0, SCREEN_STEPS steps, on validation."""
+  return [presets.paper_point(row, 0, PAPER, swept={"train.num_steps": SCREEN_STEPS, **swept},
+                              overrides={"data.validation_size": VALIDATION_SIZE})
+          for row, swept in screen]
 
 
 SEEDS = presets.SEEDS
@@ -168,10 +183,9 @@ SWEEPS = {
     # The quantizers beside Table 1 (presets.QUANTIZER_PRESETS), x SEEDS.
     "quantizers": lambda: presets.table_sweep(presets.QUANTIZER_PRESETS, PAPER, SEEDS),
     # The QUANTIZER_SCREEN, seed 0, on the validation hold-out.
-    "quantizer_screen": lambda: [
-        presets.paper_point(row, 0, PAPER, swept={"train.num_steps": SCREEN_STEPS, **swept},
-                            overrides={"data.validation_size": VALIDATION_SIZE})
-        for row, swept in QUANTIZER_SCREEN],
+    "quantizer_screen": lambda: screen_points(QUANTIZER_SCREEN),
+    # The QUANTIZER_SCREEN_LAYERNORM, seed 0, on the validation hold-out.
+    "quantizer_screen_layernorm": lambda: screen_points(QUANTIZER_SCREEN_LAYERNORM),
     # The lfq row with LFQ_CHOSEN, x SEEDS, on the test split.
     "lfq_test": lambda: [presets.paper_point("lfq", seed, PAPER, swept=LFQ_CHOSEN)
                          for seed in SEEDS],

@@ -6,7 +6,8 @@
 A small conv autoencoder on scikit-learn's 8x8 digits whose encoder yields a
 ``(B, 4, 4, d)`` latent grid, quantized by ``quantizers.SoftVectorQuantizer``
 with a learned per-codeword variance, an EMA codebook, k-means
-initialisation on the first training batch and dead-code restart. ``--mode``:
+initialisation (``initialize``) on the first training batch and dead-code
+restart. ``--mode``:
 
   single     one device;
   jit        jit with NamedSharding: the batch split over all devices, the
@@ -53,15 +54,25 @@ class Tokenizer(nn.Module):
   latent_dim: int = 8
   axis_name: Optional[str] = None
 
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    h = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
-    z = nn.Conv(self.latent_dim, (1, 1))(h)
-    z_q, aux = quantizers.SoftVectorQuantizer(
+  def setup(self):
+    self.encoder = nn.Conv(32, (3, 3), strides=2)
+    self.z_e = nn.Conv(self.latent_dim, (1, 1))
+    self.quantizer = quantizers.SoftVectorQuantizer(
         self.num_codewords, ema_decay=0.9, codebook_init="kmeans",
-        dead_code_threshold=0.05, axis_name=self.axis_name, name="quantizer")(z, train=train)
-    h = nn.relu(nn.ConvTranspose(32, (3, 3), strides=(2, 2))(z_q))
-    return nn.Conv(1, (3, 3))(h), aux
+        dead_code_threshold=0.05, axis_name=self.axis_name)
+    self.decoder = nn.ConvTranspose(32, (3, 3), strides=(2, 2))
+    self.output = nn.Conv(1, (3, 3))
+
+  def encode(self, x):
+    return self.z_e(nn.relu(self.encoder(x)))
+
+  def __call__(self, x, *, train: bool):
+    z_q, aux = self.quantizer(self.encode(x), train=train)
+    return self.output(nn.relu(self.decoder(z_q))), aux
+
+  def initialize(self, x):
+    """The codebook and variances from the encodings of the batch x."""
+    self.quantizer.initialize(self.encode(x))
 
 
 def load_digits():
@@ -91,13 +102,24 @@ def make_step(model, optimizer, num_shards=1):
   return step
 
 
-def init(num_codewords: int, train_images):
-  """The start every mode trains from. The image only gives shapes: the
-  codebook is k-means of the first training batch's encodings (under
-  shard_map, of every shard's), and its variances that batch's fit."""
+def init(num_codewords: int, first_batch):
+  """The start every mode trains from: ``init`` reads shapes only; the
+  codebook is k-means of the first training batch's encodings, and its
+  variances that batch's fit (``initialize``)."""
   model = Tokenizer(num_codewords)
-  rngs = {"params": jax.random.key(0), "noise": jax.random.key(1)}
-  return jax.jit(lambda x: model.init(rngs, x, train=False))(train_images[:1])
+
+  def start(x):
+    variables = model.init({"params": jax.random.key(0)}, x[:1], train=False)
+    return model.apply(variables, x, method=model.initialize, mutable=True,
+                       rngs={"params": jax.random.key(1)})[1]
+  return jax.jit(start)(first_batch)
+
+
+def batches(train_images, steps: int, batch_size: int):
+  """The training batches of every mode, in order."""
+  order = np.random.default_rng(0)
+  return [train_images[order.integers(0, len(train_images), batch_size)]
+          for _ in range(steps)]
 
 
 def train(mode: str, variables, train_images, steps: int, batch_size: int,
@@ -122,9 +144,9 @@ def train(mode: str, variables, train_images, steps: int, batch_size: int,
         make_step(sharded, optimizer, num_shards=mesh.size), mesh=mesh,
         in_specs=(P(), P(), P(), P(AXIS), P()), out_specs=P()))
     place = lambda x: jax.device_put(x, NamedSharding(mesh, P(AXIS)))
-  order, restarts = np.random.default_rng(0), []
-  for i in range(steps):
-    x = place(train_images[order.integers(0, len(train_images), batch_size)])
+  restarts = []
+  for i, x in enumerate(batches(train_images, steps, batch_size)):
+    x = place(x)
     params, opt_state, ema, loss, perplexity, dead = step(
         params, opt_state, ema, x, jax.random.fold_in(jax.random.key(2), i))
     restarts.append(dead * num_codewords)  # Dead codewords restarted at this step.
@@ -149,7 +171,7 @@ def main(argv):
   train_images, test_images = load_digits()
   modes = ["single", "jit", "shard_map"] if FLAGS.mode == "all" else [FLAGS.mode]
   print(f"{jax.device_count()} devices, {FLAGS.steps} steps, batch {FLAGS.batch_size}")
-  start = init(FLAGS.num_codewords, train_images)
+  start = init(FLAGS.num_codewords, batches(train_images, 1, FLAGS.batch_size)[0])
   finals, mses = {}, {}
   for mode in modes:
     model, variables, loss = train(mode, start, train_images, FLAGS.steps, FLAGS.batch_size,

@@ -21,9 +21,11 @@ the per-dataset ``PaperValues``):
 
 Presets beside Table 1 (``QUANTIZER_PRESETS``), the paper's question asked
 of other quantizers, each with the paper's MLP, steps and loss weights:
-  fsq               FSQ, levels (5, 5, 5) on a d = 3 latent: 125 codes
-  lfq               LFQ on a d = 7 latent: 128 codes; entropy weight 0.1
-                    per pixel-mean loss (PaperValues.num_pixels)
+  fsq               FSQ, levels (5, 5, 5): 125 codes, of a LayerNorm of z_e
+                    projected to d = 3 (model.quantizer_dim)
+  lfq               LFQ of a LayerNorm of z_e projected to d = 7: 128 codes;
+                    entropy weight 0.1 per pixel-mean loss
+                    (PaperValues.num_pixels), commitment 0.25
   residual_vq       4 stages of the VQ-VAE row's codebook
   residual_soft_vq  4 stages of soft VQ with the soft VQ-VAE row's K and
                     normaliser, variances per codeword
@@ -76,10 +78,10 @@ def preset_overrides(name: str, values: PaperValues) -> Dict[str, Any]:
       "vq_vae": {"model.bottleneck": "vq", "model.num_codewords": values.vq_codewords},
       "soft_vq_vae": {**soft_vq, "model.normalizer": values.soft_vq_normalizer},
       "soft_vq_vae_eq5": {**soft_vq, "model.normalizer": "paper"},
-      "fsq": {"model.bottleneck": "fsq", "model.latent_dim": 3,
+      "fsq": {"model.bottleneck": "fsq", "model.quantizer_dim": 3,
               "model.fsq_levels": (5, 5, 5)},
-      "lfq": {"model.bottleneck": "lfq", "model.latent_dim": 7,
-              "model.entropy_weight": 0.1 * values.num_pixels},
+      "lfq": {"model.bottleneck": "lfq", "model.quantizer_dim": 7,
+              "model.entropy_weight": 0.1 * values.num_pixels, "model.commitment": 0.25},
       "residual_vq": {"model.bottleneck": "residual_vq",
                       "model.num_codewords": values.vq_codewords, "model.num_stages": 4},
       "residual_soft_vq": {"model.bottleneck": "residual_soft_vq",

@@ -69,17 +69,30 @@ def init_images(rng: jax.Array, images: jax.Array,
 
 
 def init_state(rng: jax.Array, model: autoencoder.Autoencoder,
-               optimizer: optax.GradientTransformation, images: jax.Array) -> TrainState:
+               optimizer: optax.GradientTransformation, images: jax.Array,
+               first_batch: Optional[jax.Array] = None) -> TrainState:
   """Initial parameters, optimizer state and model state.
 
   Args:
     images: the batch the model is initialised on (``init_images``);
-      data-dependent initialisers read it.
+      the paper's layers' data-dependent initialisers read it.
+    first_batch: the first training batch (``step_batch`` at step 0), on
+      which the library's quantizers start (``Autoencoder.initialize``).
   """
   variables = model.init({"params": rng, "noise": rng}, images, train=False)
+  if first_batch is not None:
+    variables = model.apply(variables, first_batch, method=autoencoder.Autoencoder.initialize,
+                            mutable=True, rngs={"params": rng})[1]
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params), model_state=dict(variables))
+
+
+def step_batch(rng: jax.Array, step: jax.Array, images: jax.Array,
+               batch_size: int) -> Tuple[jax.Array, jax.Array]:
+  """Step ``step``'s batch of ``images`` and noise key, from ``fold_in(rng, step)``."""
+  data_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, step))
+  return images[jax.random.randint(data_rng, (batch_size,), 0, images.shape[0])], noise_rng
 
 
 def loss_fn(params, model_state, x, noise_rng, *, model: autoencoder.Autoencoder,
@@ -120,8 +133,7 @@ def train_step(state: TrainState, images: jax.Array, rng: jax.Array,
   Returns:
     ((the new state, its metrics), whether the loss was finite).
   """
-  data_rng, noise_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-  x = images[jax.random.randint(data_rng, (batch_size,), 0, images.shape[0])]
+  x, noise_rng = step_batch(rng, state.step, images, batch_size)
   if batch_sharding is not None:
     x = jax.lax.with_sharding_constraint(x, batch_sharding)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -146,9 +146,10 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   images = jax.make_array_from_callback(data.train_images.shape, replicated,
                                         lambda index: data.train_images[index])
 
-  def init(rng, images):
+  def init(rng, train_rng, images):
+    first_batch = steps.step_batch(train_rng, 0, images, config.train.batch_size)[0]
     return steps.init_state(rng, model_fn({}), optimizer,
-                            steps.init_images(rng, images, config.model))
+                            steps.init_images(rng, images, config.model), first_batch)
   runs_together = config.train.runs_together
   chunk = functools.partial(
       steps.train_chunk, num_runs=num_runs, runs_together=runs_together, model_fn=model_fn,
@@ -167,7 +168,7 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
   return Program(
       images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
       scalars={k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()},
-      init=jax.jit(steps.over_runs(init, num_runs, [0, None], runs_together),
+      init=jax.jit(steps.over_runs(init, num_runs, [0, 0, None], runs_together),
                    out_shardings=replicated),
       run_steps=run_steps, sharding=replicated)
 
@@ -298,7 +299,7 @@ def _resume_and_train(config: ml_collections.ConfigDict, program: Program, runs:
   """Restores the newest good checkpoint and trains; a checkpoint whose first
   steps diverge is set aside for the one before. Returns the trained state
   and the step training resumed from."""
-  initial = program.init(program.init_rngs, program.images)
+  initial = program.init(program.init_rngs, program.train_rngs, program.images)
   while True:
     state = managers.restore(initial, program.sharding)
     start_step = int(state.step[0])

@@ -114,17 +114,21 @@ def _validate_quantizer(model: ml_collections.ConfigDict) -> None:
 
 
 def _validate_scalar_quantizer(model: ml_collections.ConfigDict) -> None:
-  """FSQ's levels and LFQ's bits against the latent size."""
+  """FSQ's levels and LFQ's bits against the size they quantize."""
+  dim = model.quantizer_dim or model.latent_dim
+  where = ("config.model.quantizer_dim" if model.quantizer_dim else "config.model.latent_dim")
+  if model.quantizer_dim is not None and model.quantizer_dim < 1:
+    raise InputError(f"config.model.quantizer_dim={model.quantizer_dim!r} is not valid; it "
+                     "must be a positive integer or None")
   levels = tuple(model.fsq_levels)
   if model.bottleneck == "fsq" and (
       not levels or not all(isinstance(v, int) and v >= 2 for v in levels)
-      or len(levels) != model.latent_dim):
+      or len(levels) != dim):
     raise InputError(f"config.model.fsq_levels={levels!r} is not valid; it must list "
-                     "integers >= 2, one per latent dimension "
-                     f"(config.model.latent_dim={model.latent_dim})")
-  if model.bottleneck == "lfq" and model.latent_dim > 24:
-    raise InputError(f"config.model.latent_dim={model.latent_dim} is not valid for "
-                     "model.bottleneck='lfq'; it is the bits per code (2^d codes), at most 24")
+                     f"integers >= 2, one per quantized dimension ({where}={dim})")
+  if model.bottleneck == "lfq" and dim > 24:
+    raise InputError(f"{where}={dim} is not valid for model.bottleneck='lfq'; it is the "
+                     "bits per code (2^d codes), at most 24")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -79,6 +79,12 @@ class Autoencoder(nn.Module):
     z, aux = self.bottleneck(self.encoder(x), train=train)
     return self.decoder(z).astype(jnp.float32), aux
 
+  def initialize(self, x: Array) -> None:
+    """The bottleneck's data-dependent start from images x, where it has one
+    (``Quantized.initialize``: the library's quantizers); else nothing."""
+    if hasattr(self.bottleneck, "initialize"):
+      self.bottleneck.initialize(self.encoder(x))
+
   def encode(self, x: Array) -> Array:
     """The downstream latent (z_e, or the VAE mean) of images x, ``(B, d)``."""
     _, aux = self.bottleneck(self.encoder(x), train=False)
@@ -122,8 +128,18 @@ def _soft_quantizer(model: Mapping[str, Any]) -> Dict[str, Any]:
 
 def _residual(model: Mapping[str, Any], stage: Callable[[], nn.Module]) -> nn.Module:
   stages = tuple(stage() for _ in range(model["num_stages"]))
-  return bottlenecks.Quantized(model["latent_dim"], linen.ResidualQuantizer(stages),
-                               num_codewords=model["num_codewords"])
+  return _quantized(model, linen.ResidualQuantizer(stages), model["num_codewords"])
+
+
+def _quantized_dim(model: Mapping[str, Any]) -> int:
+  """The size the quantizer reads: ``quantizer_dim``, else z_e's."""
+  return model["quantizer_dim"] or model["latent_dim"]
+
+
+def _quantized(model: Mapping[str, Any], quantizer: nn.Module,
+               num_codewords: int) -> nn.Module:
+  return bottlenecks.Quantized(model["latent_dim"], quantizer, num_codewords=num_codewords,
+                               quantizer_dim=model["quantizer_dim"])
 
 
 # Each builds its module from config.model's keys (``model``).
@@ -143,15 +159,13 @@ BOTTLENECKS = {
                                          **_soft_quantizer(model)),
         ("noise_std", "commitment", "vq_weight")),
     "fsq": BottleneckSpec(
-        lambda model: bottlenecks.Quantized(model["latent_dim"],
-                                            linen.FSQ(tuple(model["fsq_levels"])),
-                                            num_codewords=math.prod(model["fsq_levels"])), ()),
+        lambda model: _quantized(model, linen.FSQ(tuple(model["fsq_levels"])),
+                                 math.prod(model["fsq_levels"])), ()),
     "lfq": BottleneckSpec(
-        lambda model: bottlenecks.Quantized(
-            model["latent_dim"],
-            linen.LFQ(model["latent_dim"], entropy_weight=model["entropy_weight"],
-                      commitment=model["commitment"] * model["vq_weight"]),
-            num_codewords=2 ** model["latent_dim"]), ()),
+        lambda model: _quantized(
+            model, linen.LFQ(_quantized_dim(model), entropy_weight=model["entropy_weight"],
+                             commitment=model["commitment"] * model["vq_weight"]),
+            2 ** _quantized_dim(model)), ()),
     "residual_vq": BottleneckSpec(
         lambda model: _residual(model, lambda: linen.VectorQuantizer(**_quantizer(model))), ()),
     "residual_soft_vq": BottleneckSpec(

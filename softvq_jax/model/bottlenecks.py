@@ -22,7 +22,8 @@ call the same functions (``linen.linen_hard_forward``,
 ``linen_soft_forward``), reading a data initialisation from the batch they
 are initialised on (the launcher's ``steps.init_images``). ``Quantized``
 puts a z_e head before any other quantizer module (FSQ, LFQ, a residual
-stack), which initialises itself on the first training batch.
+stack), whose data-dependent start is ``initialize`` on a batch (the
+launcher's first training batch).
 
 Stochastic bottlenecks draw from the ``'noise'`` rng stream in training.
 """
@@ -149,19 +150,43 @@ class Quantized(nn.Module):
   """A z_e head, then ``quantizer``, a module of ``softvq_jax.quantizers``
   that takes z as it is (``FSQ``, ``LFQ``, ``ResidualQuantizer``).
 
+  With ``quantizer_dim``, z_e keeps ``latent_dim`` and the quantizer reads a
+  LayerNorm of it projected to ``quantizer_dim`` (its output projected back
+  to ``latent_dim``): the bound of FSQ / the sign of LFQ then see inputs of
+  unit scale whatever z_e's, and the latent judged downstream is z_e, as
+  for the rows of Table 1. Without it, the z_e head is the quantizer's
+  input.
+
   aux ``latent`` is z_e; per-stage ``perplexity`` and ``usage`` (a residual
-  stack's) are logged as their mean over the stages.
+  stack's) are logged as their mean over the stages. ``initialize(h)``
+  starts the quantizer's data-dependent state from a batch.
   """
   latent_dim: int
   quantizer: nn.Module
   num_codewords: int  # Values an index takes (per stage), for the usage figure.
+  quantizer_dim: Optional[int] = None  # A LayerNorm and projection to this size first.
 
-  @nn.compact
+  def setup(self):
+    self.z_e = nn.Dense(self.latent_dim, kernel_init=glorot_uniform)
+    if self.quantizer_dim:
+      self.norm = nn.LayerNorm()
+      self.project_in = nn.Dense(self.quantizer_dim, kernel_init=glorot_uniform)
+      self.project_out = nn.Dense(self.latent_dim, kernel_init=glorot_uniform)
+
+  def _quantizer_input(self, z: Array) -> Array:
+    return self.project_in(self.norm(z)) if self.quantizer_dim else z
+
   def __call__(self, h: Array, *, train: bool) -> Tuple[Array, Aux]:
-    z = dense(self.latent_dim, "z_e")(h)
-    z_q, aux = self.quantizer(z, train=train)
+    z = self.z_e(h)
+    z_q, aux = self.quantizer(self._quantizer_input(z), train=train)
+    if self.quantizer_dim:
+      z_q = self.project_out(z_q)
     logged = {name: jnp.mean(aux[name]) for name in ("perplexity", "usage")}
     return z_q, {**aux, **logged, "latent": z}
 
+  def initialize(self, h: Array) -> None:
+    self.quantizer.initialize(self._quantizer_input(self.z_e(h)))
+
   def embed(self, indices: Array) -> Array:
-    return self.quantizer.embed(indices)
+    embedded = self.quantizer.embed(indices)
+    return self.project_out(embedded) if self.quantizer_dim else embedded

@@ -1,9 +1,9 @@
-"""Checks of the quantizer modules' options and inputs: one clear error,
-naming the argument, at construction or trace time, never a NaN or a silent
-broadcast. ``opts`` is a module (linen or NNX) with the options of
-``options.VQOptions`` / ``SoftVQOptions``."""
+"""Checks of the quantizers' options, inputs and state: one clear error,
+naming the argument, at construction or trace time, never a NaN, a silent
+broadcast or silently desynchronised codebooks. ``opts`` is an
+``options.VQOptions`` / ``SoftVQOptions``; ``name`` names its module."""
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +19,19 @@ from softvq_jax.quantizers.options import VQOptions
 Array = jax.Array
 
 
-def check_options(opts: VQOptions, soft: bool) -> None:
+def check_options(opts: VQOptions, name: str) -> None:
   """One ``ValueError`` naming the argument for options that make no sense
   (at construction; traced scalars are not checked)."""
-  name = type(opts).__name__
+  soft = isinstance(opts, SoftVQOptions)
   _positive_integer(name, "num_codewords", opts.num_codewords, optional=False)
+  _positive_integer(name, "kmeans_iters", opts.kmeans_iters, optional=False)
   _positive_integer(name, "chunk_size", opts.chunk_size)
   _positive_integer(name, "codebook_dim", opts.codebook_dim)
   if opts.ema_decay is not None and not 0.0 < opts.ema_decay < 1.0:
     raise ValueError(f"{name}: ema_decay must lie in (0, 1) or be None, got {opts.ema_decay!r}")
   choices = {"codebook_init": CODEBOOK_INITS}
-  numbers = ["commitment", "vq_weight", "dead_code_threshold", "orthogonal_weight"]
+  numbers = ["commitment", "vq_weight", "dead_code_threshold", "orthogonal_weight",
+             "sample_temperature"]
   if soft:
     choices.update(normalizer=functional.NORMALIZERS, variance=VARIANCES)
     numbers.append("noise_std")
@@ -42,12 +44,21 @@ def check_options(opts: VQOptions, soft: bool) -> None:
     value = getattr(opts, key)
     if isinstance(value, (int, float)) and not (np.isfinite(value) and value >= 0):
       raise ValueError(f"{name}: {key} must be finite and >= 0, got {value!r}")
+  _check_combinations(opts, name, soft)
+
+
+def _check_combinations(opts: VQOptions, name: str, soft: bool) -> None:
+  """Options that are each valid but do nothing, or contradict, together."""
   if opts.ema_decay is not None and opts.orthogonal_weight:
     raise ValueError(f"{name}: orthogonal_weight regularises a codebook trained by "
                      "gradient; with ema_decay it would train nothing")
-  if opts.dead_code_threshold > 0 and opts.ema_decay is None:
-    raise ValueError(f"{name}: dead_code_threshold restarts codewords of an EMA codebook; "
-                     "set ema_decay")
+  if opts.dead_code_threshold > 0 and (opts.ema_decay is None or opts.freeze_codebook):
+    raise ValueError(f"{name}: dead_code_threshold restarts codewords of an EMA codebook "
+                     "that is not frozen; set ema_decay, or unset freeze_codebook")
+  if opts.sample_temperature and (soft or opts.chunk_size):
+    raise ValueError(f"{name}: sample_temperature draws hard codes from the dense "
+                     "distances; it is for VectorQuantizer without chunk_size (a soft "
+                     "quantizer's posterior is already a distribution)")
 
 
 def _positive_integer(name: str, key: str, value: Any, optional: bool = True) -> None:
@@ -99,3 +110,41 @@ def check_log_var(opts: SoftVQOptions, z: Array, log_var: Optional[Array]) -> No
   if shape != target:
     raise ValueError(f"{name}: log_var of shape {jnp.shape(log_var)} does not broadcast "
                      f"against (..., K) = {target}")
+
+
+def check_initialized(opts: VQOptions, state: Dict[str, Array], train: bool) -> None:
+  """One error naming ``initialize`` for a training call of a quantizer whose
+  start reads data before ``initialize`` set it: a ``ValueError`` where the
+  state is concrete, the same message from the device under ``jit``."""
+  if not train or "initialized" not in state:
+    return
+  flag = state["initialized"]
+  message = (f"training before initialize: codebook_init={opts.codebook_init!r}"
+             f"{' (or a variance fit)' if opts.codebook_init == 'uniform' else ''} starts "
+             "from data; call initialize(z) on a batch first (linen: "
+             "variables = vq.apply(variables, z, method='initialize', mutable=True, "
+             "rngs={'params': key})[1]; NNX: vq.initialize(z); plain JAX: "
+             "pure.vq_initialize)")
+  try:
+    ready = np.asarray(flag)
+  except jax.errors.TracerArrayConversionError:
+    def fail(ready):
+      if not np.all(ready):
+        raise ValueError(message)
+    jax.lax.cond(jnp.all(flag), lambda: None, lambda: jax.debug.callback(fail, flag))
+    return
+  if not np.all(ready):
+    raise ValueError(message)
+
+
+def check_axis_name(name: str, axis_name: Optional[str], what: str) -> None:
+  """One error naming ``axis_name`` when it is unset inside ``shard_map`` /
+  ``pmap`` (manual mesh axes), where ``what`` (cross-batch state or
+  statistics) would differ from shard to shard without a word."""
+  if axis_name is not None:
+    return
+  manual = tuple(jax.sharding.get_abstract_mesh().manual_axes)
+  if manual:
+    raise ValueError(f"{name}: {what} under shard_map/pmap over {manual} without "
+                     f"axis_name would differ per shard; set axis_name={manual[0]!r} "
+                     "(the batch axis)")

@@ -1,36 +1,37 @@
 """The one functional core of every VQ module: its variables, the
-first-batch initialisation, index statistics and ``embed``, as pure functions.
+data-dependent initialisation, index statistics and ``embed``, as pure functions.
 
 The Flax linen modules (``softvq_jax.quantizers``, and the paper's
-``model.bottlenecks.VQ`` / ``model.bottlenecks.SoftVQ``) and the Flax NNX modules
-(``softvq_jax.quantizers.nnx``) only hold the variables and call
-``forward.hard_forward`` or ``soft_forward``, which build on this
-module; the options they read are the attributes of
+``model.bottlenecks.VQ`` / ``model.bottlenecks.SoftVQ``), the Flax NNX
+modules (``softvq_jax.quantizers.nnx``) and the plain-JAX functions of
+``pure`` only hold the variables and call ``forward.hard_forward`` or
+``soft_forward``, which build on this module; the options they read are
 ``options.VQOptions`` / ``SoftVQOptions``, passed as ``opts``.
 
 Variables:
 
 * ``params``: ``codebook`` ``(K, d)`` when trained by gradient; ``log_var``
-  ``(K,)``, a soft quantizer's per-codeword log sigma_k^2.
+  ``(K,)``, a soft quantizer's per-codeword log sigma_k^2. Each is exactly
+  the value in use.
 * ``state`` (linen's ``'ema'`` collection, NNX's ``QuantizerState``):
-  ``cluster_size``, ``embed_sum``, ``codebook`` of an EMA codebook; and, for
-  an initialisation on the first training batch, ``initialized``,
-  ``init_key`` and the ``codebook_offset`` / ``log_var_offset`` that the
-  initialisation sets. A parameter so initialised is used as ``param +
-  offset``: the offset is fixed, so gradient steps (SGD, Adam, ...) move
-  the sum exactly as they would move a parameter that started there.
+  ``cluster_size``, ``embed_sum``, ``codebook`` of an EMA codebook; and
+  ``initialized`` where the start reads data (``codebook_init`` "data" or
+  "kmeans", or a soft quantizer's variance fit): ``initialize`` sets the
+  codebook (or variances) from a batch, and a training call before it is an
+  error. Nothing reads data at construction or ``init``.
 
 Statistics (EMA sums, usage, perplexities, the initialisation's data) are
 float32 whatever the input dtype, and combined over ``axis_name`` when that
-axis is bound (inside ``shard_map``/``pmap``); unbound, they are local.
+axis is bound (inside ``shard_map``/``pmap``); unbound, they are local, and
+inside ``shard_map`` with manual axes an unset ``axis_name`` is an error
+(``checks.check_axis_name``).
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from softvq_jax.quantizers import codebook_health as health
 from softvq_jax.quantizers import functional
@@ -69,22 +70,35 @@ def learns_log_var(opts: SoftVQOptions) -> bool:
   return opts.variance in ("codeword", "fixed")
 
 
-def needs_first_batch(opts: VQOptions, soft: bool) -> bool:
-  """Whether initialisation reads data: a data codebook or a variance fit."""
-  fit = soft and learns_log_var(opts) and opts.log_var_init is None
+def needs_data(opts: VQOptions) -> bool:
+  """Whether the start reads data (``initialize``): a data codebook or a variance fit."""
+  fit = isinstance(opts, SoftVQOptions) and learns_log_var(opts) and opts.log_var_init is None
   return opts.codebook_init != "uniform" or fit
 
 
-def first_batch_state(opts: VQOptions, dim: int, soft: bool) -> Dict[str, Callable[[Array], Array]]:
-  """Initialisers (of a PRNG key) of the state that the first training batch sets."""
-  k = opts.num_codewords
-  state = {"initialized": lambda key: jnp.zeros((), bool),
-           "init_key": jax.random.key_data}
-  if opts.ema_decay is None and opts.codebook_init != "uniform":
-    state["codebook_offset"] = lambda key: jnp.zeros((k, dim), opts.param_dtype)
-  if soft and learns_log_var(opts) and opts.log_var_init is None:
-    state["log_var_offset"] = lambda key: jnp.zeros((k,), opts.param_dtype)
-  return state
+def init_variables(key: Array, opts: VQOptions, dim: int) -> Tuple[Variables, Variables]:
+  """``(params, state)`` of a quantizer of ``dim``-vectors before ``initialize``:
+  the codebook at TF1's unit scaling, ``log_var`` at ``log_var_init`` (or 0),
+  the projections at LeCun normal and zero bias."""
+  k, c, dtype = opts.num_codewords, opts.codebook_dim or dim, opts.param_dtype
+  keys = jax.random.split(key, 3)
+  params, state = {}, {}
+  if opts.codebook_dim:
+    for name, shape, rng in (("project_in", (dim, c), keys[1]),
+                             ("project_out", (c, dim), keys[2])):
+      params[name] = nn.initializers.lecun_normal()(rng, shape, dtype)
+      params[name + "_bias"] = jnp.zeros(shape[1:], dtype)
+  table = uniform_unit_scaling(keys[0], (k, c), dtype)
+  if opts.ema_decay is None:
+    params["codebook"] = table
+  else:
+    state.update(ema_state(table))
+  if isinstance(opts, SoftVQOptions) and learns_log_var(opts):
+    start = 0.0 if opts.log_var_init is None else opts.log_var_init
+    params["log_var"] = jnp.full((k,), start, dtype)
+  if needs_data(opts):
+    state["initialized"] = jnp.zeros((), bool)
+  return params, state
 
 
 def ema_state(codebook: Array) -> Variables:
@@ -95,17 +109,18 @@ def ema_state(codebook: Array) -> Variables:
 
 
 def data_codebook(kind: str, rng: Array, z: Array, num_codewords: int,
-                  chunk_size: Optional[int] = None, weights: Optional[Array] = None) -> Array:
+                  chunk_size: Optional[int] = None, weights: Optional[Array] = None,
+                  kmeans_iters: int = 10) -> Array:
   """A ``(K, d)`` float32 codebook from encodings ``z`` ``(..., d)``: their
   first K (``"data"``, cycled when there are fewer) or k-means centres
-  (``"kmeans"``), then ``distinct_codewords``. Encodings of zero
+  (``"kmeans"``, ``kmeans_iters`` Lloyd steps), then ``distinct_codewords``. Encodings of zero
   ``weights`` ``(...)`` (padding) are left out."""
   z = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
   valid = z
   if weights is not None:
     z, weights, valid = weighted_first(z, weights)
   if kind == "kmeans":
-    codebook = health.kmeans_codebook(rng, z, num_codewords, chunk_size=chunk_size,
+    codebook = health.kmeans_codebook(rng, z, num_codewords, kmeans_iters, chunk_size=chunk_size,
                                       weights=weights)
   else:
     codebook = valid[jnp.arange(num_codewords) % valid.shape[0]]
@@ -182,54 +197,45 @@ def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None,
 
 
 def codebook(opts: VQOptions, params: Variables, state: Variables) -> Array:
-  """The codebook in use: the EMA one, or the parameter (plus its offset)."""
-  if opts.ema_decay is not None:
-    return state["codebook"]
-  if "codebook_offset" in state:
-    return params["codebook"] + state["codebook_offset"]
-  return params["codebook"]
+  """The codebook in use: the EMA one, or the parameter (no gradient when frozen)."""
+  table = state["codebook"] if opts.ema_decay is not None else params["codebook"]
+  return jax.lax.stop_gradient(table) if opts.freeze_codebook else table
 
 
 def codeword_log_var(opts: SoftVQOptions, params: Variables, state: Variables) -> Array:
   """A soft quantizer's own ``(K,)`` log sigma_k^2; ``"fixed"`` ones get no gradient."""
   log_var = params["log_var"]
-  if "log_var_offset" in state:
-    log_var = log_var + state["log_var_offset"]
   return jax.lax.stop_gradient(log_var) if opts.variance == "fixed" else log_var
 
 
-def first_batch(opts: VQOptions, params: Variables, state: Variables, z: Array, *,
-                train: bool, weights: Optional[Array] = None) -> Variables:
-  """In training, the state after the data-dependent initialisation on ``z``
-  (all shards' ``z`` under a bound ``axis_name``; rows of zero ``weights``
-  left out), once: later calls and a restored state with ``initialized``
-  set return ``state`` unchanged."""
-  if not train or "initialized" not in state:
-    return state
-
-  def initialise():  # Offsets are constants: gradients reach the parameters alone.
-    params_stop = jax.lax.stop_gradient(params)
-    x = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-    w = None if weights is None else functional.as_float32(weights).reshape(-1)
-    x, w = _gather(opts.axis_name, x), None if w is None else _gather(opts.axis_name, w)
-    new = dict(state, initialized=jnp.ones((), bool))
-    fitted = codebook(opts, params_stop, state)
-    if opts.codebook_init != "uniform":
-      key = jax.random.wrap_key_data(state["init_key"])
-      fitted = data_codebook(opts.codebook_init, key, x, opts.num_codewords,
-                             opts.chunk_size, w).astype(fitted.dtype)
-      if opts.ema_decay is not None:
-        new.update(ema_state(fitted))
-      else:
-        new["codebook_offset"] = fitted - params_stop["codebook"]
-    if "log_var_offset" in state:
-      table = functional.l2_normalize(fitted) if opts.cosine else fitted
-      log_var = fit_log_var(x, table, opts.chunk_size, w)
-      new["log_var_offset"] = (log_var - params_stop["log_var"]).astype(
-          params_stop["log_var"].dtype)
-    return new
-
-  return jax.lax.cond(state["initialized"], lambda: state, initialise)
+def initialize(opts: VQOptions, params: Variables, state: Variables, z: Array, key: Array, *,
+               weights: Optional[Array] = None) -> Tuple[Variables, Variables]:
+  """``(params, state)`` started from encodings ``z`` ``(..., d)`` (the
+  quantizer's input, after ``codebook_dim``'s projection), with all
+  shards' ``z`` under a bound ``axis_name`` and rows of zero ``weights``
+  left out: the codebook (``codebook_init`` "data" or "kmeans": the
+  parameter, or the EMA state) and a soft quantizer's own ``log_var``
+  fit (``log_var_init=None``). ``initialized`` is then True. Without data
+  to read (``needs_data``) the variables come back unchanged."""
+  if not needs_data(opts):
+    return params, state
+  x = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
+  x = _gather(opts.axis_name, x)
+  w = None if weights is None else _gather(opts.axis_name,
+                                           functional.as_float32(weights).reshape(-1))
+  params, state = dict(params), dict(state, initialized=jnp.ones((), bool))
+  fitted = codebook(opts, params, state)
+  if opts.codebook_init != "uniform":
+    fitted = data_codebook(opts.codebook_init, key, x, opts.num_codewords, opts.chunk_size, w,
+                           opts.kmeans_iters).astype(fitted.dtype)
+    if opts.ema_decay is not None:
+      state.update(ema_state(fitted))
+    else:
+      params["codebook"] = fitted
+  if isinstance(opts, SoftVQOptions) and learns_log_var(opts) and opts.log_var_init is None:
+    table = functional.l2_normalize(fitted) if opts.cosine else fitted
+    params["log_var"] = jnp.full_like(params["log_var"], fit_log_var(x, table, opts.chunk_size, w))
+  return params, state
 
 
 def _gather(axis_name: Optional[str], x: Array) -> Array:
@@ -244,24 +250,5 @@ def _gather(axis_name: Optional[str], x: Array) -> Array:
 
 def embed(table: Array, indices: Array, dtype: Any) -> Array:
   """The codewords of integer ``indices`` (any shape), ``(..., d)`` in ``dtype``
-  (``checked_indices`` for indices out of range)."""
-  return jnp.take(table, checked_indices(indices, table.shape[0]), axis=0).astype(dtype)
-
-
-def checked_indices(indices: Array, num_codes: int) -> Array:
-  """Integer ``indices`` of ``num_codes`` codes, for a lookup.
-
-  Out-of-range indices are a ``ValueError`` where the indices are concrete;
-  traced (under jit) they are clamped to ``[0, num_codes - 1]``, the nearest
-  valid code, never NaN.
-  """
-  if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
-    raise TypeError(f"embed takes integer indices, got dtype {jnp.result_type(indices)}")
-  try:
-    values = np.asarray(indices)
-  except jax.errors.TracerArrayConversionError:
-    values = None
-  if values is not None and values.size and (values.min() < 0 or values.max() >= num_codes):
-    raise ValueError(f"embed: indices must lie in [0, {num_codes}), got "
-                     f"{values.min()} to {values.max()}")
-  return jnp.clip(indices, 0, num_codes - 1)
+  (``functional.lookup`` for indices out of range)."""
+  return functional.lookup(table, indices).astype(dtype)

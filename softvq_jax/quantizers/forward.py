@@ -13,9 +13,12 @@ Beside eq. (1) (hard) and eqs. (5)-(7) (soft) with eq. (27)'s terms:
   straight-through estimator;
 * ``orthogonal_weight``: ``functional.orthogonal_loss`` of the codebook;
 * ``mask``: a ``(...)`` boolean argument; False (padded) positions are kept
-  out of the losses, the EMA statistics, usage, perplexities, the
-  first-batch initialisation and dead-code restarts. Their outputs are
-  still quantized.
+  out of the losses, the EMA statistics, usage, perplexities, ``initialize``
+  and dead-code restarts. Their outputs are still quantized;
+* ``freeze_codebook``: the codebook gets no gradient and no EMA update;
+* ``sample_temperature`` (hard VQ): in training the index is drawn by the
+  Gumbel-max trick from softmax(-||z - mu_k||^2 / tau) instead of the
+  nearest codeword (vector-quantize-pytorch's ``stochastic_sample_codes``).
 """
 
 from typing import Any, Callable, Optional, Tuple
@@ -23,6 +26,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import codebook_health as health
 from softvq_jax.quantizers import core
 from softvq_jax.quantizers import functional
@@ -68,21 +72,21 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
     ``usage``, with EMA ``dead_code_fraction``, with ``orthogonal_weight``
     ``orthogonal_loss``.
   """
-  x, weights = quantizer_input(opts, params, z), _weights(mask)
-  state = core.first_batch(opts, params, state, x, train=train, weights=weights)
+  checks.check_initialized(opts, state, train)
+  x, weights = quantizer_input(opts, params, z), as_weights(mask)
   codewords = table(opts, params, state)
   x_stop = jax.lax.stop_gradient(x)
-  if opts.chunk_size is None:
-    x_q, indices = functional.hard_quantize(x_stop, codewords)
-    onehot = jax.nn.one_hot(indices, opts.num_codewords, dtype=jnp.float32)
-    sums = lambda: functional.assignment_sums(x, onehot, weights)
+  if train and opts.sample_temperature > 0:
+    indices = functional.gumbel_indices(make_rng(), x_stop, codewords, opts.sample_temperature)
+  elif opts.chunk_size is None:
+    indices = functional.hard_quantize(x_stop, codewords)[1]
   else:
     indices = streaming.nearest_codewords(x_stop, codewords, opts.chunk_size)[0]
-    x_q = functional.lookup(codewords, indices).astype(x.dtype)
-    sums = lambda: functional.index_sums(x, indices, opts.num_codewords, weights)
+  x_q = functional.lookup(codewords, indices).astype(x.dtype)
+  sums = lambda: functional.index_sums(x, indices, opts.num_codewords, weights)
   state, extra = _ema(opts, state, sums, x, weights, train=train, make_rng=make_rng)
   out, aux = _outputs(opts, params, codewords, z, x, x_q, indices, weights,
-                      train_codebook=opts.ema_decay is None)
+                      train_codebook=opts.ema_decay is None and not opts.freeze_codebook)
   return out, {**aux, **extra}, state
 
 
@@ -98,8 +102,8 @@ def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Ar
   (of the average posterior) beside ``perplexity`` (of the most probable
   codewords), and ``probs`` (the posterior, without ``chunk_size``).
   """
-  x, weights = quantizer_input(opts, params, z), _weights(mask)
-  state = core.first_batch(opts, params, state, x, train=train, weights=weights)
+  checks.check_initialized(opts, state, train)
+  x, weights = quantizer_input(opts, params, z), as_weights(mask)
   codewords = table(opts, params, state)
   x_in = x
   if train and not (isinstance(opts.noise_std, (int, float)) and opts.noise_std == 0):
@@ -139,6 +143,11 @@ def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Ar
   return out, {**aux, **ema_aux, **extra}, state
 
 
+def module_name(opts: VQOptions) -> str:
+  """The module that ``opts`` configures, for error messages."""
+  return "SoftVectorQuantizer" if isinstance(opts, SoftVQOptions) else "VectorQuantizer"
+
+
 def quantizer_input(opts: VQOptions, params: Variables, z: Array) -> Array:
   """What is quantized: z through ``project_in``, normalised with ``cosine``."""
   x = _project(params, "project_in", z)
@@ -154,7 +163,7 @@ def _project(params: Variables, name: str, x: Array) -> Array:
   return (y + params[name + "_bias"]).astype(x.dtype)
 
 
-def _weights(mask: Optional[Array]) -> Optional[Array]:
+def as_weights(mask: Optional[Array]) -> Optional[Array]:
   return None if mask is None else functional.as_float32(mask)
 
 
@@ -199,11 +208,13 @@ def _ema(opts: VQOptions, state: Variables, sums: Callable[[], Tuple[Array, Arra
   """
   if opts.ema_decay is None:
     return state, {}
+  if train and not opts.freeze_codebook:
+    checks.check_axis_name(module_name(opts), opts.axis_name, "the EMA codebook's update")
   axis = core.bound_axis(opts.axis_name)
   threshold = opts.dead_code_threshold
   dead = health.dead_codes(state["cluster_size"], threshold if threshold > 0 else 1.0)
   aux = {"dead_code_fraction": jnp.mean(dead)}
-  if not train:
+  if not train or opts.freeze_codebook:
     return state, aux
   size, embed_sum, codewords = functional.ema_codebook_step(
       state["cluster_size"], state["embed_sum"], *sums(), opts.ema_decay, axis_name=axis)

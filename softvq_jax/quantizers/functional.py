@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -76,13 +77,40 @@ def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
   return lookup(codebook, indices).astype(z.dtype), indices
 
 
+def gumbel_indices(rng: Array, z: Array, codebook: Array, temperature: float) -> Array:
+  """Codeword indices ``(...)`` drawn from softmax(-||z - mu_k||^2 / temperature)
+  by the Gumbel-max trick (vector-quantize-pytorch's
+  ``stochastic_sample_codes``); as temperature -> 0, ``hard_quantize``'s."""
+  logits = -squared_distances(z, codebook) / temperature
+  return jnp.argmax(logits + jax.random.gumbel(rng, logits.shape), axis=-1).astype(jnp.int32)
+
+
 def lookup(codebook: Array, indices: Array) -> Array:
   """The codewords of integer ``indices`` (any shape): shape ``(..., d)``.
 
   The inverse of quantization's index output, e.g. for a decoder that reads
-  tokens. Gradients reach the looked-up rows of the codebook.
+  tokens. Gradients reach the looked-up rows of the codebook. Indices out
+  of ``[0, K)`` are a ``ValueError`` where they are concrete; traced (under
+  jit) they are clamped to the nearest valid code, never NaN and never
+  wrapped (``jnp.take``'s default would give NaN rows).
   """
-  return jnp.take(codebook, indices, axis=0)
+  return jnp.take(codebook, checked_indices(indices, codebook.shape[0]), axis=0)
+
+
+def checked_indices(indices: Array, num_codes: int) -> Array:
+  """Integer ``indices`` of ``num_codes`` codes, for a lookup: out-of-range
+  ones are a ``ValueError`` where concrete, clamped to ``[0, num_codes - 1]``
+  where traced."""
+  if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
+    raise TypeError(f"lookup takes integer indices, got dtype {jnp.result_type(indices)}")
+  try:
+    values = np.asarray(indices)
+  except jax.errors.TracerArrayConversionError:
+    values = None
+  if values is not None and values.size and (values.min() < 0 or values.max() >= num_codes):
+    raise ValueError(f"lookup: indices must lie in [0, {num_codes}), got "
+                     f"{values.min()} to {values.max()}")
+  return jnp.clip(indices, 0, num_codes - 1)
 
 
 def normalizer_weight(normalizer: str, d: int) -> float:

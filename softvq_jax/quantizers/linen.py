@@ -12,17 +12,22 @@ that the codebook of either lives directly under the module
 
 A codebook starts at TF1's unit scaling (``codebook_init="uniform"``, the
 authors' choice), at the first K encodings (``"data"``) or at k-means
-centres of the encodings (``"kmeans"``). The library's modules take those
-encodings from the first training batch (``mutable=['ema']`` then holds the
-initialisation, so that it happens once and a restored state does not redo
-it); ``init`` reads its batch for shapes only. The paper's layers read the
-batch they are initialised on. A codebook is trained by gradient, or
-follows exponential moving averages in the ``'ema'`` collection
-(``ema_decay``), whose dead codewords can restart (``dead_code_threshold``).
+centres of the encodings (``"kmeans"``). The library's modules read those
+encodings in ``initialize``, an explicit step before training::
+
+    _, variables = vq.apply(variables, z, method="initialize", mutable=True,
+                            rngs={"params": key})
+
+``init`` never reads data (whatever its ``train``), and a training call
+before ``initialize`` is an error. ``params["codebook"]`` is then the
+codebook in use. The paper's layers read the batch they are initialised
+on. A codebook is trained by gradient, or follows exponential moving
+averages in the ``'ema'`` collection (``ema_decay``), whose dead codewords
+can restart (``dead_code_threshold``).
 """
 
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -31,8 +36,17 @@ import jax.numpy as jnp
 from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import core
 from softvq_jax.quantizers import forward as fwd
+from softvq_jax.quantizers import pure
 from softvq_jax.quantizers import residual as rq
-from softvq_jax.quantizers import scalar as sq
+from softvq_jax.quantizers.linen_base import NamedOptions
+from softvq_jax.quantizers.linen_base import OptionsModule
+from softvq_jax.quantizers.linen_base import options_base
+from softvq_jax.quantizers.linen_scalar import FSQ  # noqa: F401 (the linen modules' home)
+from softvq_jax.quantizers.linen_scalar import LFQ  # noqa: F401
+from softvq_jax.quantizers.linen_scalar import ResidualFSQ  # noqa: F401
+from softvq_jax.quantizers.linen_scalar import ResidualLFQ  # noqa: F401
+from softvq_jax.quantizers.options import SoftVQOptions
+from softvq_jax.quantizers.options import VQOptions
 
 Array = jax.Array
 Aux = core.Aux
@@ -47,9 +61,10 @@ def linen_hard_forward(module: nn.Module, z: Array, *, train: bool, first_batch:
   batch; False (the paper's layers) reads it from the batch ``init`` sees.
   """
   checks.check_mask(module, z, mask)
-  params, state = _variables(module, z, soft=False, first_batch=first_batch)
-  out, aux, new_state = fwd.hard_forward(module, params, state, z, train=train, mask=mask,
-                                         make_rng=lambda: module.make_rng("noise"))
+  params, state = _variables(module, z, first_batch=first_batch)
+  train = train and not module.is_initializing()  # init reads shapes only.
+  out, aux, new_state = fwd.hard_forward(module.options, params, state, z, train=train,
+                                         mask=mask, make_rng=lambda: module.make_rng("noise"))
   _store(module, new_state, train)
   return out, aux
 
@@ -59,29 +74,54 @@ def linen_soft_forward(module: nn.Module, z: Array, log_var: Optional[Array], *,
                        mask: Optional[Array] = None) -> Tuple[Array, Aux]:
   """``forward.soft_forward`` on the module's variables: ``log_var``
   from the caller (``variance="sample"``), else the module's own."""
-  checks.check_log_var(module, z, log_var)
+  checks.check_log_var(module.options, z, log_var)
   checks.check_mask(module, z, mask)
-  params, state = _variables(module, z, soft=True, first_batch=first_batch)
-  out, aux, new_state = fwd.soft_forward(module, params, state, z, log_var, train=train,
-                                         mask=mask, make_rng=lambda: module.make_rng("noise"))
+  params, state = _variables(module, z, first_batch=first_batch)
+  train = train and not module.is_initializing()  # init reads shapes only.
+  out, aux, new_state = fwd.soft_forward(module.options, params, state, z, log_var,
+                                         train=train, mask=mask,
+                                         make_rng=lambda: module.make_rng("noise"))
   _store(module, new_state, train)
   return out, aux
+
+
+def linen_initialize(module: nn.Module, z: Array, mask: Optional[Array]) -> None:
+  """``pure.vq_initialize`` on the module's variables, written back (apply
+  with ``mutable=True`` and a ``'params'`` rng)."""
+  z = jnp.asarray(z)
+  z = z.astype(module.dtype or z.dtype)
+  if module.is_initializing() or not core.needs_data(module.options):
+    return
+  params = dict(module.variables.get("params", {}))
+  state = dict(module.variables.get(STATE, {}))
+  if "initialized" not in state:
+    raise ValueError(f"{type(module).__name__}.initialize: apply it to variables from init")
+  checks.check_input(module, z, _input_dim(params, state))
+  for collection in ("params", STATE):
+    if not module.is_mutable_collection(collection):
+      raise ValueError(f"{type(module).__name__}.initialize writes the codebook and state: "
+                       "apply it with mutable=True")
+  new_params, new_state = pure.vq_initialize(module.make_rng("params"), params, state, z,
+                                             options=module.options, mask=mask)
+  for collection, values in (("params", new_params), (STATE, new_state)):
+    for name, value in values.items():
+      module.put_variable(collection, name, value)
 
 
 def linen_embed(module: nn.Module, indices: Array) -> Array:
   """The codewords of integer ``indices`` ``(...)``: ``(..., d)`` in the
   module's ``dtype`` (``param_dtype`` when that is None); see
   ``core.checked_indices`` for indices out of range."""
-  return fwd.embed(module, module.variables.get("params", {}), module.variables.get(STATE, {}),
-                   indices, module.dtype or module.param_dtype)
+  return fwd.embed(module.options, module.variables.get("params", {}),
+                   module.variables.get(STATE, {}), indices, module.dtype or module.param_dtype)
 
 
-def _variables(module: nn.Module, z: Array, *, soft: bool, first_batch: bool):
-  """The module's ``(params, state)``, created on first use (``quantizer_core``)."""
-  existing = module.get_variable("params", "project_in" if module.codebook_dim else "codebook",
-                                 module.get_variable(STATE, "codebook"))
-  checks.check_input(module, z, None if existing is None else (
-      existing.shape[0] if module.codebook_dim else existing.shape[-1]))
+def _variables(module: nn.Module, z: Array, *, first_batch: bool):
+  """The module's ``(params, state)``, created on first use (``core``): the
+  paper's layers (not ``first_batch``) start a data codebook from the batch
+  ``init`` sees; the library's modules wait for ``initialize``."""
+  checks.check_input(module, z, _input_dim(module.variables.get("params", {}),
+                                            module.variables.get(STATE, {})))
   k, d = module.num_codewords, z.shape[-1]
   c = module.codebook_dim or d
   params, state = {}, {}
@@ -91,8 +131,10 @@ def _variables(module: nn.Module, z: Array, *, soft: bool, first_batch: bool):
                                   module.param_dtype)
       params[name + "_bias"] = module.param(name + "_bias", nn.initializers.zeros, shape[1:],
                                             module.param_dtype)
-  x = fwd.quantizer_input(module, params, z)  # What an initialisation reads.
-  lazy = first_batch and core.needs_first_batch(module, soft)
+  opts = module.options
+  soft = isinstance(opts, SoftVQOptions)
+  x = fwd.quantizer_input(opts, params, z)  # What an initialisation reads.
+  lazy = first_batch and core.needs_data(opts)
   init = core.uniform_unit_scaling if lazy else _codebook_initializer(module, x)
   if module.ema_decay is None:
     params["codebook"] = module.param("codebook", init, (k, c), module.param_dtype)
@@ -101,20 +143,26 @@ def _variables(module: nn.Module, z: Array, *, soft: bool, first_batch: bool):
     start = functools.lru_cache(lambda: core.ema_state(init(init_rng, (k, c))))
     for name in ("cluster_size", "embed_sum", "codebook"):
       state[name] = module.variable(STATE, name, lambda n=name: start()[n]).value
-  if soft and core.learns_log_var(module):
+  if soft and core.learns_log_var(opts):
     if module.log_var_init is not None:
       log_var_init = nn.initializers.constant(module.log_var_init)
     elif lazy:
       log_var_init = nn.initializers.zeros
     else:
       log_var_init = nn.initializers.constant(
-          core.fit_log_var(x, fwd.table(module, params, state), module.chunk_size))
+          core.fit_log_var(x, fwd.table(opts, params, state), module.chunk_size))
     params["log_var"] = module.param("log_var", log_var_init, (k,), module.param_dtype)
   if lazy:
-    for name, make in core.first_batch_state(module, c, soft).items():
-      rng = module.make_rng("params") if module.is_initializing() else None
-      state[name] = module.variable(STATE, name, make, rng).value
+    state["initialized"] = module.variable(STATE, "initialized", jnp.zeros, (), bool).value
   return params, state
+
+
+def _input_dim(params: core.Variables, state: core.Variables) -> Optional[int]:
+  """The size of z that existing variables were made for (None before init)."""
+  if "project_in" in params:
+    return params["project_in"].shape[0]
+  table = params.get("codebook", state.get("codebook"))
+  return None if table is None else table.shape[-1]
 
 
 def _codebook_initializer(module: nn.Module, z: Array):
@@ -122,7 +170,8 @@ def _codebook_initializer(module: nn.Module, z: Array):
   if module.codebook_init == "uniform":
     return core.uniform_unit_scaling
   return lambda rng, shape, dtype=jnp.float32: core.data_codebook(
-      module.codebook_init, rng, z, shape[0], module.chunk_size).astype(dtype)
+      module.codebook_init, rng, z, shape[0], module.chunk_size,
+      kmeans_iters=module.kmeans_iters).astype(dtype)
 
 
 def _store(module: nn.Module, state: core.Variables, train: bool) -> None:
@@ -130,39 +179,22 @@ def _store(module: nn.Module, state: core.Variables, train: bool) -> None:
     return
   if not module.is_mutable_collection(STATE):
     raise ValueError(f"training {type(module).__name__} updates its {STATE!r} collection "
-                     f"(EMA statistics, first-batch initialisation): apply with "
+                     f"(EMA statistics): apply with "
                      f"mutable=[{STATE!r}] (or train=False)")
   for name, value in state.items():
     module.put_variable(STATE, name, value)
 
 
-class QuantizerOptions(nn.Module, kw_only=True):
-  """The keyword-only options of every quantizer module (their docstrings)."""
-  commitment: float = 0.25  # beta of eq. (27).
-  vq_weight: float = 1.0  # Scale of eq. (27)'s VQ terms.
-  ema_decay: Optional[float] = None  # EMA codebook decay in (0, 1); None: trained by gradient.
-  codebook_init: str = "uniform"  # One of core.CODEBOOK_INITS.
-  dead_code_threshold: float = 0.0  # EMA count under which a codeword restarts; 0: off.
-  axis_name: Optional[str] = None  # The batch axis under shard_map / pmap; unbound: local.
-  chunk_size: Optional[int] = None  # Codewords per streamed chunk (large K); None: dense.
-  cosine: bool = False  # l2-normalised inputs and codewords (cosine-similarity codebook).
-  rotation_trick: bool = False  # Gradients through the rotation (Fifty et al.), not copied.
-  codebook_dim: Optional[int] = None  # Quantize in a learned projection to this size.
-  orthogonal_weight: float = 0.0  # Weight of the codebook's orthogonal regularisation.
-  dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: param_dtype).
-  param_dtype: Any = jnp.float32  # Of the codebook and learned variances.
+class _VQOptions(OptionsModule):
+  """Checks the options of a VQ module at construction."""
 
   def __post_init__(self):
-    checks.check_options(self, soft=isinstance(self, SoftOptions))
+    checks.check_options(self.options, type(self).__name__)
     super().__post_init__()
 
 
-class SoftOptions(QuantizerOptions, kw_only=True):
-  """``QuantizerOptions`` and the soft quantizer's own."""
-  noise_std: float = 0.0  # Std of the white noise on z in training (z'_e).
-  normalizer: str = "paper"  # One of functional.NORMALIZERS.
-  variance: str = "codeword"  # sample (a log_var argument) | codeword | fixed (VARIANCES).
-  log_var_init: Optional[float] = None  # Own log_var's start; None: the first batch's fit.
+QuantizerOptions = options_base("QuantizerOptions", _VQOptions, [VQOptions], ["num_codewords"])
+SoftOptions = options_base("SoftOptions", QuantizerOptions, [SoftVQOptions], ["num_codewords"])
 
 
 class VectorQuantizer(QuantizerOptions):
@@ -193,6 +225,10 @@ class VectorQuantizer(QuantizerOptions):
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, Aux]:
     return linen_hard_forward(self, z.astype(self.dtype or z.dtype), train=train, mask=mask)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Start the codebook from the batch ``z`` (``linen_initialize``)."""
+    linen_initialize(self, z, mask)
 
   def embed(self, indices: Array) -> Array:
     return linen_embed(self, indices)
@@ -226,67 +262,15 @@ class SoftVectorQuantizer(SoftOptions):
     return linen_soft_forward(self, z.astype(self.dtype or z.dtype), log_var, train=train,
                               mask=mask)
 
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Start the codebook and variances from the batch ``z`` (``linen_initialize``)."""
+    linen_initialize(self, z, mask)
+
   def embed(self, indices: Array) -> Array:
     return linen_embed(self, indices)
 
 
-class FSQ(nn.Module):
-  """Finite scalar quantization (Mentzer et al. 2024; ``scalar.fsq``).
-
-  ``(z, *, train) -> (codes, aux)`` for ``z`` of shape ``(..., len(levels))``:
-  each dimension bounded to its ``levels`` and rounded, straight-through;
-  no parameters, no state, no auxiliary loss (``aux["loss"]`` is 0). aux
-  ``indices`` (``[0, prod(levels))``), ``perplexity``, ``usage`` (over
-  ``axis_name`` where bound). ``embed(indices)`` gives the grid points.
-  """
-  levels: Sequence[int]  # L_i per dimension, e.g. (8, 5, 5, 5) for 1000 codes.
-  axis_name: Optional[str] = None  # The batch axis under shard_map / pmap; unbound: local.
-  dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: float32).
-
-  def __post_init__(self):
-    sq.check_levels(self.levels)
-    super().__post_init__()
-
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
-    del train  # FSQ is the same in training and evaluation.
-    return sq.fsq_call(self, z)
-
-  def embed(self, indices: Array) -> Array:
-    return sq.fsq_embed(self, indices)
-
-
-class LFQ(nn.Module):
-  """Lookup-free quantization (MAGVIT-v2), or BSQ with ``spherical``
-  (``scalar.lfq``).
-
-  ``(z, *, train) -> (codes, aux)`` for ``z`` of shape ``(..., dim)``: the
-  sign of each dimension, straight-through, ``2^dim`` codes. ``aux["loss"]``
-  is ``entropy_weight * (per-sample entropy - diversity_gamma * batch
-  entropy)`` (in training) plus ``commitment * ||z - sg(code)||^2``; aux
-  ``per_sample_entropy``, ``batch_entropy``, ``commitment_loss``,
-  ``indices``, ``perplexity``, ``usage``. ``embed(indices)`` gives the codes.
-  """
-  dim: int  # Bits per token: 2^dim codes (at most 24).
-  spherical: bool = False  # BSQ: inputs and codes on the unit sphere.
-  entropy_weight: float = 0.1  # Weight of MAGVIT-v2's entropy penalty.
-  diversity_gamma: float = 1.0  # Weight of the batch entropy within it.
-  inv_temperature: float = 100.0  # Of the code distribution softmax(2 inv_t z . c).
-  commitment: float = 0.0  # Weight of ||z - sg(code)||^2.
-  axis_name: Optional[str] = None  # The batch axis under shard_map / pmap; unbound: local.
-  dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: float32).
-
-  def __post_init__(self):
-    sq.check_lfq_dim(self)
-    super().__post_init__()
-
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
-    return sq.lfq_call(self, z, train)
-
-  def embed(self, indices: Array) -> Array:
-    return sq.lfq_embed(self, indices)
-
-
-class ResidualQuantizer(nn.Module):
+class ResidualQuantizer(NamedOptions, nn.Module):
   """Residual quantization over ``stages`` (``softvq_jax.quantizers.residual``).
 
   ``ResidualQuantizer([VectorQuantizer(1024) for _ in range(4)])`` (or soft
@@ -306,11 +290,19 @@ class ResidualQuantizer(nn.Module):
     rq.check_stages(self)
     super().__post_init__()
 
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, Aux]:
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, Aux]:
     rng = (self.make_rng("noise") if train and self.quantizer_dropout > 0 else None)
     active = rq.num_active_stages(rng, len(self.stages), self.quantizer_dropout)
-    calls = [functools.partial(stage, train=train) for stage in self.stages]
-    return rq.residual_forward(calls, z, active)
+    calls = [functools.partial(stage, train=train, mask=mask) for stage in self.stages]
+    return rq.residual_forward(calls, z, active, mask)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Each stage's ``initialize`` on the residual the earlier stages leave."""
+    rq.residual_initialize([functools.partial(stage.initialize, mask=mask)
+                            for stage in self.stages],
+                           [functools.partial(stage, train=False, mask=mask)
+                            for stage in self.stages], z)
 
   def embed(self, indices: Array) -> Array:
     return rq.residual_embed([stage.embed for stage in self.stages], indices)

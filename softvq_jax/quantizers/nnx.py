@@ -11,17 +11,22 @@
 
 ``VectorQuantizer(num_codewords, dim, *, rngs, **options)``,
 ``SoftVectorQuantizer(...)``, ``FSQ(levels, **options)``, ``LFQ(dim,
-**options)`` and ``ResidualQuantizer(stages, *, rngs=None, **options)`` take
+**options)``, ``ResidualQuantizer(stages, *, rngs=None, **options)``,
+``ResidualFSQ(levels, num_stages, ...)`` and ``ResidualLFQ(dim, num_stages,
+...)`` take
 the options of their linen namesakes in ``softvq_jax.quantizers`` (the same
-names and defaults, declared there once) and return the same outputs. The
-codebook and a soft quantizer's own ``log_var`` are ``nnx.Param``s; EMA
-statistics and the first-batch initialisation are ``QuantizerState``
-variables, updated in place in training (under ``nnx.jit`` too). Randomness
-(noise, dead-code restarts) draws from ``rngs.noise()`` (its ``default``
-stream when there is no ``noise`` one), only where it is used.
+names and defaults, declared once in ``options``) and return the same
+outputs. The codebook and a soft quantizer's own ``log_var`` are
+``nnx.Param``s; EMA statistics and ``initialized`` are ``QuantizerState``
+variables, updated in place in training (under ``nnx.jit`` too). A data
+start (``codebook_init``, a variance fit) is ``quantizer.initialize(z)``,
+before training; a training call before it is an error. Each training call
+draws one key from ``rngs.noise()`` (its ``default`` stream when there is no
+``noise`` one).
 """
 
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Tuple
 
 from flax import nnx
@@ -30,71 +35,54 @@ import jax.numpy as jnp
 
 from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import core
-from softvq_jax.quantizers import forward as fwd
 from softvq_jax.quantizers import linen
+from softvq_jax.quantizers import pure
 from softvq_jax.quantizers import residual as rq
 from softvq_jax.quantizers import scalar as sq
+from softvq_jax.quantizers.options import SoftVQOptions
+from softvq_jax.quantizers.options import VQOptions
+from softvq_jax.quantizers.options import check_names
+from softvq_jax.quantizers.options import option_names
 
 Array = jax.Array
 
 
-# The parameters a VQ module may hold (quantizer_core, quantizer_forward).
+# The parameters a VQ module may hold (core, forward).
 PARAMS = ("codebook", "log_var", "project_in", "project_in_bias", "project_out",
           "project_out_bias")
 
 
 class QuantizerState(nnx.Variable):
-  """A quantizer's state: EMA statistics and the first-batch initialisation
-  (linen's ``'ema'`` collection)."""
-
-
-def _defaults(options_class) -> Dict[str, Any]:
-  """The keyword options of a linen options class and their defaults."""
-  return {f.name: f.default for f in dataclasses.fields(options_class)
-          if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+  """A quantizer's state: EMA statistics and ``initialized`` (linen's
+  ``'ema'`` collection)."""
 
 
 def _set_options(module: nnx.Module, linen_class, options: Dict[str, Any]) -> None:
   """Sets ``options`` (a subset of ``linen_class``'s, the rest at their
   defaults) as attributes of ``module``; unknown names are a TypeError."""
-  defaults = _defaults(linen_class)
-  unknown = sorted(set(options) - set(defaults))
-  if unknown:
-    raise TypeError(f"{type(module).__name__}: unknown options {unknown}; "
-                    f"the options are {sorted(defaults)}")
+  check_names(type(module).__name__, linen_class, options)
+  defaults = {name: default for name, default in option_names(linen_class).items()
+              if default is not dataclasses.MISSING}
   for name, value in {**defaults, **options}.items():
     setattr(module, name, value)
 
 
 class _Quantizer(nnx.Module):
-  """Variables and calls shared by both NNX quantizers."""
-  _soft = False
+  """Variables and calls shared by both NNX quantizers: ``options`` (a
+  frozen ``VQOptions`` / ``SoftVQOptions``), the ``PARAMS`` as
+  ``nnx.Param``s and the state as ``QuantizerState``s."""
+  options_class = VQOptions
 
   def __init__(self, num_codewords: int, dim: int, *, rngs: nnx.Rngs, **options):
-    _set_options(self, linen.SoftOptions if self._soft else linen.QuantizerOptions,
-                 options)
-    self.num_codewords = num_codewords
-    checks.check_options(self, self._soft)
+    check_names(type(self).__name__, self.options_class, options)
+    self.options = self.options_class(num_codewords=num_codewords, **options)
+    checks.check_options(self.options, type(self).__name__)
     if not isinstance(dim, int) or dim < 1:
       raise ValueError(f"{type(self).__name__}: dim must be an integer >= 1, got {dim!r}")
     self.dim = dim
-    c = self.codebook_dim or dim
-    keys = iter(jax.random.split(rngs.params(), 4))
-    if self.codebook_dim:
-      for name, shape in (("project_in", (dim, c)), ("project_out", (c, dim))):
-        setattr(self, name, nnx.Param(nnx.initializers.lecun_normal()(
-            next(keys), shape, self.param_dtype)))
-        setattr(self, name + "_bias", nnx.Param(jnp.zeros(shape[1:], self.param_dtype)))
-    table = core.uniform_unit_scaling(next(keys), (num_codewords, c), self.param_dtype)
-    state = core.ema_state(table) if self.ema_decay is not None else {}
-    if self.ema_decay is None:
-      self.codebook = nnx.Param(table)
-    if self._soft and core.learns_log_var(self):
-      start = 0.0 if self.log_var_init is None else self.log_var_init
-      self.log_var = nnx.Param(jnp.full((num_codewords,), start, self.param_dtype))
-    if core.needs_first_batch(self, self._soft):
-      state.update({name: make(next(keys))
-                    for name, make in core.first_batch_state(self, c, self._soft).items()})
+    params, state = core.init_variables(rngs.params(), self.options, dim)
+    for name, value in params.items():
+      setattr(self, name, nnx.Param(value))
     for name, value in state.items():
       setattr(self, name, QuantizerState(value))
     self.state_names = tuple(state)
@@ -105,23 +93,37 @@ class _Quantizer(nnx.Module):
               if isinstance(getattr(self, name, None), nnx.Param)}
     return params, {name: getattr(self, name).get_value() for name in self.state_names}
 
-  def _forward(self, forward, z: Array, *args, train: bool, mask: Optional[Array]):
+  def _forward(self, z: Array, log_var: Optional[Array], *, train: bool,
+               mask: Optional[Array]):
     z = jnp.asarray(z)
     checks.check_input(self, z, self.dim)
-    checks.check_mask(self, z, mask)
-    z = z.astype(self.dtype or z.dtype)
+    z = z.astype(self.options.dtype or z.dtype)
     params, state = self._variables()
-    out, aux, state = forward(self, params, state, z, *args, train=train, mask=mask,
-                              make_rng=lambda: self.rngs.noise())
+    out, aux, state = pure.vq_forward(params, state, z, options=self.options, train=train,
+                                      key=self.rngs.noise() if train else None, mask=mask,
+                                      log_var=log_var)
     if train:
-      for name in self.state_names:
-        getattr(self, name).set_value(state[name])
+      self._write({}, state)
     return out, aux
 
-  def embed(self, indices: Array) -> Array:
-    """The codewords of integer ``indices`` ``(...)``: ``(..., d)`` in ``dtype``
-    (``param_dtype`` when that is None); ``core.checked_indices``."""
-    return fwd.embed(self, *self._variables(), indices, self.dtype or self.param_dtype)
+  def _write(self, params: core.Variables, state: core.Variables) -> None:
+    for name, value in {**params, **state}.items():
+      getattr(self, name).set_value(value)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Start the codebook (and a soft quantizer's variances) from the batch
+    ``z`` ``(..., dim)``, in place (``pure.vq_initialize``; ``rngs.params``)."""
+    z = jnp.asarray(z)
+    checks.check_input(self, z, self.dim)
+    self._write(*pure.vq_initialize(self.rngs.params(), *self._variables(),
+                                    z.astype(self.options.dtype or z.dtype),
+                                    options=self.options, mask=mask))
+
+  def embed(self, indices: Array, dtype: Optional[Any] = None) -> Array:
+    """The codewords of integer ``indices`` ``(...)``: ``(..., dim)`` in ``dtype``
+    (default: the ``dtype`` option, else ``param_dtype``); out-of-range
+    indices as ``functional.lookup``."""
+    return pure.vq_embed(*self._variables(), indices, options=self.options, dtype=dtype)
 
 
 class VectorQuantizer(_Quantizer):
@@ -130,20 +132,18 @@ class VectorQuantizer(_Quantizer):
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
-    return self._forward(fwd.hard_forward, z, train=train, mask=mask)
+    return self._forward(z, None, train=train, mask=mask)
 
 
 class SoftVectorQuantizer(_Quantizer):
   """Soft quantization (eqs. 5-7): ``q(z, log_var=None, *, train) -> (z_hat,
   aux)``; ``linen.SoftVectorQuantizer`` documents the options and
   outputs."""
-  _soft = True
+  options_class = SoftVQOptions
 
   def __call__(self, z: Array, log_var: Optional[Array] = None, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
-    z = jnp.asarray(z)
-    checks.check_log_var(self, z, log_var)
-    return self._forward(fwd.soft_forward, z, log_var, train=train, mask=mask)
+    return self._forward(z, log_var, train=train, mask=mask)
 
 
 class FSQ(nnx.Module):
@@ -155,9 +155,13 @@ class FSQ(nnx.Module):
     _set_options(self, linen.FSQ, options)
     self.levels = sq.check_levels(levels)
 
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
     del train  # FSQ is the same in training and evaluation.
-    return sq.fsq_call(self, jnp.asarray(z))
+    return sq.fsq_call(self, jnp.asarray(z), mask)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Nothing to start from data (every quantizer has ``initialize``)."""
 
   def embed(self, indices: Array) -> Array:
     return sq.fsq_embed(self, indices)
@@ -173,8 +177,12 @@ class LFQ(nnx.Module):
     self.dim = dim
     sq.check_lfq_dim(self)
 
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
-    return sq.lfq_call(self, jnp.asarray(z), train)
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
+    return sq.lfq_call(self, jnp.asarray(z), train, mask)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Nothing to start from data (every quantizer has ``initialize``)."""
 
   def embed(self, indices: Array) -> Array:
     return sq.lfq_embed(self, indices)
@@ -194,11 +202,74 @@ class ResidualQuantizer(nnx.Module):
       raise ValueError("ResidualQuantizer: quantizer_dropout draws from rngs; pass rngs")
     self.rngs = rngs
 
-  def __call__(self, z: Array, *, train: bool) -> Tuple[Array, core.Aux]:
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
     rng = self.rngs.noise() if train and self.quantizer_dropout > 0 else None
     active = rq.num_active_stages(rng, len(self.stages), self.quantizer_dropout)
-    calls = [lambda r, stage=stage: stage(r, train=train) for stage in self.stages]
-    return rq.residual_forward(calls, jnp.asarray(z), active)
+    calls = [functools.partial(stage, train=train, mask=mask) for stage in self.stages]
+    return rq.residual_forward(calls, jnp.asarray(z), active, mask)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Each stage's ``initialize`` on the residual the earlier stages leave."""
+    rq.residual_initialize([functools.partial(stage.initialize, mask=mask)
+                            for stage in self.stages],
+                           [functools.partial(stage, train=False, mask=mask)
+                            for stage in self.stages], jnp.asarray(z))
 
   def embed(self, indices: Array) -> Array:
     return rq.residual_embed([stage.embed for stage in self.stages], indices)
+
+
+class _Stages(nnx.Module):
+  """What ``ResidualFSQ`` and ``ResidualLFQ`` share: the quantizer dropout's rngs."""
+
+  def _setup(self, rngs: Optional[nnx.Rngs]) -> None:
+    rq.check_num_stages(self)
+    if self.quantizer_dropout > 0 and rngs is None:
+      raise ValueError(f"{type(self).__name__}: quantizer_dropout draws from rngs; pass rngs")
+    self.rngs = rngs
+
+  def _dropout_rng(self, train: bool) -> Optional[Array]:
+    return self.rngs.noise() if train and self.quantizer_dropout > 0 else None
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Nothing to start from data (every quantizer has ``initialize``)."""
+
+
+class ResidualFSQ(_Stages):
+  """Residual FSQ with per-stage scales: ``ResidualFSQ(levels, num_stages, *,
+  rngs=None, **options)``, ``q(z, *, train, mask=None) -> (z_q, aux)``;
+  ``linen.ResidualFSQ`` documents it."""
+
+  def __init__(self, levels, num_stages: int, *, rngs: Optional[nnx.Rngs] = None,
+               **options):
+    _set_options(self, linen.ResidualFSQ, options)
+    self.levels, self.num_stages = sq.check_levels(levels), num_stages
+    self._setup(rngs)
+
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
+    return rq.residual_fsq_call(self, jnp.asarray(z), self._dropout_rng(train), mask)
+
+  def embed(self, indices: Array) -> Array:
+    return rq.residual_fsq_embed(self, indices)
+
+
+class ResidualLFQ(_Stages):
+  """Residual LFQ with codes ``+-2^-s``: ``ResidualLFQ(dim, num_stages, *,
+  rngs=None, **options)``, ``q(z, *, train, mask=None) -> (z_q, aux)``;
+  ``linen.ResidualLFQ`` documents it."""
+
+  def __init__(self, dim: int, num_stages: int, *, rngs: Optional[nnx.Rngs] = None,
+               **options):
+    _set_options(self, linen.ResidualLFQ, options)
+    self.dim, self.num_stages = dim, num_stages
+    sq.check_lfq_dim(self)
+    self._setup(rngs)
+
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
+    return rq.residual_lfq_call(self, jnp.asarray(z), train, self._dropout_rng(train), mask)
+
+  def embed(self, indices: Array) -> Array:
+    return rq.residual_lfq_embed(self, indices)

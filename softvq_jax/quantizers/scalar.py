@@ -18,7 +18,7 @@ and their namesakes in ``softvq_jax.quantizers.nnx``.
   sphere, codes ``sign(z) / sqrt(d)``.
 """
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,10 @@ import numpy as np
 
 from softvq_jax.quantizers import core
 from softvq_jax.quantizers import functional
+from softvq_jax.quantizers.checks import check_axis_name
 from softvq_jax.quantizers.checks import check_input
-from softvq_jax.quantizers.core import checked_indices
+from softvq_jax.quantizers.checks import check_mask
+from softvq_jax.quantizers.functional import checked_indices
 from softvq_jax.quantizers.options import FSQOptions
 from softvq_jax.quantizers.options import LFQOptions
 
@@ -128,7 +130,8 @@ def lfq_codes(indices: Array, d: int, spherical: bool = False) -> Array:
 
 
 def lfq_entropy(u: Array, inv_temperature: float, spherical: bool = False,
-                mask: Array = None) -> Tuple[Array, Array]:
+                mask: Optional[Array] = None,
+                axis_name: Optional[str] = None) -> Tuple[Array, Array]:
   """MAGVIT-v2's entropy terms (eq. 5) of the code distribution
   ``q(c | z) = softmax_c(2 inv_temperature u . c)`` over all ``2^d`` codes.
 
@@ -144,19 +147,22 @@ def lfq_entropy(u: Array, inv_temperature: float, spherical: bool = False,
     inv_temperature: of the softmax (vector-quantize-pytorch: 100).
     spherical: BSQ's code scale ``1/sqrt(d)``.
     mask: optional ``(...)`` booleans; False rows are left out.
+    axis_name: where bound, both terms average over every shard's rows.
 
   Returns:
     ``(per_sample_entropy, batch_entropy)``, float32 scalars in nats.
   """
+  axis = core.bound_axis(axis_name)
+  psum = (lambda x: x) if axis is None else (lambda x: jax.lax.psum(x, axis))
   d = u.shape[-1]
   scale = 1.0 / np.sqrt(d) if spherical else 1.0
   logits = 4.0 * scale * inv_temperature * functional.as_float32(u).reshape(-1, d)
   weights = (jnp.ones(logits.shape[:1]) if mask is None
              else functional.as_float32(mask).reshape(-1))
-  total = jnp.maximum(jnp.sum(weights), 1.0)
+  total = jnp.maximum(psum(jnp.sum(weights)), 1.0)
   log_p, log_q = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
   per_bit = -(jnp.exp(log_p) * log_p + jnp.exp(log_q) * log_q)
-  per_sample = jnp.sum(jnp.sum(per_bit, axis=-1) * weights) / total
+  per_sample = psum(jnp.sum(jnp.sum(per_bit, axis=-1) * weights)) / total
   codes = lfq_codes(jnp.arange(2 ** d), d) > 0  # (2^d, d) signs of every code.
 
   def block(average, rows):
@@ -169,35 +175,42 @@ def lfq_entropy(u: Array, inv_temperature: float, spherical: bool = False,
   rows = tuple(jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(
       (-1, size) + x.shape[1:]) for x in (log_p, log_q, weights))
   average, _ = jax.lax.scan(block, jnp.zeros((2 ** d,)), rows)
-  average = average / total
+  average = psum(average) / total
   batch = -jnp.sum(average * jnp.log(jnp.maximum(average, 1e-30)))
   return per_sample, batch
 
 
-def fsq_forward(z: Array, levels: Sequence[int], axis_name=None):
+def fsq_forward(z: Array, levels: Sequence[int], axis_name: Optional[str] = None,
+                mask: Optional[Array] = None):
   """``fsq`` with the modules' aux: ``loss`` (zero), ``latent``, ``indices``,
-  ``perplexity``, ``usage``."""
+  ``perplexity``, ``usage`` (of the rows where ``mask`` is True)."""
   codes, indices = fsq(z, levels)
   aux = {"loss": jnp.zeros((), jnp.float32), "latent": z, "indices": indices,
-         **core.index_statistics(indices, int(np.prod(levels)), axis_name)}
+         **core.index_statistics(indices, int(np.prod(levels)), axis_name, _weights(mask))}
   return codes, aux
 
 
+def _weights(mask: Optional[Array]) -> Optional[Array]:
+  return None if mask is None else functional.as_float32(mask)
+
+
 def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_gamma: float,
-                inv_temperature: float, commitment: float, train: bool, axis_name=None):
+                inv_temperature: float, commitment: float, train: bool,
+                axis_name: Optional[str] = None, mask: Optional[Array] = None):
   """``lfq`` with MAGVIT-v2's loss, ``entropy_weight * (per-sample entropy -
   diversity_gamma * batch entropy) + commitment * ||u - sg(code)||^2`` (the
   entropy terms in training only, as vector-quantize-pytorch), and aux
   ``per_sample_entropy``, ``batch_entropy``, ``commitment_loss``,
-  ``indices``, ``perplexity``, ``usage``. The batch entropy is that of this
-  shard's tokens."""
+  ``indices``, ``perplexity``, ``usage``. Under a bound ``axis_name`` the
+  entropies are those of every shard's tokens; rows where ``mask`` is False
+  count in nothing."""
   codes, indices, u = lfq(z, spherical)
-  commit = functional.commitment_loss(u, codes, commitment)
+  commit = functional.commitment_loss(u, codes, commitment, _weights(mask))
   aux = {"latent": z, "indices": indices, "commitment_loss": commit,
-         **core.index_statistics(indices, 2 ** z.shape[-1], axis_name)}
+         **core.index_statistics(indices, 2 ** z.shape[-1], axis_name, _weights(mask))}
   loss = commit
   if train:
-    per_sample, batch = lfq_entropy(u, inv_temperature, spherical)
+    per_sample, batch = lfq_entropy(u, inv_temperature, spherical, mask, axis_name)
     aux.update(per_sample_entropy=per_sample, batch_entropy=batch)
     loss = loss + entropy_weight * (per_sample - diversity_gamma * batch)
   aux["loss"] = loss
@@ -211,10 +224,11 @@ def check_lfq_dim(opts: LFQOptions) -> None:
                      f"(2^dim codes), got {opts.dim!r}")
 
 
-def fsq_call(opts: FSQOptions, z: Array) -> Tuple[Array, dict]:
+def fsq_call(opts: FSQOptions, z: Array, mask: Optional[Array] = None) -> Tuple[Array, dict]:
   """An FSQ module's call: checks, ``opts.dtype``, ``fsq_forward``."""
   check_input(opts, z, len(opts.levels))
-  return fsq_forward(z.astype(opts.dtype or z.dtype), opts.levels, opts.axis_name)
+  check_mask(opts, z, mask)
+  return fsq_forward(z.astype(opts.dtype or z.dtype), opts.levels, opts.axis_name, mask)
 
 
 def fsq_embed(opts: FSQOptions, indices: Array) -> Array:
@@ -223,13 +237,17 @@ def fsq_embed(opts: FSQOptions, indices: Array) -> Array:
   return fsq_codes(indices, opts.levels).astype(opts.dtype or jnp.float32)
 
 
-def lfq_call(opts: LFQOptions, z: Array, train: bool) -> Tuple[Array, dict]:
+def lfq_call(opts: LFQOptions, z: Array, train: bool,
+             mask: Optional[Array] = None) -> Tuple[Array, dict]:
   """An LFQ module's call: checks, ``opts.dtype``, ``lfq_forward``."""
   check_input(opts, z, opts.dim)
+  check_mask(opts, z, mask)
+  if train and opts.entropy_weight:
+    check_axis_name(type(opts).__name__, opts.axis_name, "the batch entropy")
   return lfq_forward(z.astype(opts.dtype or z.dtype), spherical=opts.spherical,
                      entropy_weight=opts.entropy_weight, diversity_gamma=opts.diversity_gamma,
                      inv_temperature=opts.inv_temperature, commitment=opts.commitment,
-                     train=train, axis_name=opts.axis_name)
+                     train=train, axis_name=opts.axis_name, mask=mask)
 
 
 def lfq_embed(opts: LFQOptions, indices: Array) -> Array:

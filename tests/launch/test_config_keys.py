@@ -49,10 +49,11 @@ def test_configs_have_required_keys_and_validate(module):
     (svhn, "info_dropout", {"model.bottleneck": "info_dropout", "model.beta": 0.5 / 256}),
     (mnist, "vae,quick", {"model.bottleneck": "vae", "train.num_steps": 20}),
     (mnist, "quick,soft_vq_vae", {"model.bottleneck": "soft_vq", "train.num_steps": 20}),
-    (mnist, "fsq", {"model.bottleneck": "fsq", "model.latent_dim": 3,
-                    "model.fsq_levels": (5, 5, 5), "train.num_steps": 40000}),
-    (mnist, "lfq", {"model.bottleneck": "lfq", "model.latent_dim": 7,
-                    "model.entropy_weight": 0.1 * 784}),
+    (mnist, "fsq", {"model.bottleneck": "fsq", "model.latent_dim": 64,
+                    "model.quantizer_dim": 3, "model.fsq_levels": (5, 5, 5),
+                    "train.num_steps": 40000}),
+    (mnist, "lfq", {"model.bottleneck": "lfq", "model.quantizer_dim": 7,
+                    "model.entropy_weight": 0.1 * 784, "model.commitment": 0.25}),
     (mnist, "residual_vq", {"model.bottleneck": "residual_vq", "model.num_stages": 4,
                             "model.num_codewords": 128}),
     (cifar10, "residual_soft_vq", {"model.bottleneck": "residual_soft_vq",
@@ -140,9 +141,12 @@ def test_validation_errors(key, value, message):
 
 
 @pytest.mark.parametrize("preset,overrides,message", [
-    ("fsq", {"fsq_levels": (5, 5)}, "fsq_levels=\\(5, 5\\) .* one per latent dimension"),
+    ("fsq", {"fsq_levels": (5, 5)}, "fsq_levels=\\(5, 5\\) .*quantizer_dim=3"),
+    ("fsq", {"quantizer_dim": None}, "one per quantized dimension .*latent_dim=16"),
     ("fsq", {"fsq_levels": (5, 1, 5)}, "integers >= 2"),
-    ("lfq", {"latent_dim": 25}, "latent_dim=25 .* at most 24"),
+    ("fsq", {"quantizer_dim": 0}, "quantizer_dim=0 is not valid"),
+    ("lfq", {"quantizer_dim": 25}, "quantizer_dim=25 .* at most 24"),
+    ("lfq", {"quantizer_dim": None, "latent_dim": 25}, "latent_dim=25 .* at most 24"),
     ("residual_soft_vq", {"variance": "sample"}, "residual_soft_vq' takes codeword or fixed"),
 ])
 def test_quantizer_bottleneck_errors(preset, overrides, message):

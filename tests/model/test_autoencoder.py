@@ -17,6 +17,8 @@ QUANTIZED = {
     "lfq": {"latent_dim": 5},
     "residual_vq": {"num_stages": 3, "ema_decay": 0.9},
     "residual_soft_vq": {"num_stages": 2, "variance": "codeword", "noise_std": 0.1},
+    "fsq_projected": {"bottleneck": "fsq", "quantizer_dim": 3, "fsq_levels": (5, 4, 3)},
+    "lfq_projected": {"bottleneck": "lfq", "quantizer_dim": 5},
 }
 
 
@@ -81,11 +83,11 @@ def test_bfloat16_compute_keeps_float32_params_quantizer_and_loss(network):
 
 def quantized_model_config(name):
   config = ml_collections.ConfigDict(dict(
-      bottleneck=name, latent_dim=helpers.D, num_codewords=helpers.K, num_stages=4,
+      bottleneck=name.split("_projected")[0], latent_dim=helpers.D, num_codewords=helpers.K, num_stages=4,
       fsq_levels=(5, 5, 5),
       entropy_weight=0.1, noise_std=0.0, normalizer="paper", variance="codeword",
       log_var_init=None, commitment=0.25, vq_weight=1.0, codebook_init="uniform",
-      ema_decay=None, dead_code_threshold=0.0))
+      ema_decay=None, dead_code_threshold=0.0, quantizer_dim=None))
   config.update(QUANTIZED[name])
   return config
 
@@ -95,7 +97,10 @@ def test_quantized_bottlenecks_put_a_latent_head_before_the_library_quantizer(na
   config = quantized_model_config(name)
   module = autoencoder.make_bottleneck(config)
   h = jax.random.normal(jax.random.key(3), (2, 8, 7))
-  variables, out, aux = helpers.apply(module, h)
+  variables = module.apply(module.init(helpers.RNGS, h, train=False), h, method="initialize",
+                           mutable=True, rngs=helpers.RNGS)[1]
+  (out, aux), _ = module.apply(variables, h, train=True, rngs={"noise": jax.random.key(2)},
+                               mutable=["ema"])
   d = config.latent_dim
   assert variables["params"]["z_e"]["kernel"].shape == (7, d)
   assert out.shape == aux["latent"].shape == (2, 8, d)
@@ -105,6 +110,15 @@ def test_quantized_bottlenecks_put_a_latent_head_before_the_library_quantizer(na
   assert 1.0 <= float(aux["perplexity"]) <= module.num_codewords
   assert aux["indices"].shape == (2, 8) + ((config.num_stages,) if "residual" in name else ())
   assert int(aux["indices"].max()) < module.num_codewords
+  if config.quantizer_dim:  # A LayerNorm of z_e, projected, is what is quantized.
+    z = aux["latent"]
+    normed = (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-6)
+    projected = normed @ variables["params"]["project_in"]["kernel"]
+    assert projected.shape == (2, 8, config.quantizer_dim)
+    if config.bottleneck == "lfq":
+      signs = np.asarray(projected + variables["params"]["project_in"]["bias"]) > 0
+      bits = 2 ** np.arange(config.quantizer_dim - 1, -1, -1)
+      np.testing.assert_array_equal(aux["indices"], (signs * bits).sum(-1))
   if name != "residual_soft_vq":  # Hard codes: the output is the indices' embedding.
     np.testing.assert_allclose(module.apply(variables, aux["indices"], method="embed"),
                                out, rtol=1e-5, atol=1e-5)

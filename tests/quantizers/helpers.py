@@ -35,11 +35,22 @@ def train(module, variables, *args, **kwargs):
   return out, aux, {**variables, **state}
 
 
+def initialize(module, variables, z, seed=0, **kwargs):
+  """``variables`` after the module's ``initialize`` on the batch ``z``."""
+  return module.apply(variables, z, method="initialize", mutable=True,
+                      rngs={"params": jax.random.key(seed)}, **kwargs)[1]
+
+
+def ready(module, z, *args, **kwargs):
+  """A linen quantizer's variables: ``init`` on ``z``, then ``initialize`` on it."""
+  return initialize(module, module.init(PARAMS_RNG, z, *args, train=False), z, **kwargs)
+
+
 def codebook_of(variables):
-  """The codebook in use: the EMA one, or the parameter plus its first-batch offset."""
-  if "codebook" in variables["ema"]:
+  """The codebook in use: the EMA one, or the parameter."""
+  if "codebook" in variables.get("ema", {}):
     return variables["ema"]["codebook"]
-  return variables["params"]["codebook"] + variables["ema"].get("codebook_offset", 0.0)
+  return variables["params"]["codebook"]
 
 
 def fsq_reference(z, levels, eps=1e-3):

@@ -1,5 +1,5 @@
-"""The one core under every VQ module: first-batch initialisation, statistics over an axis or
-local, randomness, dtypes, indices, perplexities."""
+"""The one core under every VQ module: the data start (``initialize``), statistics over an
+axis or local, randomness, dtypes, indices, perplexities."""
 
 import functools
 
@@ -17,13 +17,13 @@ from tests.quantizers import helpers
                                          ("hard", dict(codebook_init="data")),
                                          ("soft", dict(codebook_init="kmeans")),
                                          ("soft", dict(codebook_init="kmeans", chunk_size=3))])
-def test_data_init_happens_on_the_first_training_batch_once(kind, kwargs):
+def test_initialize_starts_the_codebook_from_its_batch_and_training_never_again(kind, kwargs):
   module = helpers.LINEN[kind](8, **kwargs)
-  # A dummy batch.
-  variables = module.init(helpers.PARAMS_RNG, jnp.zeros((2, 3, 3, 4)), train=False)
+  # init on a dummy batch reads its shape only, whatever train says.
+  variables = module.init(helpers.PARAMS_RNG, jnp.zeros((2, 3, 3, 4)), train=True)
   assert not variables["ema"]["initialized"]
   z = helpers.clustered()
-  _, _, first = helpers.train(module, variables, z)
+  first = helpers.initialize(module, variables, z)
   assert first["ema"]["initialized"]
   table = np.asarray(helpers.codebook_of(first))
   assert len(np.unique(table, axis=0)) == 8
@@ -32,21 +32,48 @@ def test_data_init_happens_on_the_first_training_batch_once(kind, kwargs):
   else:
     np.testing.assert_allclose(table, z[:8], atol=1e-6)
   if kind == "soft":  # The variance fit of this batch, not of the dummy one.
-    log_var = first["params"]["log_var"] + first["ema"]["log_var_offset"]
-    assert np.all(np.asarray(log_var) > np.log(1e-3))
-  # A second batch (or a restored state) does not initialise again.
+    assert np.all(np.asarray(first["params"]["log_var"]) > np.log(1e-3))
+  # The parameter is the codebook in use (issue 35, item 2): embed reads it back exactly.
+  np.testing.assert_array_equal(module.apply(first, jnp.arange(8), method=module.embed),
+                                first["params"]["codebook"])
+  # Training changes no parameter: a batch far away starts nothing.
   _, _, second = helpers.train(module, first, helpers.clustered(seed=1) + 100.0)
-  for name in ("codebook_offset", "log_var_offset"):
-    if name in first["ema"]:
-      np.testing.assert_array_equal(second["ema"][name], first["ema"][name])
+  np.testing.assert_array_equal(second["params"]["codebook"], first["params"]["codebook"])
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.parametrize("train", [True, False])
+def test_a_dummy_init_leaves_the_first_real_batch_to_initialize(kind, train):
+  # The repro of issue 35, item 1: init(..., train=True) on a batch of ones.
+  module = helpers.LINEN[kind](64, ema_decay=0.99, codebook_init="kmeans")
+  variables = module.init(helpers.PARAMS_RNG, jnp.ones((4, 8)), train=train)
+  assert not variables["ema"]["initialized"]
+  z = jax.random.normal(jax.random.key(3), (512, 8))
+  started = helpers.initialize(module, variables, z)
+  reference = helpers.initialize(module, module.init(helpers.PARAMS_RNG, z, train=False), z)
+  jax.tree.map(np.testing.assert_array_equal, started, reference)
+  _, aux, _ = helpers.train(module, started, z, rngs={"noise": jax.random.key(1)})
+  assert float(aux["perplexity"]) > 40.0
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_training_before_initialize_is_an_error_eagerly_and_under_jit(kind):
+  module = helpers.LINEN[kind](8, codebook_init="kmeans")
+  z = helpers.clustered(32)
+  variables = module.init(helpers.PARAMS_RNG, z, train=False)
+  with pytest.raises(ValueError, match="training before initialize"):
+    helpers.train(module, variables, z)
+  with pytest.raises(Exception, match="training before initialize"):
+    jax.block_until_ready(jax.jit(functools.partial(helpers.train, module))(variables, z))
+  helpers.train(module, helpers.initialize(module, variables, z), z)  # Then it trains.
+  module.apply(variables, z, train=False)  # Evaluation needs no start.
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 def test_a_first_batch_with_fewer_distinct_vectors_than_k_gives_k_distinct_codewords(kind):
   module = helpers.LINEN[kind](16, codebook_init="kmeans", ema_decay=0.9)
   z = jnp.tile(jnp.eye(4)[:3], (10, 1))  # 3 distinct vectors.
-  variables = module.init(helpers.PARAMS_RNG, z, train=False)
-  _, _, trained = helpers.train(module, variables, z)
+  trained = helpers.ready(module, z)
   assert len(np.unique(np.asarray(trained["ema"]["codebook"]), axis=0)) == 16
 
 
@@ -55,7 +82,7 @@ def test_an_unbound_axis_name_means_local_statistics(kind):
   z = helpers.clustered(64)
   plain = helpers.LINEN[kind](8, ema_decay=0.9, codebook_init="kmeans")
   named = plain.clone(axis_name="data")
-  variables = named.init(helpers.PARAMS_RNG, z, train=False)
+  variables = helpers.ready(named, z)
   ours = helpers.train(named, variables, z)
   theirs = helpers.train(plain, variables, z)
   jax.tree.map(np.testing.assert_array_equal, ours, theirs)
@@ -64,7 +91,8 @@ def test_an_unbound_axis_name_means_local_statistics(kind):
 
 
 def test_each_shard_draws_its_own_noise():
-  module = quantizers.SoftVectorQuantizer(4, noise_std=1.0, axis_name="data", commitment=1.0)
+  module = quantizers.SoftVectorQuantizer(4, noise_std=1.0, axis_name="data", commitment=1.0,
+                                          log_var_init=0.0)
   z = jnp.zeros((4, 6, 3))  # 4 shards of the same latents.
   variables = module.init(helpers.PARAMS_RNG, z[0], train=False)
 
@@ -81,10 +109,10 @@ def test_no_rng_is_needed_where_nothing_is_random():
   z = helpers.clustered(32)
   for module in (quantizers.SoftVectorQuantizer(8), quantizers.VectorQuantizer(8, ema_decay=0.9),
                  quantizers.SoftVectorQuantizer(8, codebook_init="kmeans")):
-    helpers.train(module, module.init(helpers.PARAMS_RNG, z, train=False), z)
+    helpers.train(module, helpers.ready(module, z), z)
   noisy = quantizers.SoftVectorQuantizer(8, noise_std=0.1)
   with pytest.raises(Exception, match="noise"):
-    helpers.train(noisy, noisy.init(helpers.PARAMS_RNG, z, train=False), z)
+    helpers.train(noisy, helpers.ready(noisy, z), z)
 
 
 def test_bfloat16_statistics_come_from_the_float32_posterior():
@@ -126,20 +154,20 @@ def test_soft_perplexities_of_the_tokens_and_of_the_average_posterior():
   assert float(aux["posterior_perplexity"]) > 60.0
 
 
-def test_soft_log_var_is_an_argument_or_fitted_on_the_first_training_batch():
+def test_soft_log_var_is_an_argument_or_fitted_by_initialize():
   x = jax.random.normal(jax.random.key(0), (6, 4))
   module = quantizers.SoftVectorQuantizer(5)
   variables = module.init(helpers.RNGS, x, train=False)
   np.testing.assert_array_equal(variables["params"]["log_var"], np.zeros(5))
-  _, state = module.apply(variables, x, train=True, mutable=["ema"])
-  log_var = variables["params"]["log_var"] + state["ema"]["log_var_offset"]
+  state = helpers.initialize(module, variables, x)
+  log_var = state["params"]["log_var"]
   codebook = np.asarray(variables["params"]["codebook"])
   nearest = np.min(np.sum((np.asarray(x)[:, None] - codebook[None]) ** 2, axis=-1), axis=1)
   np.testing.assert_allclose(log_var, np.full(5, np.log(nearest.mean() / 4)), rtol=1e-5)
   given = module.clone(variance="sample").init(helpers.RNGS, x, jnp.zeros((6, 5)), train=False)
   assert set(given["params"]) == {"codebook"}
   # A per-codeword log-variance is eq. (5) with sigma_k: compare by hand.
-  _, aux = module.apply({**variables, **state}, x, train=False)
+  _, aux = module.apply(state, x, train=False)
   expected = jax.nn.softmax(-0.5 * functional.squared_distances(x, codebook) / np.exp(log_var), -1)
   np.testing.assert_allclose(aux["probs"], expected, atol=1e-6)
 

@@ -67,7 +67,7 @@ def test_embed_round_trip(module):
                                     quantizers.SoftVectorQuantizer(8, dtype=jnp.bfloat16)])
 def test_modules_keep_float32_parameters_and_return_their_dtype(module):
   x = 100.0 * jax.random.normal(jax.random.key(0), (16, 4))
-  variables = module.init(helpers.RNGS, x, train=False)
+  variables = helpers.ready(module, x)
   floats = [v for v in jax.tree.leaves(variables) if jnp.issubdtype(v.dtype, jnp.floating)]
   assert floats and all(v.dtype == jnp.float32 for v in floats)
   (z_q, aux), _ = module.apply(variables, x, train=True, rngs={"noise": jax.random.key(2)},
@@ -80,7 +80,7 @@ def test_modules_keep_float32_parameters_and_return_their_dtype(module):
                                     quantizers.SoftVectorQuantizer(8, ema_decay=0.9)])
 def test_training_an_ema_codebook_without_a_mutable_collection_is_an_error(module):
   x = jax.random.normal(jax.random.key(0), (6, 4))
-  variables = module.init(helpers.RNGS, x, train=False)
+  variables = helpers.ready(module, x)
   with pytest.raises(ValueError, match="mutable=\\['ema'\\]"):
     module.apply(variables, x, train=True, rngs={"noise": jax.random.key(1)})
   module.apply(variables, x, train=False)  # Evaluation needs no mutable collection.
@@ -96,6 +96,8 @@ EMA_ON_4_DEVICES = textwrap.dedent("""
     rngs = {"params": jax.random.key(1), "noise": jax.random.key(2)}
     for cls in (quantizers.VectorQuantizer, quantizers.SoftVectorQuantizer):
       kwargs = dict(ema_decay=0.5, dead_code_threshold=0.8)
+      if cls is quantizers.SoftVectorQuantizer:
+        kwargs["log_var_init"] = 0.0
       one = cls(5, **kwargs)
       variables = one.init(rngs, z.reshape(24, 3), train=False)
       ema = dict(variables["ema"])  # A starved codeword, restarted in this step.

@@ -16,9 +16,8 @@ from tests.quantizers import helpers
 def test_the_residual_error_does_not_grow_with_the_stages(make):
   z = jax.random.normal(jax.random.key(0), (512, 6))
   module = quantizers.ResidualQuantizer([make() for _ in range(4)])
-  variables = module.init(jax.random.key(1), z, train=False)
-  _, state = module.apply(variables, z, train=True, mutable=["ema"])
-  z_q, aux = module.apply({**variables, **state}, z, train=False)
+  variables = helpers.ready(module, z)
+  z_q, aux = module.apply(variables, z, train=False)
   norms = np.concatenate([[np.mean(np.linalg.norm(z, axis=-1))], aux["residual_norms"]])
   assert np.all(np.diff(norms) <= 1e-6), norms
   assert norms[-1] < 0.6 * norms[0]

@@ -63,7 +63,7 @@ def test_chunk_size_equals_dense_in_outputs_state_and_gradients(kind, kwargs, lo
                                                              log_var_shape),)
   dense = helpers.LINEN[kind](20, **kwargs)
   chunked = dense.clone(chunk_size=7)
-  variables = dense.init(helpers.PARAMS_RNG, z, *args, train=False)
+  variables = helpers.ready(dense, z, *args)
 
   def loss(params, z, module):
     (out, aux), state = module.apply({**variables, "params": params}, z, *args, train=True,
