@@ -297,6 +297,8 @@ def quantizer_modules(lines, repeats, shape=(32, 16, 16, 256), k=8192):
     for dtype in (jnp.float32, jnp.bfloat16):
       z = jax.random.normal(jax.random.key(0), shape, dtype)
       variables = module.init({"params": jax.random.key(1)}, z, train=False)
+      variables = module.apply(variables, z, method="initialize", mutable=True,
+                               rngs={"params": jax.random.key(1)})[1]  # The variance fit.
       params = variables["params"]
 
       def loss(params, z, module=module, variables=variables):

@@ -52,7 +52,7 @@ LEARNING_RATE = 1e-3
 NUM_CODES = 1024
 
 # name -> (latent size, the quantizer); about 2^10 codes each. VQ codebooks
-# start at k-means of the first batch; EMA decay 0.99. Loss weights give the
+# start at k-means of the first batch (``initialize``); EMA decay 0.99. Loss weights give the
 # objective of the torch half: LVQ's terms are element means (over d too),
 # ours sums over d, so LVQ's weight 0.25 is 0.25 / d here, and LVQ's learned
 # codebook trains codebook and encoder with one term of that weight.
@@ -82,13 +82,24 @@ class Tokenizer(nn.Module):
   latent: int
   quantizer: Callable[[], nn.Module]
 
-  @nn.compact
+  def setup(self):
+    self.Conv_0 = nn.Conv(64, (4, 4), strides=4, padding="VALID")
+    self.Conv_1 = nn.Conv(64, (3, 3))
+    self.Conv_2 = nn.Conv(self.latent, (1, 1))
+    self.vq = self.quantizer()
+    self.Conv_3 = nn.Conv(64, (3, 3))
+    self.Conv_4 = nn.Conv(16, (1, 1))
+
+  def encode(self, x):
+    return self.Conv_2(nn.relu(self.Conv_1(nn.relu(self.Conv_0(x)))))
+
+  def initialize(self, x):
+    """The quantizer's data start (k-means codebooks) from the batch x."""
+    self.vq.initialize(self.encode(x))
+
   def __call__(self, x, *, train: bool):
-    h = nn.relu(nn.Conv(64, (4, 4), strides=4, padding="VALID")(x))
-    h = nn.relu(nn.Conv(64, (3, 3))(h))
-    z_q, aux = self.quantizer()(nn.Conv(self.latent, (1, 1))(h), train=train)
-    h = nn.relu(nn.Conv(64, (3, 3))(z_q))
-    h = nn.Conv(16, (1, 1))(h)  # (B, 7, 7, 4 * 4): depth to space.
+    z_q, aux = self.vq(self.encode(x), train=train)
+    h = self.Conv_4(nn.relu(self.Conv_3(z_q)))  # (B, 7, 7, 4 * 4): depth to space.
     b = h.shape[0]
     h = h.reshape(b, 7, 7, 4, 4).transpose(0, 1, 3, 2, 4).reshape(b, 28, 28, 1)
     return nn.sigmoid(h), aux
@@ -100,10 +111,14 @@ def run(name: str, seed: int, train_images, test_images) -> Dict[str, Any]:
   model = Tokenizer(latent, make)
   rng = jax.random.key(seed)
   variables = model.init(rng, train_images[:1], train=False)
-  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   weights = tokenizer_init.conv_weights(seed, latent)
-  params = {**params, **{conv: {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}
-                         for conv, (kernel, bias) in zip(CONVS, weights.values())}}
+  variables["params"] = {**variables["params"], **{
+      conv: {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}
+      for conv, (kernel, bias) in zip(CONVS, weights.values())}}
+  batches = mnist_arrays.batch_indices(seed, FLAGS.steps, FLAGS.batch_size, len(train_images))
+  variables = model.apply(variables, train_images[batches[0]], method=model.initialize,
+                          mutable=True, rngs={"params": rng})[1]  # On the first batch.
+  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
   optimizer = optax.adam(LEARNING_RATE)
   opt_state = optimizer.init(params)
 
@@ -117,7 +132,6 @@ def run(name: str, seed: int, train_images, test_images) -> Dict[str, Any]:
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), {**state, **new_state}, opt_state, loss
 
-  batches = mnist_arrays.batch_indices(seed, FLAGS.steps, FLAGS.batch_size, len(train_images))
   for i, batch in enumerate(batches):
     if i == WARMUP:
       jax.block_until_ready(params)
