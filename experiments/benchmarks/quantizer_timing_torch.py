@@ -1,6 +1,7 @@
 """The PyTorch half of ``quantizer_timing.py``: vector-quantize-pytorch's
-quantizers alone, forward and gradient, one thread. Prints one JSON line per
-quantizer; needs torch and vector-quantize-pytorch."""
+quantizers alone, forward and gradient: on CUDA where torch has it (the same
+command then compares both libraries on a GPU), else on one CPU thread.
+Prints one JSON line per quantizer; needs torch and vector-quantize-pytorch."""
 
 import argparse
 import json
@@ -14,10 +15,12 @@ from experiments.benchmarks import quantizer_benchmark_torch
 def time_quantizer(name, batch_size, calls, repeats):
   """Milliseconds per forward-and-gradient call of quantizer ``name``."""
   latent, make = quantizer_benchmark_torch.QUANTIZERS[name]
-  quantizer = make().train()
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  quantizer = make().train().to(device)
   generator = torch.Generator().manual_seed(0)
-  z = torch.randn(batch_size, 49, latent, generator=generator).requires_grad_()
-  g = torch.randn(batch_size, 49, latent, generator=generator)
+  z = torch.randn(batch_size, 49, latent, generator=generator).to(device).requires_grad_()
+  g = torch.randn(batch_size, 49, latent, generator=generator).to(device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def call():
     out = quantizer(z)
@@ -28,9 +31,11 @@ def time_quantizer(name, batch_size, calls, repeats):
   call()  # k-means initialisation on the first batch.
   best = float("inf")
   for _ in range(repeats):
+    sync()
     start = time.perf_counter()
     for _ in range(calls):
       call()
+    sync()
     best = min(best, (time.perf_counter() - start) / calls)
   return 1000 * best
 
@@ -46,7 +51,8 @@ def main():
   for name in args.names:
     if name in quantizer_benchmark_torch.QUANTIZERS:
       ms = time_quantizer(name, args.batch_size, args.calls, args.repeats)
-      print(json.dumps({"quantizer": name, "framework": "torch", "ms": ms}), flush=True)
+      print(json.dumps({"quantizer": name, "framework": "torch", "ms": ms,
+                        "device": "cuda" if torch.cuda.is_available() else "cpu"}), flush=True)
 
 
 if __name__ == "__main__":
