@@ -2,8 +2,8 @@
 codewords and their restart.
 
 The quantizer core (``softvq_jax.quantizers.core``) wires them in:
-``codebook_init="kmeans"`` runs ``kmeans_codebook`` on the encodings of the
-first training batch (the initialisation batch for the paper's layers), and
+``codebook_init="kmeans"`` runs ``kmeans_codebook`` on the encodings that
+``initialize`` is given (the initialisation batch for the paper's layers), and
 ``dead_code_threshold`` restarts the codewords whose EMA count falls under
 it with ``restart_dead_codes``.
 """

@@ -46,7 +46,7 @@ Variables = Dict[str, Array]
 CODEBOOK_INITS = ("uniform", "data", "kmeans")
 # Where a soft quantizer's log sigma_k^2 come from: the caller, per latent
 # vector (the paper's head; ``SoftVQ``), one learned per codeword, or one
-# fixed at the first training batch's fit.
+# fixed at ``initialize``'s fit.
 VARIANCES = ("sample", "codeword", "fixed")
 
 # TF1's uniform_unit_scaling_initializer for a (K, d) codebook: U(+-sqrt(3/K)).

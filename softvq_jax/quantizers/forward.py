@@ -62,7 +62,8 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
     opts: the module's options (``options.VQOptions``).
     params, state: the module's variables (``quantizer_core``).
     z: latents, float ``(..., d)``.
-    train: update the state (first-batch initialisation, EMA, restarts).
+    train: update the state (EMA, restarts); after ``initialize`` where the
+      start reads data (``checks.check_initialized``).
     make_rng: a PRNG key, called only where randomness is used.
     mask: optional ``(...)`` booleans, False at padded positions.
 

@@ -57,8 +57,8 @@ def linen_hard_forward(module: nn.Module, z: Array, *, train: bool, first_batch:
                        mask: Optional[Array] = None) -> Tuple[Array, Aux]:
   """``forward.hard_forward`` on the module's variables.
 
-  ``first_batch``: data-dependent initialisation on the first training
-  batch; False (the paper's layers) reads it from the batch ``init`` sees.
+  ``first_batch``: a data start waits for ``initialize`` (the library's
+  modules); False (the paper's layers) reads it from the batch ``init`` sees.
   """
   checks.check_mask(module, z, mask)
   params, state = _variables(module, z, first_batch=first_batch)
@@ -209,8 +209,8 @@ class VectorQuantizer(QuantizerOptions):
   State in the ``'ema'`` collection, updated in training (apply with
   ``mutable=['ema']``, which is checked): the EMA codebook (``ema_decay``),
   whose codewords with an EMA count under ``dead_code_threshold`` restart at
-  random encodings of the batch (``'noise'`` rng), and a data initialisation
-  (``codebook_init``) done on the first training batch.
+  random encodings of the batch (``'noise'`` rng), and ``initialized``: a
+  data start (``codebook_init``) is ``initialize(z)``, before training.
 
   ``axis_name``: under ``shard_map``/``pmap`` EMA statistics, usage,
   perplexity and the initialisation's data are combined over it; outside
@@ -239,7 +239,7 @@ class SoftVectorQuantizer(SoftOptions):
 
   ``(z, log_var=None, *, train) -> (z_hat, aux)``, as ``VectorQuantizer``.
   log sigma_k^2 is learned per codeword (``variance="codeword"``), held at
-  the first training batch's fit (``"fixed"``; ``log_var_init`` sets a start
+  ``initialize``'s fit (``"fixed"``; ``log_var_init`` sets a start
   for either instead), or given by the caller's head as ``log_var``
   broadcastable against ``(..., K)`` (``"sample"``). In training,
   ``noise_std`` white noise is added to ``z`` first (the paper's z'_e; each
@@ -280,8 +280,9 @@ class ResidualQuantizer(NamedOptions, nn.Module):
   stage, ``active_stages``. ``quantizer_dropout``: the probability that a
   training batch uses a random number of stages, 1 to all (SoundStream;
   ``'noise'`` rng; dropped stages give index -1). ``embed(indices)`` sums
-  the stages' codewords. The stages' state (EMA, first-batch
-  initialisation) is in their ``'ema'`` collections.
+  the stages' codewords. The stages' state (EMA,
+  ``initialized``) is in their ``'ema'`` collections; ``initialize(z)``
+  starts them in turn.
   """
   stages: Sequence[nn.Module]
   quantizer_dropout: float = 0.0  # Probability of a random number of stages in training.
