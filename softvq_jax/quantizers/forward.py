@@ -74,7 +74,7 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
     ``orthogonal_loss``.
   """
   checks.check_initialized(opts, state, train)
-  x, weights = quantizer_input(opts, params, z), as_weights(mask)
+  x, weights = quantizer_input(opts, params, z), functional.as_weights(mask)
   codewords = table(opts, params, state)
   x_stop = jax.lax.stop_gradient(x)
   if train and opts.sample_temperature > 0:
@@ -104,7 +104,7 @@ def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Ar
   codewords), and ``probs`` (the posterior, without ``chunk_size``).
   """
   checks.check_initialized(opts, state, train)
-  x, weights = quantizer_input(opts, params, z), as_weights(mask)
+  x, weights = quantizer_input(opts, params, z), functional.as_weights(mask)
   codewords = table(opts, params, state)
   x_in = x
   if train and not (isinstance(opts.noise_std, (int, float)) and opts.noise_std == 0):
@@ -162,10 +162,6 @@ def _project(params: Variables, name: str, x: Array) -> Array:
   y = jnp.matmul(functional.as_float32(x), functional.as_float32(params[name]),
                  precision=functional.PRECISION)
   return (y + params[name + "_bias"]).astype(x.dtype)
-
-
-def as_weights(mask: Optional[Array]) -> Optional[Array]:
-  return None if mask is None else functional.as_float32(mask)
 
 
 def _outputs(opts: VQOptions, params: Variables, codewords: Array, z: Array, x_in: Array,

@@ -77,6 +77,11 @@ def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
   return lookup(codebook, indices).astype(z.dtype), indices
 
 
+def as_weights(mask: Optional[Array]) -> Optional[Array]:
+  """A ``(...)`` boolean padding ``mask`` as float32 row weights; None stays None."""
+  return None if mask is None else as_float32(mask)
+
+
 def gumbel_indices(rng: Array, z: Array, codebook: Array, temperature: float) -> Array:
   """Codeword indices ``(...)`` drawn from softmax(-||z - mu_k||^2 / temperature)
   by the Gumbel-max trick (vector-quantize-pytorch's

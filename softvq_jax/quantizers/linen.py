@@ -40,6 +40,7 @@ from softvq_jax.quantizers import pure
 from softvq_jax.quantizers import residual as rq
 from softvq_jax.quantizers.linen_base import NamedOptions
 from softvq_jax.quantizers.linen_base import OptionsModule
+from softvq_jax.quantizers.linen_base import dropout_rng
 from softvq_jax.quantizers.linen_base import options_base
 from softvq_jax.quantizers.linen_scalar import FSQ  # noqa: F401 (the linen modules' home)
 from softvq_jax.quantizers.linen_scalar import LFQ  # noqa: F401
@@ -293,8 +294,8 @@ class ResidualQuantizer(NamedOptions, nn.Module):
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, Aux]:
-    rng = (self.make_rng("noise") if train and self.quantizer_dropout > 0 else None)
-    active = rq.num_active_stages(rng, len(self.stages), self.quantizer_dropout)
+    active = rq.num_active_stages(dropout_rng(self, train), len(self.stages),
+                                  self.quantizer_dropout)
     calls = [functools.partial(stage, train=train, mask=mask) for stage in self.stages]
     return rq.residual_forward(calls, z, active, mask)
 

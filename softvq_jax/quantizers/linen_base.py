@@ -40,6 +40,11 @@ class OptionsModule(NamedOptions, nn.Module):
     return self.options_classes[0](**{name: getattr(self, name) for name in names})
 
 
+def dropout_rng(module: nn.Module, train: bool):
+  """A ``'noise'`` key for a stack's quantizer dropout, where one is drawn."""
+  return module.make_rng("noise") if train and module.quantizer_dropout > 0 else None
+
+
 def options_base(name: str, base: type, options_classes: Sequence[type],
                  positional: Sequence[str] = ()) -> type:
   """A linen base class with the fields of ``options_classes`` that ``base``

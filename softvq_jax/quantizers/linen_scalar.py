@@ -16,6 +16,7 @@ from softvq_jax.quantizers import core
 from softvq_jax.quantizers import residual as rq
 from softvq_jax.quantizers import scalar as sq
 from softvq_jax.quantizers.linen_base import OptionsModule
+from softvq_jax.quantizers.linen_base import dropout_rng
 from softvq_jax.quantizers.linen_base import options_base
 from softvq_jax.quantizers.options import FSQOptions
 from softvq_jax.quantizers.options import LFQOptions
@@ -30,9 +31,6 @@ class _CodebookFree(OptionsModule):
 
   def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
     """Nothing to start from data (every quantizer has ``initialize``)."""
-
-  def _dropout_rng(self, train: bool) -> Optional[Array]:
-    return self.make_rng("noise") if train and self.quantizer_dropout > 0 else None
 
 
 _FSQBase = options_base("_FSQBase", _CodebookFree, [FSQOptions], ["levels"])
@@ -112,7 +110,7 @@ class ResidualFSQ(_ResidualFSQBase):
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, Aux]:
-    return rq.residual_fsq_call(self, z, self._dropout_rng(train), mask)
+    return rq.residual_fsq_call(self, z, dropout_rng(self, train), mask)
 
   def embed(self, indices: Array) -> Array:
     return rq.residual_fsq_embed(self, indices)
@@ -135,7 +133,7 @@ class ResidualLFQ(_ResidualLFQBase):
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, Aux]:
-    return rq.residual_lfq_call(self, z, train, self._dropout_rng(train), mask)
+    return rq.residual_lfq_call(self, z, train, dropout_rng(self, train), mask)
 
   def embed(self, indices: Array) -> Array:
     return rq.residual_lfq_embed(self, indices)

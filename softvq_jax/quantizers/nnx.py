@@ -188,7 +188,22 @@ class LFQ(nnx.Module):
     return sq.lfq_embed(self, indices)
 
 
-class ResidualQuantizer(nnx.Module):
+class _Stages(nnx.Module):
+  """What the residual stacks share: the quantizer dropout's rngs."""
+
+  def _keep_rngs(self, rngs: Optional[nnx.Rngs]) -> None:
+    if self.quantizer_dropout > 0 and rngs is None:
+      raise ValueError(f"{type(self).__name__}: quantizer_dropout draws from rngs; pass rngs")
+    self.rngs = rngs
+
+  def _dropout_rng(self, train: bool) -> Optional[Array]:
+    return self.rngs.noise() if train and self.quantizer_dropout > 0 else None
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Nothing to start from data (every quantizer has ``initialize``)."""
+
+
+class ResidualQuantizer(_Stages):
   """Residual quantization over ``stages`` (NNX quantizers of this module):
   ``ResidualQuantizer(stages, *, rngs=None, quantizer_dropout=0.0)``,
   ``q(z, *, train) -> (z_q, aux)``; ``linen.ResidualQuantizer``
@@ -198,14 +213,12 @@ class ResidualQuantizer(nnx.Module):
     _set_options(self, linen.ResidualQuantizer, options)
     self.stages = nnx.List(stages)
     rq.check_stages(self)
-    if self.quantizer_dropout > 0 and rngs is None:
-      raise ValueError("ResidualQuantizer: quantizer_dropout draws from rngs; pass rngs")
-    self.rngs = rngs
+    self._keep_rngs(rngs)
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
-    rng = self.rngs.noise() if train and self.quantizer_dropout > 0 else None
-    active = rq.num_active_stages(rng, len(self.stages), self.quantizer_dropout)
+    active = rq.num_active_stages(self._dropout_rng(train), len(self.stages),
+                                  self.quantizer_dropout)
     calls = [functools.partial(stage, train=train, mask=mask) for stage in self.stages]
     return rq.residual_forward(calls, jnp.asarray(z), active, mask)
 
@@ -220,22 +233,6 @@ class ResidualQuantizer(nnx.Module):
     return rq.residual_embed([stage.embed for stage in self.stages], indices)
 
 
-class _Stages(nnx.Module):
-  """What ``ResidualFSQ`` and ``ResidualLFQ`` share: the quantizer dropout's rngs."""
-
-  def _setup(self, rngs: Optional[nnx.Rngs]) -> None:
-    rq.check_num_stages(self)
-    if self.quantizer_dropout > 0 and rngs is None:
-      raise ValueError(f"{type(self).__name__}: quantizer_dropout draws from rngs; pass rngs")
-    self.rngs = rngs
-
-  def _dropout_rng(self, train: bool) -> Optional[Array]:
-    return self.rngs.noise() if train and self.quantizer_dropout > 0 else None
-
-  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
-    """Nothing to start from data (every quantizer has ``initialize``)."""
-
-
 class ResidualFSQ(_Stages):
   """Residual FSQ with per-stage scales: ``ResidualFSQ(levels, num_stages, *,
   rngs=None, **options)``, ``q(z, *, train, mask=None) -> (z_q, aux)``;
@@ -245,7 +242,8 @@ class ResidualFSQ(_Stages):
                **options):
     _set_options(self, linen.ResidualFSQ, options)
     self.levels, self.num_stages = sq.check_levels(levels), num_stages
-    self._setup(rngs)
+    rq.check_num_stages(self)
+    self._keep_rngs(rngs)
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
@@ -265,7 +263,8 @@ class ResidualLFQ(_Stages):
     _set_options(self, linen.ResidualLFQ, options)
     self.dim, self.num_stages = dim, num_stages
     sq.check_lfq_dim(self)
-    self._setup(rngs)
+    rq.check_num_stages(self)
+    self._keep_rngs(rngs)
 
   def __call__(self, z: Array, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:

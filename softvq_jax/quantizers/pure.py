@@ -28,6 +28,7 @@ import jax
 from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import core
 from softvq_jax.quantizers import forward
+from softvq_jax.quantizers import functional
 from softvq_jax.quantizers.options import SoftVQOptions
 from softvq_jax.quantizers.options import VQOptions
 
@@ -55,8 +56,7 @@ def vq_initialize(key: Array, params: Variables, state: Variables, z: Array, *,
     checks.check_axis_name(forward.module_name(options), options.axis_name,
                            "the data initialisation")
   x = forward.quantizer_input(options, params, z)
-  weights = None if mask is None else forward.as_weights(mask)
-  return core.initialize(options, params, state, x, key, weights=weights)
+  return core.initialize(options, params, state, x, key, weights=functional.as_weights(mask))
 
 
 def vq_forward(params: Variables, state: Variables, z: Array, *, options: VQOptions,

@@ -42,8 +42,13 @@ def check_stages(opts: ResidualOptions) -> None:
   name = type(opts).__name__
   if len(opts.stages) < 1:
     raise ValueError(f"{name}: stages must hold at least one quantizer")
+  check_dropout(opts)
+
+
+def check_dropout(opts) -> None:
+  """One ``ValueError`` naming ``quantizer_dropout`` unless it lies in [0, 1]."""
   if not 0.0 <= opts.quantizer_dropout <= 1.0:
-    raise ValueError(f"{name}: quantizer_dropout must lie in [0, 1], "
+    raise ValueError(f"{type(opts).__name__}: quantizer_dropout must lie in [0, 1], "
                      f"got {opts.quantizer_dropout!r}")
 
 
@@ -154,9 +159,7 @@ def check_num_stages(opts) -> None:
   name = type(opts).__name__
   if not isinstance(opts.num_stages, (int, np.integer)) or opts.num_stages < 1:
     raise ValueError(f"{name}: num_stages must be a positive integer, got {opts.num_stages!r}")
-  if not 0.0 <= opts.quantizer_dropout <= 1.0:
-    raise ValueError(f"{name}: quantizer_dropout must lie in [0, 1], "
-                     f"got {opts.quantizer_dropout!r}")
+  check_dropout(opts)
 
 
 def residual_fsq_call(opts, z: Array, rng: Optional[Array],

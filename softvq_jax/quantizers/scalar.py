@@ -186,12 +186,9 @@ def fsq_forward(z: Array, levels: Sequence[int], axis_name: Optional[str] = None
   ``perplexity``, ``usage`` (of the rows where ``mask`` is True)."""
   codes, indices = fsq(z, levels)
   aux = {"loss": jnp.zeros((), jnp.float32), "latent": z, "indices": indices,
-         **core.index_statistics(indices, int(np.prod(levels)), axis_name, _weights(mask))}
+         **core.index_statistics(indices, int(np.prod(levels)), axis_name, functional.as_weights(mask))}
   return codes, aux
 
-
-def _weights(mask: Optional[Array]) -> Optional[Array]:
-  return None if mask is None else functional.as_float32(mask)
 
 
 def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_gamma: float,
@@ -205,9 +202,9 @@ def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_g
   entropies are those of every shard's tokens; rows where ``mask`` is False
   count in nothing."""
   codes, indices, u = lfq(z, spherical)
-  commit = functional.commitment_loss(u, codes, commitment, _weights(mask))
+  commit = functional.commitment_loss(u, codes, commitment, functional.as_weights(mask))
   aux = {"latent": z, "indices": indices, "commitment_loss": commit,
-         **core.index_statistics(indices, 2 ** z.shape[-1], axis_name, _weights(mask))}
+         **core.index_statistics(indices, 2 ** z.shape[-1], axis_name, functional.as_weights(mask))}
   loss = commit
   if train:
     per_sample, batch = lfq_entropy(u, inv_temperature, spherical, mask, axis_name)

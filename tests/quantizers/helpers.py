@@ -1,10 +1,16 @@
-"""What the quantizer tests share: rngs, data, one training call, the codebook in use."""
+"""What the quantizer tests share: rngs, data, one training call, the codebook in use, a
+Python on 4 forced CPU devices."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 
 from softvq_jax import quantizers
 from softvq_jax.quantizers import nnx as vq_nnx
+from tests import ROOT
 
 PARAMS_RNG = {"params": jax.random.key(0)}  # Where nothing else should be random.
 RNGS = {"params": jax.random.key(0), "noise": jax.random.key(1)}
@@ -60,3 +66,11 @@ def fsq_reference(z, levels, eps=1e-3):
   offset = np.where(levels % 2 == 0, 0.5, 0.0)
   bounded = np.tanh(z + np.arctanh(offset / half_l)) * half_l - offset
   return np.round(bounded) / (levels // 2)
+
+
+def on_4_devices(*args):
+  """``python *args`` from the repository root on 4 forced CPU devices: the CompletedProcess."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=240)

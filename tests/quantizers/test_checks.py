@@ -1,9 +1,6 @@
 """A quantizer's bad options or inputs: one error naming the argument, at construction or at
 the call."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 from flax import nnx
@@ -12,7 +9,6 @@ import pytest
 
 from softvq_jax import quantizers
 from softvq_jax.quantizers import nnx as vq_nnx
-from tests import ROOT
 from tests.quantizers import helpers
 
 
@@ -99,17 +95,15 @@ SHARD_MAP_WITHOUT_AXIS = textwrap.dedent("""
         assert "axis_name='batch'" in str(e), e
         print(type(module).__name__, "refused")
       named = module.clone(axis_name="batch")  # The same with axis_name trains.
-      jax.jit(jax.shard_map(lambda v, z: named.apply(v, z[0], train=True, mutable=["ema"])[0][0][None],
-                            mesh=mesh, in_specs=(P(), P("batch")), out_specs=P("batch")))(variables, z)
+      named_step = lambda v, z: named.apply(v, z[0], train=True, mutable=["ema"])[0][0][None]
+      jax.jit(jax.shard_map(named_step, mesh=mesh, in_specs=(P(), P("batch")),
+                            out_specs=P("batch")))(variables, z)
     """)
 
 
 @pytest.mark.slow
 def test_cross_batch_state_under_shard_map_without_axis_name_is_an_error():
   # Issue 35, item 3: codebooks used to drift apart by 1.05 after one step, silently.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", SHARD_MAP_WITHOUT_AXIS], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+  result = helpers.on_4_devices("-c", SHARD_MAP_WITHOUT_AXIS)
   assert result.stdout.split() == ["VectorQuantizer", "refused", "LFQ", "refused"], (
       result.stdout + result.stderr[-3000:])

@@ -1,8 +1,5 @@
 """The linen modules as a model uses them: embed, dtypes, the state collection, several devices."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -14,7 +11,6 @@ from softvq_jax import quantizers
 from softvq_jax.model import bottlenecks
 from softvq_jax.quantizers import functional
 from softvq_jax.quantizers import streaming
-from tests import ROOT
 from tests.quantizers import helpers
 
 
@@ -128,21 +124,14 @@ EMA_ON_4_DEVICES = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_ema_with_axis_name_on_4_devices_equals_one_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", EMA_ON_4_DEVICES], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+  result = helpers.on_4_devices("-c", EMA_ON_4_DEVICES)
   assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 @pytest.mark.slow
 def test_tokenizer_example_agrees_on_one_device_jit_and_shard_map():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.analyses.tokenizer_example", "--mode=all", "--steps=10",
-       "--num_codewords=8"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+  result = helpers.on_4_devices("-m", "experiments.analyses.tokenizer_example", "--mode=all",
+                                "--steps=10", "--num_codewords=8")
   assert result.returncode == 0, result.stderr[-3000:]
   gaps = [line for line in result.stdout.splitlines() if " vs single: " in line]
   assert [line.split()[0] for line in gaps] == ["jit", "shard_map"]
