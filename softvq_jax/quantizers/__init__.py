@@ -1,4 +1,5 @@
-"""Vector quantizers for JAX: hard VQ, Wu & Flierl's soft (posterior-mean) VQ, FSQ, LFQ, residual.
+"""Vector quantizers for JAX: Wu & Flierl's soft (posterior-mean) VQ, hard VQ, SimVQ, FSQ,
+LFQ, residual and grouped stacks.
 
 ::
 
@@ -31,6 +32,7 @@ from softvq_jax.quantizers.codebook_health import kmeans_codebook
 from softvq_jax.quantizers.codebook_health import restart_dead_codes
 from softvq_jax.quantizers.functional import codebook_loss
 from softvq_jax.quantizers.functional import commitment_loss
+from softvq_jax.quantizers.functional import directional_reparam
 from softvq_jax.quantizers.functional import ema_codebook_step
 from softvq_jax.quantizers.functional import hard_quantize
 from softvq_jax.quantizers.functional import lookup
@@ -41,10 +43,12 @@ from softvq_jax.quantizers.functional import soft_quantize
 from softvq_jax.quantizers.functional import straight_through
 from softvq_jax.quantizers.linen import FSQ
 from softvq_jax.quantizers.linen import LFQ
+from softvq_jax.quantizers.linen import GroupedResidualQuantizer
 from softvq_jax.quantizers.linen import QuantizerOptions
 from softvq_jax.quantizers.linen import ResidualFSQ
 from softvq_jax.quantizers.linen import ResidualLFQ
 from softvq_jax.quantizers.linen import ResidualQuantizer
+from softvq_jax.quantizers.linen import SimVQ
 from softvq_jax.quantizers.linen import SoftOptions
 from softvq_jax.quantizers.linen import SoftVectorQuantizer
 from softvq_jax.quantizers.linen import VectorQuantizer
@@ -62,11 +66,11 @@ from softvq_jax.quantizers.streaming import soft_quantize_chunked
 
 __all__ = [
     "VectorQuantizer", "SoftVectorQuantizer", "FSQ", "LFQ", "ResidualQuantizer",
-    "ResidualFSQ", "ResidualLFQ",
+    "ResidualFSQ", "ResidualLFQ", "SimVQ", "GroupedResidualQuantizer",
     "QuantizerOptions", "SoftOptions", "VQOptions", "SoftVQOptions", "nnx", "functional",
     "streaming", "pure", "vq_init_state", "vq_initialize", "vq_forward", "vq_embed",
     "hard_quantize", "soft_quantize", "lookup", "straight_through", "rotation_trick",
-    "codebook_loss", "commitment_loss", "orthogonal_loss", "perplexity", "ema_codebook_step",
+    "directional_reparam", "codebook_loss", "commitment_loss", "orthogonal_loss", "perplexity", "ema_codebook_step",
     "nearest_codewords", "soft_quantize_chunked", "fsq", "lfq", "lfq_entropy",
     "kmeans_codebook", "dead_codes", "restart_dead_codes",
 ]

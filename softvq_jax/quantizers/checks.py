@@ -27,11 +27,12 @@ def check_options(opts: VQOptions, name: str) -> None:
   _positive_integer(name, "kmeans_iters", opts.kmeans_iters, optional=False)
   _positive_integer(name, "chunk_size", opts.chunk_size)
   _positive_integer(name, "codebook_dim", opts.codebook_dim)
+  _positive_integer(name, "heads", opts.heads, optional=False)
   if opts.ema_decay is not None and not 0.0 < opts.ema_decay < 1.0:
     raise ValueError(f"{name}: ema_decay must lie in (0, 1) or be None, got {opts.ema_decay!r}")
   choices = {"codebook_init": CODEBOOK_INITS}
   numbers = ["commitment", "vq_weight", "dead_code_threshold", "orthogonal_weight",
-             "sample_temperature"]
+             "sample_temperature", "directional_reparam_variance"]
   if soft:
     choices.update(normalizer=functional.NORMALIZERS, variance=VARIANCES)
     numbers.append("noise_std")
@@ -55,6 +56,16 @@ def _check_combinations(opts: VQOptions, name: str, soft: bool) -> None:
   if opts.dead_code_threshold > 0 and (opts.ema_decay is None or opts.freeze_codebook):
     raise ValueError(f"{name}: dead_code_threshold restarts codewords of an EMA codebook "
                      "that is not frozen; set ema_decay, or unset freeze_codebook")
+  if opts.separate_codebook_per_head and opts.heads == 1:
+    raise ValueError(f"{name}: separate_codebook_per_head needs heads > 1")
+  if opts.codebook_transform and (opts.ema_decay is not None or opts.codebook_init != "uniform"):
+    raise ValueError(f"{name}: codebook_transform (SimVQ) learns a map of a frozen random "
+                     "codebook by gradient; it takes neither ema_decay nor a data "
+                     "codebook_init")
+  if opts.directional_reparam and (soft or opts.ema_decay is not None or opts.rotation_trick):
+    raise ValueError(f"{name}: directional_reparam is hard VQ's estimator for a codebook "
+                     "trained by gradient: not with a soft quantizer (whose output is "
+                     "already differentiable), ema_decay or rotation_trick")
   if opts.sample_temperature and (soft or opts.chunk_size):
     raise ValueError(f"{name}: sample_temperature draws hard codes from the dense "
                      "distances; it is for VectorQuantizer without chunk_size (a soft "

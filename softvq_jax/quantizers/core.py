@@ -12,9 +12,13 @@ Variables:
 
 * ``params``: ``codebook`` ``(K, d)`` when trained by gradient; ``log_var``
   ``(K,)``, a soft quantizer's per-codeword log sigma_k^2. Each is exactly
-  the value in use.
+  the value in use. SimVQ (``codebook_transform``) holds the learned map
+  ``codebook_transform`` ``(d, d)`` instead of ``codebook``. With
+  ``separate_codebook_per_head`` every codebook array has a leading
+  ``heads`` axis (``heads``).
 * ``state`` (linen's ``'ema'`` collection, NNX's ``QuantizerState``):
-  ``cluster_size``, ``embed_sum``, ``codebook`` of an EMA codebook; and
+  ``cluster_size``, ``embed_sum``, ``codebook`` of an EMA codebook;
+  SimVQ's ``frozen_codebook``, which the map multiplies; and
   ``initialized`` where the start reads data (``codebook_init`` "data" or
   "kmeans", or a soft quantizer's variance fit): ``initialize`` sets the
   codebook (or variances) from a batch, and a training call before it is an
@@ -35,6 +39,7 @@ import jax.numpy as jnp
 
 from softvq_jax.quantizers import codebook_health as health
 from softvq_jax.quantizers import functional
+from softvq_jax.quantizers import heads
 from softvq_jax.quantizers import streaming
 from softvq_jax.quantizers.options import SoftVQOptions
 from softvq_jax.quantizers.options import VQOptions
@@ -49,9 +54,38 @@ CODEBOOK_INITS = ("uniform", "data", "kmeans")
 # fixed at ``initialize``'s fit.
 VARIANCES = ("sample", "codeword", "fixed")
 
-# TF1's uniform_unit_scaling_initializer for a (K, d) codebook: U(+-sqrt(3/K)).
-uniform_unit_scaling = nn.initializers.variance_scaling(
-    1.0, "fan_in", "uniform", in_axis=0, out_axis=1)
+
+
+def uniform_unit_scaling(key: Array, shape, dtype=jnp.float32) -> Array:
+  """TF1's uniform_unit_scaling_initializer for ``(..., K, d)`` codebooks: U(+-sqrt(3/K))."""
+  return nn.initializers.variance_scaling(1.0, "fan_in", "uniform", in_axis=-2, out_axis=-1,
+                                          batch_axis=tuple(range(len(shape) - 2)))(
+                                              key, shape, dtype)
+
+
+def frozen_codebook(key: Array, shape, dtype=jnp.float32) -> Array:
+  """SimVQ's frozen codebook: N(0, 1/d) entries (vector-quantize-pytorch's ``SimVQ``)."""
+  return (jax.random.normal(key, shape) * shape[-1] ** -0.5).astype(dtype)
+
+
+def code_dim(opts: VQOptions, dim: int) -> int:
+  """The size of the vectors a codeword stands for: ``codebook_dim``, else
+  ``dim / heads``; one ``ValueError`` when ``heads`` does not divide ``dim``."""
+  if opts.codebook_dim:
+    return opts.codebook_dim
+  if dim % opts.heads:
+    raise ValueError(f"{'Soft' if isinstance(opts, SoftVQOptions) else ''}VectorQuantizer: "
+                     f"heads={opts.heads} must divide z's last dimension {dim} (or set "
+                     "codebook_dim, the size of each head's codewords)")
+  return dim // opts.heads
+
+
+def projection_shapes(opts: VQOptions, dim: int) -> Dict[str, Tuple[int, ...]]:
+  """The ``codebook_dim`` projections' kernel shapes (none without it)."""
+  if not opts.codebook_dim:
+    return {}
+  inner = opts.heads * opts.codebook_dim
+  return {"project_in": (dim, inner), "project_out": (inner, dim)}
 
 
 def bound_axis(axis_name: Optional[str]) -> Optional[str]:
@@ -80,31 +114,39 @@ def init_variables(key: Array, opts: VQOptions, dim: int) -> Tuple[Variables, Va
   """``(params, state)`` of a quantizer of ``dim``-vectors before ``initialize``:
   the codebook at TF1's unit scaling, ``log_var`` at ``log_var_init`` (or 0),
   the projections at LeCun normal and zero bias."""
-  k, c, dtype = opts.num_codewords, opts.codebook_dim or dim, opts.param_dtype
+  c, dtype = code_dim(opts, dim), opts.param_dtype
+  shape = heads.table_shape(opts, c)
   keys = jax.random.split(key, 3)
   params, state = {}, {}
-  if opts.codebook_dim:
-    for name, shape, rng in (("project_in", (dim, c), keys[1]),
-                             ("project_out", (c, dim), keys[2])):
-      params[name] = nn.initializers.lecun_normal()(rng, shape, dtype)
-      params[name + "_bias"] = jnp.zeros(shape[1:], dtype)
-  table = uniform_unit_scaling(keys[0], (k, c), dtype)
-  if opts.ema_decay is None:
-    params["codebook"] = table
+  for (name, kernel), rng in zip(projection_shapes(opts, dim).items(), keys[1:]):
+    params[name] = nn.initializers.lecun_normal()(rng, kernel, dtype)
+    params[name + "_bias"] = jnp.zeros(kernel[1:], dtype)
+  if opts.codebook_transform:
+    state["frozen_codebook"] = frozen_codebook(keys[0], shape, dtype)
+    params["codebook_transform"] = transform_init(jax.random.fold_in(keys[0], 1), shape, dtype)
+  elif opts.ema_decay is None:
+    params["codebook"] = uniform_unit_scaling(keys[0], shape, dtype)
   else:
-    state.update(ema_state(table))
+    state.update(ema_state(uniform_unit_scaling(keys[0], shape, dtype)))
   if isinstance(opts, SoftVQOptions) and learns_log_var(opts):
     start = 0.0 if opts.log_var_init is None else opts.log_var_init
-    params["log_var"] = jnp.full((k,), start, dtype)
+    params["log_var"] = jnp.full(shape[:-1], start, dtype)
   if needs_data(opts):
     state["initialized"] = jnp.zeros((), bool)
   return params, state
 
 
+def transform_init(key: Array, table: Tuple[int, ...], dtype=jnp.float32) -> Array:
+  """SimVQ's learned ``(..., c, c)`` map of a ``(..., K, c)`` codebook, LeCun normal."""
+  return nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=tuple(
+      range(len(table) - 2)))(key, table[:-2] + table[-1:] * 2, dtype)
+
+
 def ema_state(codebook: Array) -> Variables:
-  """An EMA codebook's statistics, starting at ``codebook`` with unit counts."""
+  """An EMA codebook's statistics, starting at ``codebook`` ``(..., K, d)``
+  with unit counts."""
   codebook = functional.as_float32(codebook)
-  return {"cluster_size": jnp.ones(codebook.shape[:1]), "embed_sum": codebook,
+  return {"cluster_size": jnp.ones(codebook.shape[:-1]), "embed_sum": codebook,
           "codebook": codebook}
 
 
@@ -197,8 +239,16 @@ def fit_log_var(z: Array, codebook: Array, chunk_size: Optional[int] = None,
 
 
 def codebook(opts: VQOptions, params: Variables, state: Variables) -> Array:
-  """The codebook in use: the EMA one, or the parameter (no gradient when frozen)."""
-  table = state["codebook"] if opts.ema_decay is not None else params["codebook"]
+  """The codebook in use: the EMA one, the parameter, or SimVQ's frozen
+  codebook times its learned map (no gradient when ``freeze_codebook``)."""
+  if opts.codebook_transform:
+    table = jnp.matmul(functional.as_float32(state["frozen_codebook"]),
+                       functional.as_float32(params["codebook_transform"]),
+                       precision=functional.PRECISION).astype(params["codebook_transform"].dtype)
+  elif opts.ema_decay is not None:
+    table = state["codebook"]
+  else:
+    table = params["codebook"]
   return jax.lax.stop_gradient(table) if opts.freeze_codebook else table
 
 
@@ -219,23 +269,42 @@ def initialize(opts: VQOptions, params: Variables, state: Variables, z: Array, k
   to read (``needs_data``) the variables come back unchanged."""
   if not needs_data(opts):
     return params, state
-  x = functional.as_float32(jax.lax.stop_gradient(z)).reshape(-1, z.shape[-1])
-  x = _gather(opts.axis_name, x)
-  w = None if weights is None else _gather(opts.axis_name,
-                                           functional.as_float32(weights).reshape(-1))
+  rows = (-1,) + z.shape[z.ndim - 1 - (opts.heads > 1):]  # (N, [heads,] c)
+  x = _gather(opts.axis_name, functional.as_float32(jax.lax.stop_gradient(z)).reshape(rows))
+  w = None if weights is None else heads.head_weights(opts, _gather(
+      opts.axis_name, functional.as_float32(weights).reshape(-1)))
   params, state = dict(params), dict(state, initialized=jnp.ones((), bool))
   fitted = codebook(opts, params, state)
   if opts.codebook_init != "uniform":
-    fitted = data_codebook(opts.codebook_init, key, x, opts.num_codewords, opts.chunk_size, w,
-                           opts.kmeans_iters).astype(fitted.dtype)
+    fitted = start_codebook(opts, key, x, w).astype(fitted.dtype)
     if opts.ema_decay is not None:
       state.update(ema_state(fitted))
     else:
       params["codebook"] = fitted
   if isinstance(opts, SoftVQOptions) and learns_log_var(opts) and opts.log_var_init is None:
     table = functional.l2_normalize(fitted) if opts.cosine else fitted
-    params["log_var"] = jnp.full_like(params["log_var"], fit_log_var(x, table, opts.chunk_size, w))
+    params["log_var"] = jnp.broadcast_to(start_log_var(opts, x, table, w),
+                                         params["log_var"].shape).astype(params["log_var"].dtype)
   return params, state
+
+
+def start_codebook(opts: VQOptions, key: Array, x: Array,
+                   weights: Optional[Array] = None) -> Array:
+  """``data_codebook`` of the quantizer's input rows ``x`` ``(N, [heads,] c)``
+  (``weights`` ``(N[, heads])``): ``([heads,] K, c)``, float32."""
+  start = lambda x, w, key: data_codebook(opts.codebook_init, key, x, opts.num_codewords,
+                                          opts.chunk_size, w, opts.kmeans_iters)
+  keys = jax.random.split(key, opts.heads) if heads.separate(opts) else key
+  return heads.pool_or_map(opts, start, x, weights, keys)
+
+
+def start_log_var(opts: SoftVQOptions, x: Array, table: Array,
+                  weights: Optional[Array] = None) -> Array:
+  """``fit_log_var`` of rows ``x`` ``(N, [heads,] c)`` to ``table``: a scalar,
+  or ``(heads, 1)`` with separate codebooks (broadcastable to ``log_var``)."""
+  fit = lambda x, w, table: fit_log_var(x, table, opts.chunk_size, w)
+  log_var = heads.pool_or_map(opts, fit, x, weights, table)
+  return log_var[..., None] if heads.separate(opts) else log_var
 
 
 def _gather(axis_name: Optional[str], x: Array) -> Array:

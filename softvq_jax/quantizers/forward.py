@@ -18,9 +18,21 @@ Beside eq. (1) (hard) and eqs. (5)-(7) (soft) with eq. (27)'s terms:
 * ``freeze_codebook``: the codebook gets no gradient and no EMA update;
 * ``sample_temperature`` (hard VQ): in training the index is drawn by the
   Gumbel-max trick from softmax(-||z - mu_k||^2 / tau) instead of the
-  nearest codeword (vector-quantize-pytorch's ``stochastic_sample_codes``).
+  nearest codeword (vector-quantize-pytorch's ``stochastic_sample_codes``);
+* ``heads``, ``separate_codebook_per_head``: each vector quantized in
+  ``heads`` parts (``heads``), indices ``(..., heads)``;
+* ``codebook_transform``: SimVQ's codebook, a frozen random one times a
+  learned map (``core.codebook``);
+* ``directional_reparam`` (hard VQ): DiVeQ's estimator
+  (``functional.directional_reparam``) in training, in place of eq. (27)'s
+  terms: the codewords learn through the output's gradient.
+
+Each forward pass splits into the part that sees one codebook (``_hard_codes``,
+``_soft_codes``: codes, EMA step, index statistics), mapped over heads with
+separate codebooks, and the part around it (projections, losses, estimator).
 """
 
+import functools
 from typing import Any, Callable, Optional, Tuple
 
 import jax
@@ -30,6 +42,7 @@ from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import codebook_health as health
 from softvq_jax.quantizers import core
 from softvq_jax.quantizers import functional
+from softvq_jax.quantizers import heads
 from softvq_jax.quantizers import streaming
 from softvq_jax.quantizers.options import SoftVQOptions
 from softvq_jax.quantizers.options import VQOptions
@@ -41,16 +54,26 @@ MakeRng = Callable[[], Array]
 
 
 def table(opts: VQOptions, params: Variables, state: Variables) -> Array:
-  """The codewords in use, ``(K, codebook_dim or d)``: normalised with ``cosine``."""
+  """The codewords in use, ``([heads,] K, c)``: normalised with ``cosine``."""
   codewords = core.codebook(opts, params, state)
   return functional.l2_normalize(codewords) if opts.cosine else codewords
 
 
 def embed(opts: VQOptions, params: Variables, state: Variables, indices: Array,
           dtype: Any) -> Array:
-  """The codewords of ``indices`` in z's space (through ``project_out``)."""
-  codewords = core.embed(table(opts, params, state), indices, jnp.float32)
-  return _project(params, "project_out", codewords).astype(dtype)
+  """The codewords of ``indices`` ``(...)`` (``(..., heads)`` with heads) in
+  z's space (through ``project_out``)."""
+  codewords = table(opts, params, state)
+  if opts.heads > 1 and jnp.shape(indices)[-1:] != (opts.heads,):
+    raise ValueError(f"{module_name(opts)}: indices need a last axis of {opts.heads} heads, "
+                     f"got shape {jnp.shape(indices)}")
+  if heads.separate(opts):
+    indices = functional.checked_indices(indices, opts.num_codewords)
+    vectors = jax.vmap(lambda t, i: core.embed(t, i, jnp.float32), in_axes=(0, -1),
+                       out_axes=-2)(codewords, indices)
+  else:
+    vectors = core.embed(codewords, indices, jnp.float32)
+  return _project(params, "project_out", heads.merge(opts, vectors)).astype(dtype)
 
 
 def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array, *, train: bool,
@@ -60,7 +83,7 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
 
   Args:
     opts: the module's options (``options.VQOptions``).
-    params, state: the module's variables (``quantizer_core``).
+    params, state: the module's variables (``core``).
     z: latents, float ``(..., d)``.
     train: update the state (EMA, restarts); after ``initialize`` where the
       start reads data (``checks.check_initialized``).
@@ -71,11 +94,27 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
     ``(z_q, aux, state)``; aux holds ``loss``, ``latent`` (z),
     ``codebook_loss``, ``commitment_loss``, ``indices``, ``perplexity``,
     ``usage``, with EMA ``dead_code_fraction``, with ``orthogonal_weight``
-    ``orthogonal_loss``.
+    ``orthogonal_loss`` (statistics per head with separate codebooks).
   """
   checks.check_initialized(opts, state, train)
-  x, weights = quantizer_input(opts, params, z), functional.as_weights(mask)
+  x = quantizer_input(opts, params, z)
+  weights = heads.head_weights(opts, functional.as_weights(mask))
   codewords = table(opts, params, state)
+  step = functools.partial(_hard_codes, opts, train=train)
+  draws = train and opts.sample_temperature > 0
+  x_q, indices, (codes_state, statistics, extra) = heads.map_codebooks(
+      opts, step, (codewords, _codebook_state(state)), x, (weights,), make_rng,
+      draws=draws or _restarts(opts, train))
+  out, aux = _outputs(opts, params, codewords, z, x, x_q, weights, train=train,
+                      make_rng=make_rng, statistics={**statistics, "indices": indices},
+                      train_codebook=opts.ema_decay is None and not opts.freeze_codebook)
+  return out, {**aux, **extra}, {**state, **codes_state}
+
+
+def _hard_codes(opts: VQOptions, codewords: Array, state: Variables, x: Array,
+                weights: Optional[Array], make_rng: MakeRng, *, train: bool):
+  """One codebook's part of ``hard_forward``: ``(x_q, indices, (state,
+  statistics, aux))``."""
   x_stop = jax.lax.stop_gradient(x)
   if train and opts.sample_temperature > 0:
     indices = functional.gumbel_indices(make_rng(), x_stop, codewords, opts.sample_temperature)
@@ -85,10 +124,9 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
     indices = streaming.nearest_codewords(x_stop, codewords, opts.chunk_size)[0]
   x_q = functional.lookup(codewords, indices).astype(x.dtype)
   sums = lambda: functional.index_sums(x, indices, opts.num_codewords, weights)
-  state, extra = _ema(opts, state, sums, x, weights, train=train, make_rng=make_rng)
-  out, aux = _outputs(opts, params, codewords, z, x, x_q, indices, weights,
-                      train_codebook=opts.ema_decay is None and not opts.freeze_codebook)
-  return out, {**aux, **extra}, state
+  state, aux = _ema(opts, state, sums, x, weights, train=train, make_rng=make_rng)
+  statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, weights)
+  return x_q, indices, (state, statistics, aux)
 
 
 def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Array,
@@ -97,14 +135,16 @@ def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Ar
   """Soft quantization by the Bayesian estimator (eqs. 5-7) with eq. (27)'s terms.
 
   As ``hard_forward``, with ``log_var`` (log sigma_k^2 broadcastable against
-  ``(..., K)``, or None for the module's own per codeword), white noise of
-  ``opts.noise_std`` on the quantizer's input in training (the paper's z'_e;
-  per shard under a bound ``axis_name``), and aux ``posterior_perplexity``
-  (of the average posterior) beside ``perplexity`` (of the most probable
-  codewords), and ``probs`` (the posterior, without ``chunk_size``).
+  ``(..., [heads,] K)``, or None for the module's own per codeword), white
+  noise of ``opts.noise_std`` on the quantizer's input in training (the
+  paper's z'_e; per shard under a bound ``axis_name``), and aux
+  ``posterior_perplexity`` (of the average posterior) beside ``perplexity``
+  (of the most probable codewords), and ``probs`` (the posterior
+  ``(..., [heads,] K)``, without ``chunk_size``).
   """
   checks.check_initialized(opts, state, train)
-  x, weights = quantizer_input(opts, params, z), functional.as_weights(mask)
+  x = quantizer_input(opts, params, z)
+  weights = heads.head_weights(opts, functional.as_weights(mask))
   codewords = table(opts, params, state)
   x_in = x
   if train and not (isinstance(opts.noise_std, (int, float)) and opts.noise_std == 0):
@@ -113,21 +153,42 @@ def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Ar
     if axis is not None:
       key = jax.random.fold_in(key, jax.lax.axis_index(axis))
     x_in = x + opts.noise_std * jax.random.normal(key, x.shape, x.dtype)
-  if log_var is None:
-    log_var = core.codeword_log_var(opts, params, state)
+  own = core.codeword_log_var(opts, params, state) if log_var is None else None
+  if log_var is not None and heads.separate(opts):
+    log_var = jnp.broadcast_to(log_var, x.shape[:-1] + (opts.num_codewords,))
+  step = functools.partial(_soft_codes, opts, train=train)
+  x_hat, indices, (codes_state, statistics, extra) = heads.map_codebooks(
+      opts, step, (codewords, own, _codebook_state(state)), x_in, (weights, log_var), make_rng,
+      draws=_restarts(opts, train))
+  if heads.separate(opts) and "probs" in extra:
+    extra["probs"] = jnp.moveaxis(extra["probs"], 0, -2)
+  # The codebook term trains the variances (and a codebook without EMA).
+  out, aux = _outputs(opts, params, codewords, z, x_in, x_hat, weights, train=train,
+                      make_rng=make_rng, statistics={**statistics, "indices": indices},
+                      train_codebook=True)
+  return out, {**aux, **extra}, {**state, **codes_state}
+
+
+def _soft_codes(opts: SoftVQOptions, codewords: Array, own_log_var: Optional[Array],
+                state: Variables, x_in: Array, weights: Optional[Array],
+                log_var: Optional[Array], make_rng: MakeRng, *, train: bool):
+  """One codebook's part of ``soft_forward``: ``(x_hat, indices, (state,
+  statistics, aux))``, with the codebook's own ``log_var`` or the rows'
+  (exactly one is given)."""
+  log_var = own_log_var if log_var is None else log_var
   x_stop = jax.lax.stop_gradient(x_in)
   extra = {}
   if opts.chunk_size is None:
     logits = functional.soft_assignment_logits(x_stop, codewords, log_var, opts.normalizer)
     probs = jax.nn.softmax(logits)
-    x_hat = functional.posterior_mean(probs, codewords).astype(x.dtype)
+    x_hat = functional.posterior_mean(probs, codewords).astype(x_in.dtype)
     indices = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     sums = lambda: functional.assignment_sums(x_in, probs, weights)
     posterior = probs.reshape(-1, opts.num_codewords)
     if weights is not None:
       posterior = posterior * weights.reshape(-1, 1)
     posterior_counts = jnp.sum(posterior, axis=0)
-    extra["probs"] = probs.astype(z.dtype)
+    extra["probs"] = probs.astype(x_in.dtype)
   else:
     x_hat, indices, lse = streaming.soft_quantize_chunked(
         x_stop, codewords, log_var, opts.normalizer, opts.chunk_size, with_indices=True)
@@ -135,13 +196,23 @@ def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Ar
                                          opts.chunk_size, weights)
     sums = lambda: posterior
     posterior_counts = posterior[0]
-  state, ema_aux = _ema(opts, state, sums, x_in, weights, train=train, make_rng=make_rng)
-  # The codebook term trains the variances (and a codebook without EMA).
-  out, aux = _outputs(opts, params, codewords, z, x_in, x_hat, indices, weights,
-                      train_codebook=True)
+  state, aux = _ema(opts, state, sums, x_in, weights, train=train, make_rng=make_rng)
+  statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, weights)
   extra["posterior_perplexity"] = functional.perplexity(
       posterior_counts / core.total_weight(indices, weights), core.bound_axis(opts.axis_name))
-  return out, {**aux, **ema_aux, **extra}, state
+  return x_hat, indices, (state, statistics, {**aux, **extra})
+
+
+def _codebook_state(state: Variables) -> Variables:
+  """The state that a codebook's step reads and updates (its EMA statistics)."""
+  return {name: state[name] for name in ("cluster_size", "embed_sum", "codebook")
+          if name in state}
+
+
+def _restarts(opts: VQOptions, train: bool) -> bool:
+  """Whether a training step restarts dead codewords (and so draws a key)."""
+  return (train and opts.ema_decay is not None and opts.dead_code_threshold > 0
+          and not opts.freeze_codebook)
 
 
 def module_name(opts: VQOptions) -> str:
@@ -150,8 +221,10 @@ def module_name(opts: VQOptions) -> str:
 
 
 def quantizer_input(opts: VQOptions, params: Variables, z: Array) -> Array:
-  """What is quantized: z through ``project_in``, normalised with ``cosine``."""
-  x = _project(params, "project_in", z)
+  """What is quantized: z through ``project_in``, split into ``heads``
+  (``(..., [heads,] c)``), normalised with ``cosine``."""
+  core.code_dim(opts, z.shape[-1])
+  x = heads.split(opts, _project(params, "project_in", z))
   return functional.l2_normalize(x).astype(z.dtype) if opts.cosine else x
 
 
@@ -165,30 +238,35 @@ def _project(params: Variables, name: str, x: Array) -> Array:
 
 
 def _outputs(opts: VQOptions, params: Variables, codewords: Array, z: Array, x_in: Array,
-             x_q: Array, indices: Array, weights: Optional[Array], *,
-             train_codebook: bool) -> Tuple[Array, Aux]:
-  """The output (straight-through or rotated, projected back), eq. (27)'s VQ
-  terms and the index statistics.
+             x_q: Array, weights: Optional[Array], *, train: bool, make_rng: MakeRng,
+             statistics: Aux, train_codebook: bool) -> Tuple[Array, Aux]:
+  """The output (straight-through, rotated or DiVeQ's, projected back) and
+  eq. (27)'s VQ terms, with the codes' ``statistics`` after them.
 
   ``z`` is the downstream latent, ``x_in`` the quantizer's input (projected,
-  normalised, plus noise for soft VQ); ``train_codebook`` is False when the
-  codebook term would train nothing (a hard quantizer's EMA codebook).
+  normalised, plus noise for soft VQ; ``(..., [heads,] c)``);
+  ``train_codebook`` is False when the codebook term would train nothing (a
+  hard quantizer's EMA codebook). DiVeQ's estimator replaces both terms.
   """
   commit = functional.commitment_loss(x_in, x_q, opts.commitment, weights)
-  cb = functional.codebook_loss(x_in, x_q, weights) if train_codebook else jnp.zeros_like(commit)
-  aux = {
-      "loss": opts.vq_weight * (cb + commit),
-      "latent": z,
-      "codebook_loss": cb,
-      "commitment_loss": commit,
-      **core.index_statistics(indices, opts.num_codewords, opts.axis_name, weights),
-      "indices": indices,
-  }
+  if opts.directional_reparam:
+    commit = jnp.zeros_like(commit)
+  cb = (functional.codebook_loss(x_in, x_q, weights)
+        if train_codebook and not opts.directional_reparam else jnp.zeros_like(commit))
+  aux = {"loss": opts.vq_weight * (cb + commit), "latent": z, "codebook_loss": cb,
+         "commitment_loss": commit, **statistics}
   if opts.orthogonal_weight:
-    aux["orthogonal_loss"] = functional.orthogonal_loss(codewords)
+    aux["orthogonal_loss"] = jnp.mean(jnp.vectorize(
+        functional.orthogonal_loss, signature="(k,c)->()")(codewords))
     aux["loss"] = aux["loss"] + opts.orthogonal_weight * aux["orthogonal_loss"]
-  estimator = functional.rotation_trick if opts.rotation_trick else functional.straight_through
-  out = _project(params, "project_out", estimator(x_in, x_q))
+  if opts.rotation_trick:
+    x_out = functional.rotation_trick(x_in, x_q)
+  elif opts.directional_reparam and train:
+    x_out = functional.directional_reparam(make_rng(), x_in, x_q,
+                                           opts.directional_reparam_variance)
+  else:
+    x_out = functional.straight_through(x_in, x_q)
+  out = _project(params, "project_out", heads.merge(opts, x_out))
   return out.astype(z.dtype), aux
 
 

@@ -221,6 +221,24 @@ def rotation_trick(z: Array, z_q: Array) -> Array:
   return (rotated * jax.lax.stop_gradient(q_norm / e_norm)).astype(z.dtype)
 
 
+def directional_reparam(rng: Array, z: Array, z_q: Array, variance: float) -> Array:
+  """DiVeQ's directional reparameterisation (Vali et al., "DiVeQ:
+  Differentiable Vector Quantization Using the Reparameterization Trick",
+  2025, Fig. 1; vector-quantize-pytorch's ``directional_reparam``).
+
+  ``z + ||z_q - z|| sg(u)``, ``u = (z_q - z + sqrt(variance) eps) / ||...||``
+  with ``eps ~ N(0, I)``: a value near ``z_q`` (exactly it at variance 0)
+  whose gradient reaches ``z`` and, through the distance, the codeword
+  ``z_q``, so the codebook learns without eq. (27)'s terms. Float32
+  arithmetic; returned in ``z``'s dtype.
+  """
+  e, q = as_float32(z), as_float32(z_q)
+  error = q - e
+  noisy = jax.lax.stop_gradient(error) + jnp.sqrt(variance) * jax.random.normal(rng, error.shape)
+  direction = jax.lax.stop_gradient(l2_normalize(noisy))
+  return (e + _safe_norm(error) * direction).astype(z.dtype)
+
+
 def l2_normalize(x: Array) -> Array:
   """``x / ||x||`` along the last axis in float32 (cosine-similarity codebooks)."""
   x = as_float32(x)

@@ -26,6 +26,7 @@ averages in the ``'ema'`` collection (``ema_decay``), whose dead codewords
 can restart (``dead_code_threshold``).
 """
 
+import dataclasses
 import functools
 from typing import Optional, Sequence, Tuple
 
@@ -36,6 +37,8 @@ import jax.numpy as jnp
 from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import core
 from softvq_jax.quantizers import forward as fwd
+from softvq_jax.quantizers import grouped
+from softvq_jax.quantizers import heads
 from softvq_jax.quantizers import pure
 from softvq_jax.quantizers import residual as rq
 from softvq_jax.quantizers.linen_base import NamedOptions
@@ -66,7 +69,7 @@ def linen_hard_forward(module: nn.Module, z: Array, *, train: bool, first_batch:
   train = train and not module.is_initializing()  # init reads shapes only.
   out, aux, new_state = fwd.hard_forward(module.options, params, state, z, train=train,
                                          mask=mask, make_rng=lambda: module.make_rng("noise"))
-  _store(module, new_state, train)
+  _store(module, state, new_state, train)
   return out, aux
 
 
@@ -82,7 +85,7 @@ def linen_soft_forward(module: nn.Module, z: Array, log_var: Optional[Array], *,
   out, aux, new_state = fwd.soft_forward(module.options, params, state, z, log_var,
                                          train=train, mask=mask,
                                          make_rng=lambda: module.make_rng("noise"))
-  _store(module, new_state, train)
+  _store(module, state, new_state, train)
   return out, aux
 
 
@@ -97,7 +100,7 @@ def linen_initialize(module: nn.Module, z: Array, mask: Optional[Array]) -> None
   state = dict(module.variables.get(STATE, {}))
   if "initialized" not in state:
     raise ValueError(f"{type(module).__name__}.initialize: apply it to variables from init")
-  checks.check_input(module, z, _input_dim(params, state))
+  checks.check_input(module, z, _input_dim(module))
   for collection in ("params", STATE):
     if not module.is_mutable_collection(collection):
       raise ValueError(f"{type(module).__name__}.initialize writes the codebook and state: "
@@ -109,73 +112,87 @@ def linen_initialize(module: nn.Module, z: Array, mask: Optional[Array]) -> None
       module.put_variable(collection, name, value)
 
 
-def linen_embed(module: nn.Module, indices: Array) -> Array:
-  """The codewords of integer ``indices`` ``(...)``: ``(..., d)`` in the
-  module's ``dtype`` (``param_dtype`` when that is None); see
-  ``core.checked_indices`` for indices out of range."""
+def linen_embed(module: nn.Module, indices: Array, dtype=None) -> Array:
+  """The codewords of integer ``indices`` ``(...)`` (``(..., heads)`` with
+  heads): ``(..., d)`` in ``dtype`` (pass the call's, e.g. ``z.dtype``;
+  default: the module's ``dtype``, else ``param_dtype``); see
+  ``functional.lookup`` for indices out of range."""
   return fwd.embed(module.options, module.variables.get("params", {}),
-                   module.variables.get(STATE, {}), indices, module.dtype or module.param_dtype)
+                   module.variables.get(STATE, {}), indices,
+                   dtype or module.dtype or module.param_dtype)
 
 
 def _variables(module: nn.Module, z: Array, *, first_batch: bool):
   """The module's ``(params, state)``, created on first use (``core``): the
   paper's layers (not ``first_batch``) start a data codebook from the batch
   ``init`` sees; the library's modules wait for ``initialize``."""
-  checks.check_input(module, z, _input_dim(module.variables.get("params", {}),
-                                            module.variables.get(STATE, {})))
-  k, d = module.num_codewords, z.shape[-1]
-  c = module.codebook_dim or d
-  params, state = {}, {}
-  if module.codebook_dim:
-    for name, shape in (("project_in", (d, c)), ("project_out", (c, d))):
-      params[name] = module.param(name, nn.initializers.lecun_normal(), shape,
-                                  module.param_dtype)
-      params[name + "_bias"] = module.param(name + "_bias", nn.initializers.zeros, shape[1:],
-                                            module.param_dtype)
+  checks.check_input(module, z, _input_dim(module))
   opts = module.options
-  soft = isinstance(opts, SoftVQOptions)
+  d = z.shape[-1]
+  shape = heads.table_shape(opts, core.code_dim(opts, d))
+  params, state = {}, {}
+  for name, kernel in core.projection_shapes(opts, d).items():
+    params[name] = module.param(name, nn.initializers.lecun_normal(), kernel, module.param_dtype)
+    params[name + "_bias"] = module.param(name + "_bias", nn.initializers.zeros, kernel[1:],
+                                          module.param_dtype)
   x = fwd.quantizer_input(opts, params, z)  # What an initialisation reads.
   lazy = first_batch and core.needs_data(opts)
-  init = core.uniform_unit_scaling if lazy else _codebook_initializer(module, x)
-  if module.ema_decay is None:
-    params["codebook"] = module.param("codebook", init, (k, c), module.param_dtype)
+  init_rng = (module.make_rng("params") if module.is_initializing()
+              and (module.ema_decay is not None or module.codebook_transform) else None)
+  if module.codebook_transform:
+    state["frozen_codebook"] = module.variable(
+        STATE, "frozen_codebook", core.frozen_codebook, init_rng, shape, module.param_dtype).value
+    params["codebook_transform"] = module.param("codebook_transform", core.transform_init,
+                                                shape, module.param_dtype)
   else:
-    init_rng = module.make_rng("params") if module.is_initializing() else None
-    start = functools.lru_cache(lambda: core.ema_state(init(init_rng, (k, c))))
-    for name in ("cluster_size", "embed_sum", "codebook"):
-      state[name] = module.variable(STATE, name, lambda n=name: start()[n]).value
-  if soft and core.learns_log_var(opts):
+    init = core.uniform_unit_scaling if lazy else _codebook_initializer(module, x)
+    if module.ema_decay is None:
+      params["codebook"] = module.param("codebook", init, shape, module.param_dtype)
+    else:
+      start = functools.lru_cache(lambda: core.ema_state(init(init_rng, shape)))
+      for name in ("cluster_size", "embed_sum", "codebook"):
+        state[name] = module.variable(STATE, name, lambda n=name: start()[n]).value
+  if isinstance(opts, SoftVQOptions) and core.learns_log_var(opts):
     if module.log_var_init is not None:
       log_var_init = nn.initializers.constant(module.log_var_init)
     elif lazy:
       log_var_init = nn.initializers.zeros
     else:
-      log_var_init = nn.initializers.constant(
-          core.fit_log_var(x, fwd.table(opts, params, state), module.chunk_size))
-    params["log_var"] = module.param("log_var", log_var_init, (k,), module.param_dtype)
+      log_var_init = nn.initializers.constant(core.start_log_var(
+          opts, _rows(opts, x), fwd.table(opts, params, state)))
+    params["log_var"] = module.param("log_var", log_var_init, shape[:-1], module.param_dtype)
   if lazy:
     state["initialized"] = module.variable(STATE, "initialized", jnp.zeros, (), bool).value
   return params, state
 
 
-def _input_dim(params: core.Variables, state: core.Variables) -> Optional[int]:
+def _rows(opts, x: Array) -> Array:
+  """The quantizer's input ``(..., [heads,] c)`` as rows ``(N, [heads,] c)``."""
+  return x.reshape((-1,) + x.shape[x.ndim - 1 - (opts.heads > 1):])
+
+
+def _input_dim(module: nn.Module) -> Optional[int]:
   """The size of z that existing variables were made for (None before init)."""
+  params, state = module.variables.get("params", {}), module.variables.get(STATE, {})
   if "project_in" in params:
     return params["project_in"].shape[0]
-  table = params.get("codebook", state.get("codebook"))
-  return None if table is None else table.shape[-1]
+  table = params.get("codebook", state.get("codebook", state.get("frozen_codebook")))
+  return None if table is None else table.shape[-1] * module.heads
 
 
-def _codebook_initializer(module: nn.Module, z: Array):
-  """The initialiser of a codebook read from the initialisation batch ``z``."""
+def _codebook_initializer(module: nn.Module, x: Array):
+  """The initialiser of a codebook read from the initialisation batch ``x``
+  (the quantizer's input)."""
   if module.codebook_init == "uniform":
     return core.uniform_unit_scaling
-  return lambda rng, shape, dtype=jnp.float32: core.data_codebook(
-      module.codebook_init, rng, z, shape[0], module.chunk_size,
-      kmeans_iters=module.kmeans_iters).astype(dtype)
+  opts = module.options
+  return lambda rng, shape, dtype=jnp.float32: core.start_codebook(
+      opts, rng, _rows(opts, x)).astype(dtype)
 
 
-def _store(module: nn.Module, state: core.Variables, train: bool) -> None:
+def _store(module: nn.Module, old: core.Variables, state: core.Variables, train: bool) -> None:
+  """Writes the entries of ``state`` that the training call changed."""
+  state = {name: value for name, value in state.items() if value is not old.get(name)}
   if not train or not state:
     return
   if not module.is_mutable_collection(STATE):
@@ -231,8 +248,8 @@ class VectorQuantizer(QuantizerOptions):
     """Start the codebook from the batch ``z`` (``linen_initialize``)."""
     linen_initialize(self, z, mask)
 
-  def embed(self, indices: Array) -> Array:
-    return linen_embed(self, indices)
+  def embed(self, indices: Array, dtype=None) -> Array:
+    return linen_embed(self, indices, dtype)
 
 
 class SoftVectorQuantizer(SoftOptions):
@@ -267,8 +284,25 @@ class SoftVectorQuantizer(SoftOptions):
     """Start the codebook and variances from the batch ``z`` (``linen_initialize``)."""
     linen_initialize(self, z, mask)
 
-  def embed(self, indices: Array) -> Array:
-    return linen_embed(self, indices)
+  def embed(self, indices: Array, dtype=None) -> Array:
+    return linen_embed(self, indices, dtype)
+
+
+class SimVQ(VectorQuantizer):
+  """SimVQ (Zhu et al., "Addressing Representation Collapse in Vector
+  Quantized Models with One Linear Layer", 2024): the codebook is a frozen
+  random one (N(0, 1/c) entries, the ``'ema'`` collection's
+  ``frozen_codebook``) times a learned ``(c, c)`` map (the parameter
+  ``codebook_transform``), so every codeword moves with each step of the
+  map and none is left dead.
+
+  ``VectorQuantizer`` with ``codebook_transform=True`` and, as in
+  vector-quantize-pytorch's ``SimVQ``, ``rotation_trick=True`` by default;
+  eq. (27)'s codebook term trains the map and ``commitment`` (0.25) the
+  encoder. A soft SimVQ is ``SoftVectorQuantizer(K, codebook_transform=True)``.
+  """
+  codebook_transform: bool = dataclasses.field(default=True, kw_only=True)
+  rotation_trick: bool = dataclasses.field(default=True, kw_only=True)
 
 
 class ResidualQuantizer(NamedOptions, nn.Module):
@@ -308,3 +342,34 @@ class ResidualQuantizer(NamedOptions, nn.Module):
 
   def embed(self, indices: Array) -> Array:
     return rq.residual_embed([stage.embed for stage in self.stages], indices)
+
+
+class GroupedResidualQuantizer(NamedOptions, nn.Module):
+  """Grouped quantization (``softvq_jax.quantizers.grouped``): z's last axis
+  split into ``len(groups)`` equal parts, part ``g`` quantized by
+  ``groups[g]``, typically a ``ResidualQuantizer`` (vector-quantize-pytorch's
+  ``GroupedResidualVQ``) but any quantizer of this package.
+
+  ``GroupedResidualQuantizer([ResidualQuantizer([VectorQuantizer(1024) for _
+  in range(4)]) for _ in range(2)])``: ``(z, *, train, mask=None) -> (z_q,
+  aux)``, aux ``loss`` (summed), ``indices`` ``(..., num_stages, groups)``
+  and each group's statistics stacked ``(groups, ...)``; ``embed(indices)``
+  concatenates the groups' codewords; ``initialize(z)`` starts each group
+  on its part.
+  """
+  groups: Sequence[nn.Module]
+
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, Aux]:
+    grouped.check_groups(self, z.shape[-1])
+    return grouped.grouped_forward(
+        [functools.partial(group, train=train, mask=mask) for group in self.groups], z)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Each group's ``initialize`` on its part of ``z``."""
+    grouped.check_groups(self, z.shape[-1])
+    for group, part in zip(self.groups, grouped.split(z, len(self.groups))):
+      group.initialize(part, mask=mask)
+
+  def embed(self, indices: Array) -> Array:
+    return grouped.grouped_embed([group.embed for group in self.groups], indices)

@@ -12,8 +12,9 @@
 ``VectorQuantizer(num_codewords, dim, *, rngs, **options)``,
 ``SoftVectorQuantizer(...)``, ``FSQ(levels, **options)``, ``LFQ(dim,
 **options)``, ``ResidualQuantizer(stages, *, rngs=None, **options)``,
-``ResidualFSQ(levels, num_stages, ...)`` and ``ResidualLFQ(dim, num_stages,
-...)`` take
+``ResidualFSQ(levels, num_stages, ...)``, ``ResidualLFQ(dim, num_stages,
+...)``, ``SimVQ(num_codewords, dim, *, rngs, **options)`` and
+``GroupedResidualQuantizer(groups)`` take
 the options of their linen namesakes in ``softvq_jax.quantizers`` (the same
 names and defaults, declared once in ``options``) and return the same
 outputs. The codebook and a soft quantizer's own ``log_var`` are
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 
 from softvq_jax.quantizers import checks
 from softvq_jax.quantizers import core
+from softvq_jax.quantizers import grouped
 from softvq_jax.quantizers import linen
 from softvq_jax.quantizers import pure
 from softvq_jax.quantizers import residual as rq
@@ -48,8 +50,8 @@ Array = jax.Array
 
 
 # The parameters a VQ module may hold (core, forward).
-PARAMS = ("codebook", "log_var", "project_in", "project_in_bias", "project_out",
-          "project_out_bias")
+PARAMS = ("codebook", "codebook_transform", "log_var", "project_in", "project_in_bias",
+          "project_out", "project_out_bias")
 
 
 class QuantizerState(nnx.Variable):
@@ -144,6 +146,16 @@ class SoftVectorQuantizer(_Quantizer):
   def __call__(self, z: Array, log_var: Optional[Array] = None, *, train: bool,
                mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
     return self._forward(z, log_var, train=train, mask=mask)
+
+
+class SimVQ(VectorQuantizer):
+  """SimVQ, a frozen random codebook times a learned map:
+  ``VectorQuantizer`` with ``codebook_transform=True`` and
+  ``rotation_trick=True`` by default; ``linen.SimVQ`` documents it."""
+
+  def __init__(self, num_codewords: int, dim: int, *, rngs: nnx.Rngs, **options):
+    super().__init__(num_codewords, dim, rngs=rngs,
+                     **{"codebook_transform": True, "rotation_trick": True, **options})
 
 
 class FSQ(nnx.Module):
@@ -272,3 +284,30 @@ class ResidualLFQ(_Stages):
 
   def embed(self, indices: Array) -> Array:
     return rq.residual_lfq_embed(self, indices)
+
+
+class GroupedResidualQuantizer(nnx.Module):
+  """Grouped quantization: ``GroupedResidualQuantizer(groups)`` (NNX quantizers
+  of this module, typically residual stacks), ``q(z, *, train,
+  mask=None) -> (z_q, aux)``; ``linen.GroupedResidualQuantizer`` documents it."""
+
+  def __init__(self, groups):
+    self.groups = nnx.List(groups)
+    check_names(type(self).__name__, linen.GroupedResidualQuantizer, {})
+
+  def __call__(self, z: Array, *, train: bool,
+               mask: Optional[Array] = None) -> Tuple[Array, core.Aux]:
+    z = jnp.asarray(z)
+    grouped.check_groups(self, z.shape[-1])
+    return grouped.grouped_forward(
+        [functools.partial(group, train=train, mask=mask) for group in self.groups], z)
+
+  def initialize(self, z: Array, *, mask: Optional[Array] = None) -> None:
+    """Each group's ``initialize`` on its part of ``z``."""
+    z = jnp.asarray(z)
+    grouped.check_groups(self, z.shape[-1])
+    for group, part in zip(self.groups, grouped.split(z, len(self.groups))):
+      group.initialize(part, mask=mask)
+
+  def embed(self, indices: Array) -> Array:
+    return grouped.grouped_embed([group.embed for group in self.groups], indices)

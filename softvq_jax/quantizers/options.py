@@ -28,7 +28,9 @@ LVQ_NAMES = {"decay": "ema_decay", "codebook_size": "num_codewords",
              "sample_codebook_temp": "sample_temperature",
              "num_quantizers": "num_stages (ResidualFSQ / ResidualLFQ) or stages",
              "entropy_loss_weight": "entropy_weight",
-             "commitment_loss_weight": "commitment"}
+             "commitment_loss_weight": "commitment",
+             "input_to_quantize_commit_loss_weight": "commitment",
+             "frozen_codebook_dim": "codebook_dim", "groups": "groups (a list of quantizers)"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -47,6 +49,11 @@ class VQOptions:
   cosine: bool = False  # l2-normalised inputs and codewords (cosine-similarity codebook).
   rotation_trick: bool = False  # Gradients through the rotation (Fifty et al.), not copied.
   codebook_dim: Optional[int] = None  # Quantize in a learned projection to this size.
+  heads: int = 1  # Split each vector into this many parts, each quantized (indices (..., heads)).
+  separate_codebook_per_head: bool = False  # One codebook per head; False: one shared.
+  codebook_transform: bool = False  # SimVQ: codewords = frozen random codebook @ learned map.
+  directional_reparam: bool = False  # DiVeQ's estimator: gradients to codewords through z_q.
+  directional_reparam_variance: float = 5e-3  # Variance of DiVeQ's noise on the direction.
   orthogonal_weight: float = 0.0  # Weight of the codebook's orthogonal regularisation.
   sample_temperature: float = 0.0  # Gumbel-max code sampling in training at this tau; 0: off.
   dtype: Optional[Any] = None  # Of the outputs; None: the input's (embed: param_dtype).

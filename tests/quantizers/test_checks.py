@@ -37,6 +37,19 @@ from tests.quantizers import helpers
                                         dead_code_threshold=1.0), ValueError, "frozen"),
     (lambda: quantizers.ResidualFSQ((5, 5), 0), ValueError, "num_stages"),
     (lambda: vq_nnx.ResidualLFQ(4, 2, quantizer_dropout=0.5), ValueError, "rngs"),
+    (lambda: quantizers.VectorQuantizer(8, heads=0), ValueError, "heads must be a positive"),
+    (lambda: quantizers.VectorQuantizer(8, separate_codebook_per_head=True), ValueError,
+     "needs heads > 1"),
+    (lambda: quantizers.SimVQ(8, ema_decay=0.9), ValueError, "codebook_transform"),
+    (lambda: vq_nnx.SimVQ(8, 4, rngs=nnx.Rngs(0), codebook_init="kmeans"), ValueError,
+     "codebook_transform"),
+    (lambda: quantizers.SoftVectorQuantizer(8, directional_reparam=True), ValueError,
+     "directional_reparam"),
+    (lambda: quantizers.VectorQuantizer(8, directional_reparam=True, rotation_trick=True),
+     ValueError, "directional_reparam"),
+    (lambda: quantizers.VectorQuantizer(8, directional_reparam_variance=-1.0), ValueError,
+     "directional_reparam_variance"),
+    (lambda: quantizers.GroupedResidualQuantizer([], decay=0.9), TypeError, "decay"),
 ])
 def test_bad_options_are_one_error_at_construction(build, error, message):
   with pytest.raises(error, match=message):

@@ -140,3 +140,42 @@ def test_tokenizer_example_agrees_on_one_device_jit_and_shard_map():
     mse = float(line.split("test MSE difference ")[1])
     assert parameters < 1e-3 and mse < 1e-5, line
   assert result.stdout.count("test reconstruction MSE") == 3
+
+
+def test_simvq_codebook_is_the_frozen_one_times_the_learned_map():
+  z = jax.random.normal(jax.random.key(0), (64, 4))
+  vq = quantizers.SimVQ(16)
+  assert vq.rotation_trick and vq.options.codebook_transform
+  variables = vq.init(helpers.PARAMS_RNG, z, train=False)
+  frozen = np.float64(variables["ema"]["frozen_codebook"])
+  transform = np.float64(variables["params"]["codebook_transform"])
+  assert set(variables["params"]) == {"codebook_transform"}  # The frozen codebook is state.
+  np.testing.assert_allclose(vq.apply(variables, jnp.arange(16), method=vq.embed),
+                             frozen @ transform, rtol=1e-5, atol=1e-6)
+
+  def loss(params):
+    (z_q, aux) = vq.apply({**variables, "params": params}, z, train=True)  # No mutable state.
+    return aux["loss"] + jnp.mean(jnp.square(z_q - z))
+
+  params, losses = variables["params"], []
+  for _ in range(30):
+    value, grads = jax.value_and_grad(loss)(params)
+    params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    losses.append(float(value))
+  assert losses[-1] < 0.8 * losses[0]
+  usage = vq.apply({**variables, "params": params}, z, train=False)[1]["usage"]
+  assert usage > 0.5, usage
+
+
+def test_directional_reparam_trains_the_codebook_through_the_output():
+  z = jax.random.normal(jax.random.key(0), (32, 4))
+  vq = quantizers.VectorQuantizer(8, directional_reparam=True)
+  variables = vq.init(helpers.PARAMS_RNG, z, train=False)
+  (z_q, aux) = vq.apply(variables, z, train=False)
+  assert aux["loss"] == 0  # No eq. (27) terms: the estimator trains both sides.
+  grads = jax.grad(lambda p: jnp.sum(vq.apply({"params": p}, z, train=True, rngs=helpers.RNGS)[0]))(
+      variables["params"])
+  used = np.zeros(8, bool)
+  used[np.asarray(aux["indices"])] = True
+  assert np.all(np.abs(grads["codebook"]).sum(-1)[used] > 0)
+  assert np.all(grads["codebook"][~used] == 0)

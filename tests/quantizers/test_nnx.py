@@ -16,7 +16,11 @@ from tests.quantizers import helpers
 @pytest.mark.parametrize("kind,kwargs", [
     ("hard", dict(ema_decay=0.9, codebook_init="kmeans")),
     ("soft", dict(ema_decay=0.9, codebook_init="data")),
-    ("soft", dict(chunk_size=3, commitment=0.5))])
+    ("soft", dict(chunk_size=3, commitment=0.5)),
+    ("hard", dict(ema_decay=0.9, codebook_init="kmeans", heads=2,
+                  separate_codebook_per_head=True)),
+    ("soft", dict(heads=3, codebook_init="data")),
+    ("soft", dict(codebook_transform=True, log_var_init=0.0))])
 def test_nnx_and_linen_agree_on_outputs_and_state_updates(kind, kwargs):
   z = jnp.asarray(helpers.clustered(48, d=6))
   linen = helpers.LINEN[kind](10, **kwargs)
