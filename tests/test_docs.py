@@ -46,8 +46,9 @@ def test_the_quantizer_page_shows_every_context():
     assert needle in code, needle
 
 
-@pytest.mark.parametrize("module", [quantizers.SoftVectorQuantizer, quantizers.FSQ,
-                                    quantizers.LFQ, quantizers.ResidualQuantizer])
+@pytest.mark.parametrize("module", [quantizers.SoftVectorQuantizer, quantizers.SimVQ,
+                                    quantizers.FSQ, quantizers.LFQ, quantizers.ResidualQuantizer,
+                                    quantizers.ResidualFSQ, quantizers.GroupedResidualQuantizer])
 def test_the_quantizer_page_names_every_option(module):
   page = open(os.path.join(ROOT, "docs", "quantizers.md")).read()
   options = [f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name")]
