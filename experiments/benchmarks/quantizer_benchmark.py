@@ -69,6 +69,15 @@ QUANTIZERS: Dict[str, Any] = {
         [q.VectorQuantizer(NUM_CODES, **EMA) for _ in range(4)])),
     "fsq": (4, lambda: q.FSQ((8, 5, 5, 5))),
     "lfq": (10, lambda: q.LFQ(10, commitment=0.25 / 10)),
+    # 4 heads of 4 dimensions, a codebook each; the terms are means over a head's 4.
+    "vq_heads4": (D, lambda: q.VectorQuantizer(
+        NUM_CODES, heads=4, separate_codebook_per_head=True, **dict(EMA, commitment=0.25 / 4))),
+    # LVQ's SimVQ: a codebook term of weight 1 and the input's of 0.25, rotation trick.
+    "simvq": (D, lambda: q.SimVQ(NUM_CODES, vq_weight=1.0 / D, commitment=0.25)),
+    # 2 groups of 8 dimensions, each 2 residual EMA stages.
+    "grouped_rvq2x2": (D, lambda: q.GroupedResidualQuantizer([q.ResidualQuantizer(
+        [q.VectorQuantizer(NUM_CODES, **dict(EMA, commitment=0.25 / 8)) for _ in range(2)])
+        for _ in range(2)])),
 }
 # The tokenizer's convolutions, in the order of tokenizer_init.LAYERS.
 CONVS = ("Conv_0", "Conv_1", "Conv_2", "Conv_3", "Conv_4")
@@ -145,8 +154,7 @@ def run(name: str, seed: int, train_images, test_images) -> Dict[str, Any]:
                           (evaluate(x) for x in np.split(test_images, 10))])
   mse = float(np.mean(np.square(np.concatenate(recons) - test_images)))
   return {"framework": "jax", "quantizer": name, "seed": seed, "test_mse": round(mse, 6),
-          **token_statistics.code_statistics(np.concatenate(indices), NUM_CODES,
-                                             stages=name.startswith("residual")),
+          **token_statistics.code_statistics(np.concatenate(indices), NUM_CODES, name),
           "ms_per_step": round(ms, 3),
           "final_train_loss": round(float(loss), 6)}
 

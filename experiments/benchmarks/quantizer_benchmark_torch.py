@@ -30,6 +30,11 @@ QUANTIZERS = {
     "fsq": (4, lambda: lvq.FSQ(levels=[8, 5, 5, 5], dim=4)),
     "lfq": (10, lambda: lvq.LFQ(dim=10, codebook_size=NUM_CODES, entropy_loss_weight=0.1,
                                 commitment_loss_weight=0.25)),
+    "vq_heads4": (16, lambda: lvq.VectorQuantize(16, heads=4, codebook_dim=4,
+                                                 separate_codebook_per_head=True, **EMA)),
+    "simvq": (16, lambda: lvq.SimVQ(dim=16, codebook_size=NUM_CODES)),
+    "grouped_rvq2x2": (16, lambda: lvq.GroupedResidualVQ(dim=16, groups=2, num_quantizers=2,
+                                                         **EMA)),
 }
 
 
@@ -56,6 +61,8 @@ class Tokenizer(nn.Module):
     b, c, h, w = z.shape
     out = self.quantizer(z.flatten(2).transpose(1, 2))  # LVQ's (B, 49, latent).
     z_q, indices = out[0], out[1]
+    if isinstance(self.quantizer, lvq.GroupedResidualVQ):  # (groups, B, 49, q) to ours.
+      indices = indices.permute(1, 2, 3, 0)
     loss = out[2].sum() if len(out) > 2 and out[2] is not None else torch.zeros(())
     z_q = z_q.transpose(1, 2).reshape(b, c, h, w)
     return self.decoder(z_q), indices, loss
@@ -84,7 +91,7 @@ def run(name, seed, train, test, args):
     outputs = [model(torch.from_numpy(x).permute(0, 3, 1, 2)) for x in np.split(test, 10)]
   recon = torch.cat([o[0] for o in outputs]).permute(0, 2, 3, 1).numpy()
   indices = torch.cat([o[1] for o in outputs]).numpy()
-  stats = token_statistics.code_statistics(indices, NUM_CODES, stages=name.startswith("residual"))
+  stats = token_statistics.code_statistics(indices, NUM_CODES, name)
   return {"framework": "torch", "quantizer": name, "seed": seed,
           "test_mse": round(float(np.mean((recon - test) ** 2)), 6), **stats,
           "ms_per_step": round(ms, 3), "final_train_loss": round(loss.item(), 6)}

@@ -6,12 +6,17 @@ from typing import Dict
 import numpy as np
 
 
-def code_statistics(indices: np.ndarray, num_codes: int, stages: bool) -> Dict[str, float]:
+# The codebooks of the benchmark's quantizers with more than one (stages,
+# heads, groups times stages): the trailing index columns of each token.
+CODEBOOKS = {"residual_vq4": 4, "vq_heads4": 4, "grouped_rvq2x2": 4}
+
+
+def code_statistics(indices: np.ndarray, num_codes: int, name: str) -> Dict[str, float]:
   """``test_usage`` (the fraction of the ``num_codes`` codes used) and
-  ``test_perplexity`` (exp entropy of the code histogram) of integer
-  ``indices``; with ``stages``, the last axis holds a residual quantizer's
-  stages and both are averaged over them."""
-  columns = indices.reshape(-1, indices.shape[-1]) if stages else indices.reshape(-1, 1)
+  ``test_perplexity`` (exp entropy of the code histogram) of quantizer
+  ``name``'s integer ``indices``, whose trailing axes hold its
+  ``CODEBOOKS`` (default 1): both are averaged over its codebooks."""
+  columns = indices.reshape(-1, CODEBOOKS.get(name, 1))
   usage, perplexity = [], []
   for column in columns.T:
     counts = np.bincount(column, minlength=num_codes)
