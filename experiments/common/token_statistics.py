@@ -5,7 +5,6 @@ from typing import Dict
 
 import numpy as np
 
-
 # The codebooks of the benchmark's quantizers with more than one (stages,
 # heads, groups times stages): the trailing index columns of each token.
 CODEBOOKS = {"residual_vq4": 4, "vq_heads4": 4, "grouped_rvq2x2": 4}
