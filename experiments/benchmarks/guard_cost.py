@@ -37,8 +37,26 @@ from softvq_jax.model import autoencoder
 flags.DEFINE_integer("steps", 200, "Steps per timed chunk.")
 flags.DEFINE_integer("repeats", 5, "Timed chunks per variant; the best counts.")
 flags.DEFINE_string("out", None, "Also write the JSON lines to this file.")
+flags.DEFINE_list("variants", None, "Time only these of variant_names(); default all.")
 FLAGS = flags.FLAGS
 NUM_RUNS = 3
+# (runs, the guards timed with that many runs); the parts of a step.
+GUARDS = ((1, ("gradients", "loss", None)), (NUM_RUNS, ("gradients", None)))
+PARTS = ("forward", "forward_backward", "adam")
+
+
+def guard_name(guard, num_runs):
+  return f"guard_{guard or 'none'}_runs{num_runs}"
+
+
+def part_name(part, runs_together):
+  return f"{part}_{runs_together}{NUM_RUNS}"
+
+
+def variant_names():
+  """Every variant this script times, in order."""
+  return ([guard_name(g, n) for n, modes in GUARDS for g in modes]
+          + [part_name(p, r) for p in PARTS for r in steps.RUNS_TOGETHER])
 
 
 def setup():
@@ -51,7 +69,10 @@ def setup():
 
 
 def best_of(programs, args):
-  """ms per step per run of each ``programs[name] = (fn, num_runs)``."""
+  """ms per step per run of each ``programs[name] = (fn, num_runs)`` in
+  ``--variants`` (compiled only then)."""
+  programs = {name: program for name, program in programs.items()
+              if not FLAGS.variants or name in FLAGS.variants}
   for fn, _ in programs.values():
     jax.block_until_ready(fn(*args[fn]))
   best = {name: float("inf") for name in programs}
@@ -68,13 +89,13 @@ def guards(model_fn, optimizer, images, init):
   kwargs = dict(model_fn=model_fn, optimizer=optimizer, batch_size=32, pixel_var=0.1,
                 num_steps=FLAGS.steps)
   programs, args = {}, {}
-  for num_runs, guard_modes in ((1, ("gradients", "loss", None)), (NUM_RUNS, ("gradients", None))):
+  for num_runs, guard_modes in GUARDS:
     rngs = jax.random.split(jax.random.key(0), num_runs)
     state = jax.jit(steps.over_runs(init, num_runs, [0]))(rngs)
     for guard in guard_modes:
       fn = jax.jit(steps.over_runs(functools.partial(steps.train_steps, guard=guard, **kwargs),
                                    num_runs, [0, None, 0, 0]))
-      programs[f"guard_{guard or 'none'}_runs{num_runs}"] = (fn, num_runs)
+      programs[guard_name(guard, num_runs)] = (fn, num_runs)
       args[fn] = (state, images, rngs, {})
   return best_of(programs, args)
 
@@ -108,18 +129,20 @@ def parts(model_fn, optimizer, images, init):
   rngs = jax.random.split(jax.random.key(0), NUM_RUNS)
   state = jax.jit(jax.vmap(init))(rngs)
   programs, args = {}, {}
-  for name, part in (("forward", forward), ("forward_backward", forward_backward),
-                     ("adam", adam)):
+  for name, part in zip(PARTS, (forward, forward_backward, adam)):
     chunk = lambda state, rng, part=part: jax.lax.scan(
         lambda s, _: (part(s, rng), None), state, None, length=FLAGS.steps)[0]
     for runs_together in steps.RUNS_TOGETHER:
       fn = jax.jit(steps.over_runs(chunk, NUM_RUNS, [0, 0], runs_together))
-      programs[f"{name}_{runs_together}{NUM_RUNS}"] = (fn, NUM_RUNS)
+      programs[part_name(name, runs_together)] = (fn, NUM_RUNS)
       args[fn] = (state, rngs)
   return best_of(programs, args)
 
 
 def main(_):
+  unknown = sorted(set(FLAGS.variants or ()) - set(variant_names()))
+  if unknown:
+    raise app.UsageError(f"--variants: unknown {unknown}; the variants are {variant_names()}")
   lines = []
   setting = setup()
   for timed in (guards, parts):
