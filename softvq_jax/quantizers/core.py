@@ -36,6 +36,7 @@ from typing import Any, Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from softvq_jax.quantizers import codebook_health as health
 from softvq_jax.quantizers import functional
@@ -263,7 +264,7 @@ def initialize(opts: VQOptions, params: Variables, state: Variables, z: Array, k
   """``(params, state)`` started from encodings ``z`` ``(..., d)`` (the
   quantizer's input, after ``codebook_dim``'s projection), with all
   shards' ``z`` under a bound ``axis_name`` and rows of zero ``weights``
-  left out: the codebook (``codebook_init`` "data" or "kmeans": the
+  or a non-finite entry left out: the codebook (``codebook_init`` "data" or "kmeans": the
   parameter, or the EMA state) and a soft quantizer's own ``log_var``
   fit (``log_var_init=None``). ``initialized`` is then True. Without data
   to read (``needs_data``) the variables come back unchanged."""
@@ -274,18 +275,42 @@ def initialize(opts: VQOptions, params: Variables, state: Variables, z: Array, k
   w = None if weights is None else heads.head_weights(opts, _gather(
       opts.axis_name, functional.as_float32(weights).reshape(-1)))
   params, state = dict(params), dict(state, initialized=jnp.ones((), bool))
-  fitted = codebook(opts, params, state)
+  fit_variance = (isinstance(opts, SoftVQOptions) and learns_log_var(opts)
+                  and opts.log_var_init is None)
+
+  def fit(x, w):
+    fitted = codebook(opts, params, state)
+    if opts.codebook_init != "uniform":
+      fitted = start_codebook(opts, key, x, w).astype(fitted.dtype)
+    table = functional.l2_normalize(fitted) if opts.cosine else fitted
+    return fitted, start_log_var(opts, x, table, w) if fit_variance else None
+
+  fitted, log_var = _on_finite_rows(fit, x, w)
   if opts.codebook_init != "uniform":
-    fitted = start_codebook(opts, key, x, w).astype(fitted.dtype)
     if opts.ema_decay is not None:
       state.update(ema_state(fitted))
     else:
       params["codebook"] = fitted
-  if isinstance(opts, SoftVQOptions) and learns_log_var(opts) and opts.log_var_init is None:
-    table = functional.l2_normalize(fitted) if opts.cosine else fitted
-    params["log_var"] = jnp.broadcast_to(start_log_var(opts, x, table, w),
-                                         params["log_var"].shape).astype(params["log_var"].dtype)
+  if fit_variance:
+    params["log_var"] = jnp.broadcast_to(log_var, params["log_var"].shape).astype(
+        params["log_var"].dtype)
   return params, state
+
+
+def _on_finite_rows(fn, x: Array, weights: Optional[Array]):
+  """``fn(x, weights)`` with the rows of ``x`` ``(N, [heads,] c)`` that hold a
+  non-finite entry left out (weight 0, at zero); without weights and with
+  every row finite, ``fn(x, None)`` itself (decided at run time under jit)."""
+  finite = functional.finite_rows(x)
+  clean = lambda: fn(jnp.where(finite[..., None], x, 0.0),
+                     jnp.where(finite, 1.0 if weights is None else weights, 0.0))
+  if weights is not None:
+    return clean()
+  try:
+    all_finite = bool(np.asarray(jnp.all(finite)))
+  except jax.errors.TracerArrayConversionError:
+    return jax.lax.cond(jnp.all(finite), lambda: fn(x, None), clean)
+  return fn(x, None) if all_finite else clean()
 
 
 def start_codebook(opts: VQOptions, key: Array, x: Array,

@@ -114,7 +114,8 @@ def hard_forward(opts: VQOptions, params: Variables, state: Variables, z: Array,
 def _hard_codes(opts: VQOptions, codewords: Array, state: Variables, x: Array,
                 weights: Optional[Array], make_rng: MakeRng, *, train: bool):
   """One codebook's part of ``hard_forward``: ``(x_q, indices, (state,
-  statistics, aux))``."""
+  statistics, aux))``. Non-finite latents get index -1 and a NaN output and
+  stay out of the state and statistics (``_finite``)."""
   x_stop = jax.lax.stop_gradient(x)
   if train and opts.sample_temperature > 0:
     indices = functional.gumbel_indices(make_rng(), x_stop, codewords, opts.sample_temperature)
@@ -122,11 +123,26 @@ def _hard_codes(opts: VQOptions, codewords: Array, state: Variables, x: Array,
     indices = functional.hard_quantize(x_stop, codewords)[1]
   else:
     indices = streaming.nearest_codewords(x_stop, codewords, opts.chunk_size)[0]
-  x_q = functional.lookup(codewords, indices).astype(x.dtype)
-  sums = lambda: functional.index_sums(x, indices, opts.num_codewords, weights)
-  state, aux = _ema(opts, state, sums, x, weights, train=train, make_rng=make_rng)
-  statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, weights)
-  return x_q, indices, (state, statistics, aux)
+  indices, finite = functional.mark_nonfinite(x_stop, indices)
+  x_q = functional.codewords_of(codewords, indices, finite, x.dtype)
+  x_safe, w_safe, aux = _finite(opts, x, finite, weights)
+  sums = lambda: functional.index_sums(x_safe, indices, opts.num_codewords, w_safe)
+  state, ema_aux = _ema(opts, state, sums, x_safe, w_safe, train=train, make_rng=make_rng)
+  statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, w_safe)
+  return x_q, indices, (state, statistics, {**ema_aux, **aux})
+
+
+def _finite(opts: VQOptions, x: Array, finite: Array, weights: Optional[Array]):
+  """``(x_safe, w_safe, aux)``: the latents with non-finite rows at zero,
+  weights zero there (so that the EMA state, restarts and statistics skip
+  them), and ``nonfinite_rows``, how many rows (of nonzero weight) were."""
+  x_safe = jnp.where(finite[..., None], x, jnp.zeros_like(x))
+  w = jnp.ones(finite.shape) if weights is None else weights
+  skipped = jnp.sum(jnp.where(finite, 0.0, (w > 0).astype(jnp.float32)))
+  axis = core.bound_axis(opts.axis_name)
+  if axis is not None:
+    skipped = jax.lax.psum(skipped, axis)
+  return x_safe, jnp.where(finite, w, 0.0), {"nonfinite_rows": skipped}
 
 
 def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Array,
@@ -176,31 +192,33 @@ def _soft_codes(opts: SoftVQOptions, codewords: Array, own_log_var: Optional[Arr
   statistics, aux))``, with the codebook's own ``log_var`` or the rows'
   (exactly one is given)."""
   log_var = own_log_var if log_var is None else log_var
-  x_stop = jax.lax.stop_gradient(x_in)
+  finite = functional.finite_rows(jax.lax.stop_gradient(x_in))
+  x_safe, w_safe, nonfinite = _finite(opts, x_in, finite, weights)
+  x_stop = jax.lax.stop_gradient(x_safe)
   extra = {}
   if opts.chunk_size is None:
     logits = functional.soft_assignment_logits(x_stop, codewords, log_var, opts.normalizer)
     probs = jax.nn.softmax(logits)
     x_hat = functional.posterior_mean(probs, codewords).astype(x_in.dtype)
     indices = jnp.argmax(probs, axis=-1).astype(jnp.int32)
-    sums = lambda: functional.assignment_sums(x_in, probs, weights)
-    posterior = probs.reshape(-1, opts.num_codewords)
-    if weights is not None:
-      posterior = posterior * weights.reshape(-1, 1)
+    sums = lambda: functional.assignment_sums(x_safe, probs, w_safe)
+    posterior = probs.reshape(-1, opts.num_codewords) * w_safe.reshape(-1, 1)
     posterior_counts = jnp.sum(posterior, axis=0)
-    extra["probs"] = probs.astype(x_in.dtype)
+    extra["probs"] = jnp.where(finite[..., None], probs, jnp.nan).astype(x_in.dtype)
   else:
     x_hat, indices, lse = streaming.soft_quantize_chunked(
         x_stop, codewords, log_var, opts.normalizer, opts.chunk_size, with_indices=True)
     posterior = streaming.posterior_sums(x_stop, codewords, log_var, lse, opts.normalizer,
-                                         opts.chunk_size, weights)
+                                         opts.chunk_size, w_safe)
     sums = lambda: posterior
     posterior_counts = posterior[0]
-  state, aux = _ema(opts, state, sums, x_in, weights, train=train, make_rng=make_rng)
-  statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, weights)
+  indices, _ = functional.mark_nonfinite(x_in, indices)
+  x_hat = jnp.where(finite[..., None], x_hat, jnp.nan).astype(x_in.dtype)
+  state, aux = _ema(opts, state, sums, x_safe, w_safe, train=train, make_rng=make_rng)
+  statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, w_safe)
   extra["posterior_perplexity"] = functional.perplexity(
-      posterior_counts / core.total_weight(indices, weights), core.bound_axis(opts.axis_name))
-  return x_hat, indices, (state, statistics, {**aux, **extra})
+      posterior_counts / core.total_weight(indices, w_safe), core.bound_axis(opts.axis_name))
+  return x_hat, indices, (state, statistics, {**aux, **extra, **nonfinite})
 
 
 def _codebook_state(state: Variables) -> Variables:

@@ -20,7 +20,7 @@ vector* (summed over ``d``) averaged over all leading axes, so that it adds to
 a reconstruction term that is summed over pixels and averaged over examples.
 """
 
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -71,10 +71,29 @@ def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
     ``(z_q, indices)``: the nearest codewords in ``z``'s dtype, shape
     ``(..., d)``, and their int32 indices, shape ``(...)``. No gradient flows
     to ``z`` (see ``straight_through``); the codebook receives gradient
-    through the gather.
+    through the gather. A latent with a NaN or infinite entry gets index -1
+    and a NaN output, never a valid token.
   """
   indices = jnp.argmin(squared_distances(z, codebook), axis=-1).astype(jnp.int32)
-  return lookup(codebook, indices).astype(z.dtype), indices
+  indices, finite = mark_nonfinite(z, indices)
+  return codewords_of(codebook, indices, finite, z.dtype), indices
+
+
+def finite_rows(z: Array) -> Array:
+  """Booleans ``(...)``: whether each latent of ``z`` ``(..., d)`` is finite."""
+  return jnp.all(jnp.isfinite(z), axis=-1)
+
+
+def mark_nonfinite(z: Array, indices: Array) -> Tuple[Array, Array]:
+  """``(indices, finite)``: the indices with -1 where ``z``'s latent is not finite."""
+  finite = finite_rows(z)
+  return jnp.where(finite, indices, -1), finite
+
+
+def codewords_of(codebook: Array, indices: Array, finite: Array, dtype: Any) -> Array:
+  """``lookup`` of ``indices``, NaN where ``finite`` is False (index -1)."""
+  codewords = lookup(codebook, jnp.maximum(indices, 0)).astype(dtype)
+  return jnp.where(finite[..., None], codewords, jnp.nan).astype(dtype)
 
 
 def as_weights(mask: Optional[Array]) -> Optional[Array]:
@@ -153,10 +172,21 @@ def soft_assignment_logits(z: Array, codebook: Array, log_var: Array,
                          normalizer_weight(normalizer, z.shape[-1]))
 
 
+# |log sigma^2| past which exp(-log sigma^2) is clipped for the distance
+# term. At e^30 (or e^-30) the float32 posterior is already one-hot (or
+# flat) for any distances float32 tells apart, and the term stays finite for
+# squared distances below 1e25, so that no finite log-variance gives -inf
+# logits everywhere (a NaN posterior).
+LOG_VAR_BOUND = 30.0
+
+
 def distance_logits(dist: Array, log_var: Array, weight: float) -> Array:
   """The logits of ``soft_assignment_logits`` from squared distances:
-  -||z - mu_k||^2 / (2 sigma_k^2) - w log sigma_k^2 (w: ``normalizer_weight``)."""
-  return -0.5 * dist * jnp.exp(-log_var) - weight * log_var
+  -||z - mu_k||^2 / (2 sigma_k^2) - w log sigma_k^2 (w: ``normalizer_weight``).
+
+  Finite for every finite log-variance and squared distances below 1e25
+  (``LOG_VAR_BOUND``); a NaN distance (a NaN latent) stays NaN."""
+  return -0.5 * dist * jnp.exp(-jnp.clip(log_var, -LOG_VAR_BOUND, LOG_VAR_BOUND)) - weight * log_var
 
 
 def posterior_mean(probs: Array, codebook: Array) -> Array:

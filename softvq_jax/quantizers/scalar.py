@@ -62,7 +62,8 @@ def fsq(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Tuple[Array, Arra
   Returns:
     ``(codes, indices)``: codes in ``z``'s dtype on the grid
     ``(k - L // 2) / (L // 2)``, with the gradient of the bound; int32
-    indices in ``[0, prod(L))``, shape ``(...)`` (``fsq_indices``).
+    indices in ``[0, prod(L))``, shape ``(...)`` (``fsq_indices``). A
+    latent with a non-finite entry gets a NaN code and index -1.
   """
   levels_f = jnp.asarray(levels, jnp.float32)
   half_l = (levels_f - 1) * (1 + eps) / 2
@@ -72,7 +73,8 @@ def fsq(z: Array, levels: Sequence[int], eps: float = 1e-3) -> Tuple[Array, Arra
   rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
   half_width = jnp.asarray(levels) // 2
   codes = rounded / half_width
-  return codes.astype(z.dtype), fsq_indices(jax.lax.stop_gradient(codes), levels)
+  indices, finite = functional.mark_nonfinite(z, fsq_indices(jax.lax.stop_gradient(codes), levels))
+  return jnp.where(finite[..., None], codes, jnp.nan).astype(z.dtype), indices
 
 
 def fsq_indices(codes: Array, levels: Sequence[int]) -> Array:
@@ -104,15 +106,16 @@ def lfq(z: Array, spherical: bool = False) -> Tuple[Array, Array, Array]:
     ``(codes, indices, u)``: the codes in ``z``'s dtype, straight-through
     to ``u``; int32 indices ``sum_i 2^(d-1-i) 1[z_i > 0]`` (the first
     dimension most significant, as vector-quantize-pytorch); ``u``, the
-    float32 input of the sign (``z``, or ``z / ||z||``).
+    float32 input of the sign (``z``, or ``z / ||z||``). A latent with a
+    non-finite entry gets a NaN code and index -1.
   """
   u = functional.as_float32(z)
   if spherical:
     u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
   scale = 1.0 / np.sqrt(z.shape[-1]) if spherical else 1.0
-  codes = jnp.where(u > 0, scale, -scale)
-  return (functional.straight_through(u, codes).astype(z.dtype), lfq_indices(codes),
-          u)
+  indices, finite = functional.mark_nonfinite(u, lfq_indices(u))
+  codes = jnp.where(finite[..., None], jnp.where(u > 0, scale, -scale), jnp.nan)
+  return functional.straight_through(u, codes).astype(z.dtype), indices, u
 
 
 def lfq_indices(codes: Array) -> Array:
@@ -186,9 +189,17 @@ def fsq_forward(z: Array, levels: Sequence[int], axis_name: Optional[str] = None
   ``perplexity``, ``usage`` (of the rows where ``mask`` is True)."""
   codes, indices = fsq(z, levels)
   aux = {"loss": jnp.zeros((), jnp.float32), "latent": z, "indices": indices,
-         **core.index_statistics(indices, int(np.prod(levels)), axis_name, functional.as_weights(mask))}
+         **_statistics(indices, int(np.prod(levels)), axis_name, mask)}
   return codes, aux
 
+
+def _statistics(indices: Array, num_codes: int, axis_name: Optional[str],
+                mask: Optional[Array]):
+  """``core.index_statistics`` of the rows of ``mask`` with a code (index
+  -1, a non-finite latent, counts in nothing)."""
+  weights = functional.as_weights(mask)
+  weights = jnp.where(indices >= 0, 1.0 if weights is None else weights, 0.0)
+  return core.index_statistics(indices, num_codes, axis_name, weights)
 
 
 def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_gamma: float,
@@ -204,7 +215,7 @@ def lfq_forward(z: Array, *, spherical: bool, entropy_weight: float, diversity_g
   codes, indices, u = lfq(z, spherical)
   commit = functional.commitment_loss(u, codes, commitment, functional.as_weights(mask))
   aux = {"latent": z, "indices": indices, "commitment_loss": commit,
-         **core.index_statistics(indices, 2 ** z.shape[-1], axis_name, functional.as_weights(mask))}
+         **_statistics(indices, 2 ** z.shape[-1], axis_name, mask)}
   loss = commit
   if train:
     per_sample, batch = lfq_entropy(u, inv_temperature, spherical, mask, axis_name)

@@ -124,3 +124,30 @@ def test_masked_positions_change_nothing(make):
           a, b, rtol=1e-5, atol=1e-6, err_msg=str(path)), got[2], ref[2])
   for table in jax.tree_util.tree_leaves(got[2]):  # No padded row became a codeword.
     assert np.abs(np.asarray(table, np.float32)).max() < 100
+
+
+@pytest.mark.parametrize("build", [
+    lambda: quantizers.VectorQuantizer(16, ema_decay=0.9, dead_code_threshold=0.5),
+    lambda: quantizers.SoftVectorQuantizer(16, ema_decay=0.9, log_var_init=0.0),
+    lambda: quantizers.SoftVectorQuantizer(16, ema_decay=0.9, log_var_init=0.0, chunk_size=5),
+    lambda: quantizers.VectorQuantizer(16, ema_decay=0.9, codebook_init="kmeans", heads=2,
+                                       separate_codebook_per_head=True),
+])
+def test_a_nan_in_a_batch_leaves_the_state_finite_and_skips_its_rows(build):
+  """Issue 37's repro: one NaN element in one training batch; the rows that hold one are
+  left out of the state (as if masked), get index -1, and are counted."""
+  z = jax.random.normal(jax.random.key(0), (64, 8))
+  bad = z.at[0, 0].set(jnp.nan).at[0, 7].set(jnp.nan)  # One in each head.
+  bad = bad.at[5, 3].set(jnp.inf).at[5, 4].set(jnp.nan)
+  module = build()
+  variables = helpers.ready(module, bad)  # The start skips them too.
+  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(variables))
+  _, aux, trained = helpers.train(module, variables, bad, rngs=helpers.RNGS)
+  assert np.all(np.asarray(aux["indices"])[[0, 5]] == -1)
+  assert np.all(np.asarray(aux["nonfinite_rows"]) == 2)
+  mask = jnp.ones(64, bool).at[0].set(False).at[5].set(False)
+  _, _, masked = helpers.train(module, variables, z, mask=mask, rngs=helpers.RNGS)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+               trained, masked)
+  z_q, aux = module.apply(trained, z, train=False)
+  assert np.all(np.isfinite(z_q)) and np.all(np.asarray(aux["indices"]) >= 0)

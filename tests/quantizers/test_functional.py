@@ -8,6 +8,8 @@ import scipy.special
 
 from softvq_jax.model import variational
 from softvq_jax.quantizers import functional
+from softvq_jax.quantizers import scalar
+from softvq_jax.quantizers import streaming
 from softvq_jax.quantizers.functional import hard_quantize
 from softvq_jax.quantizers.functional import soft_quantize
 
@@ -219,3 +221,41 @@ def test_directional_reparam_value_and_gradients_in_float64():
   np.testing.assert_allclose(np.linalg.norm(noisy - z, axis=-1), np.linalg.norm(e, axis=-1),
                              rtol=1e-5)  # The noise turns the step, never lengthens it.
   assert not np.allclose(noisy, c, atol=1e-3)
+
+
+def test_a_nan_latent_is_index_minus_one_and_a_nan_output():
+  z = jnp.asarray([[0.0, 0.1], [jnp.nan, 0.0], [jnp.inf, 1.0], [1.0, 1.0]])
+  codebook = jnp.asarray([[0.0, 0.0], [1.0, 1.0]])
+  for quantize in (hard_quantize, jax.jit(hard_quantize)):
+    z_q, indices = quantize(z, codebook)
+    np.testing.assert_array_equal(indices, [0, -1, -1, 1])
+    z_q = np.asarray(z_q)
+    assert np.all(np.isnan(z_q[1:3])) and np.all(np.isfinite(z_q[[0, 3]]))
+  for codes, indices in (scalar.fsq(z, (5, 5))[:2], scalar.lfq(z)[:2],
+                         jax.jit(lambda z: scalar.lfq(z, spherical=True))(z)[:2]):
+    np.testing.assert_array_equal(np.asarray(indices)[[1, 2]], [-1, -1])
+    assert np.all(np.asarray(indices)[[0, 3]] >= 0)
+    codes = np.asarray(codes)
+    assert np.all(np.isnan(codes[1:3])) and np.all(np.isfinite(codes[[0, 3]]))
+
+
+@pytest.mark.parametrize("log_var", [-1e4, -100.0, -88.0, 88.0, 1e4])
+def test_soft_quantization_is_finite_at_any_finite_log_variance(log_var):
+  """The limits: a one-hot posterior on the nearest codeword as sigma^2 -> 0, a flat one as
+  sigma^2 -> infinity; never a NaN (also with codewords too far for float32)."""
+  z = jnp.asarray([[0.1, 0.0], [0.9, 1.2], [3e3, -3e3]])
+  codebook = jnp.asarray([[0.0, 0.0], [1.0, 1.0], [-2.0, 5.0]])
+  for normalizer in functional.NORMALIZERS:
+    z_hat, probs = soft_quantize(z, codebook, jnp.full((3,), log_var), normalizer)
+    assert np.all(np.isfinite(z_hat)) and np.all(np.isfinite(probs))
+    chunked = streaming.soft_quantize_chunked(z, codebook, jnp.full((3,), log_var),
+                                              normalizer, chunk_size=2)
+    np.testing.assert_allclose(chunked, z_hat, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-6)
+    if log_var < 0:
+      np.testing.assert_allclose(probs[:2], np.eye(3)[[0, 1]], atol=1e-6)
+    else:
+      np.testing.assert_allclose(probs, np.full((3, 3), 1 / 3), rtol=1e-5)
+    grads = jax.grad(lambda v: jnp.sum(soft_quantize(z, codebook, v, normalizer)[0]))(
+        jnp.full((3,), log_var))
+    assert np.all(np.isfinite(grads))
