@@ -96,7 +96,8 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
                  eval_y: np.ndarray, *, num_classes: int, steps: int,
                  batch_size: int, learning_rate: float, seed: int,
                  standardize: bool = True) -> float:
-  """Test accuracy (percent) of a softmax-regression probe on the latents.
+  """Test accuracy (percent) of a softmax-regression probe on the latents;
+  ``FloatingPointError`` if the probe diverged.
 
   Args:
     train_x, eval_x: features, shapes ``(N, F)`` and ``(M, F)``.
@@ -117,15 +118,24 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
                         jnp.asarray(train_y), num_classes=num_classes, steps=steps,
                         batch_size=batch_size, learning_rate=learning_rate)
   logits = standardise(eval_x) @ params["w"] + params["b"]
+  if not jnp.isfinite(logits).all():
+    raise FloatingPointError(f"the linear probe diverged (non-finite logits after {steps} "
+                             f"steps at learning rate {learning_rate:g}); lower "
+                             "eval.probe_learning_rate")
   return 100.0 * float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(eval_y)))
 
 
 def evaluate(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
              eval_y: np.ndarray, eval_config: ml_collections.ConfigDict,
              num_classes: int, seed: int) -> Dict[str, float]:
-  """Clustering and probe metrics of representations ``(N, F)`` and ``(M, F)``."""
+  """Clustering and probe metrics of representations ``(N, F)`` and ``(M, F)``;
+  ``FloatingPointError`` for non-finite representations or probe, never a number."""
   train_x = np.asarray(train_x, np.float32).reshape(len(train_x), -1)
   eval_x = np.asarray(eval_x, np.float32).reshape(len(eval_x), -1)
+  for name, x in (("training", train_x), ("evaluation", eval_x)):
+    if not np.isfinite(x).all():
+      raise FloatingPointError(f"the {name} representations hold non-finite values: no "
+                               "K-means or probe figure can be made of them")
   clusters = kmeans(eval_x, eval_config.num_clusters or num_classes,
                     eval_config.kmeans_inits, seed, eval_config.kmeans_backend)
   return {

@@ -64,6 +64,17 @@ def test_probe_on_random_labels_is_near_chance():
   assert 20.0 < acc < 30.0
 
 
+def test_a_diverged_probe_or_non_finite_latents_are_errors_not_numbers():
+  train_x, train_y = blobs(0)
+  test_x, test_y = blobs(0, n=100)
+  with pytest.raises(FloatingPointError, match="the linear probe diverged"):
+    evaluation.linear_probe(train_x, train_y, test_x, test_y, num_classes=3, steps=50,
+                            batch_size=64, learning_rate=3e38, seed=0)
+  test_x[3, 1] = np.nan
+  with pytest.raises(FloatingPointError, match="evaluation representations hold non-finite"):
+    evaluation.evaluate(train_x, train_y, test_x, test_y, eval_config(), 3, seed=1)
+
+
 def inertia(x, ids):
   """Sum of squared distances to the cluster means, in float64."""
   x = np.asarray(x, np.float64)

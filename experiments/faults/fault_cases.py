@@ -263,7 +263,7 @@ def config_file_case(name, body):
   return act
 
 
-def _mnist_dir(ctx, name, train_images=None, header=None, bomb=False):
+def mnist_dir(ctx, name, train_images=None, header=None, bomb=False):
   directory = ctx.path(name)
   os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(0)
@@ -283,7 +283,7 @@ def _mnist_dir(ctx, name, train_images=None, header=None, bomb=False):
 
 def mnist_files_case(name, **kwargs):
   def act(ctx, launch):
-    directory = _mnist_dir(ctx, name + "_data", **kwargs)
+    directory = mnist_dir(ctx, name + "_data", **kwargs)
     return refused(name, *mnist_args(directory), "--config.data.verify_md5=False")(
         ctx, launch)
   return act

@@ -35,6 +35,7 @@ from absl import flags
 import numpy as np
 
 from experiments.faults import fault_cases as fc
+from experiments.faults import run_cases as rc
 from experiments.faults.fault_cases import Case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -277,6 +278,29 @@ CASES = [
          fc.refused("file_url", "--config.data.name=mnist", "--config.data.source=files",
                  "--config.data.dir={ctx.scratch}/file_url_data", "--config.data.download=True",
                  "--config.data.download_url=file:///etc"), 30),
+    Case("other_config_without_config_json", S, I + r"holds checkpoints of another run "
+         r"\(step 200: train.learning_rate: 0.0003 in the checkpoint, 0.001 now\)",
+         rc.other_config_without_config_json, 60),
+    Case("other_data_on_resume", S, I + r"holds checkpoints of another run \(step 200: "
+         r"training images float32\[50, 28, 28, 1\]", rc.other_data_on_resume),
+    Case("sweep_num_seeds_override", S, I + r"--config.train.num_seeds is set by the sweep",
+         fc.refused("sweep_num_seeds", "--sweep=table1", "--config.train.num_seeds=2",
+                    module="softvq_jax.sweep"), 30),
+    Case("probe_learning_rate_3e38", S, I + r"probe_learning_rate=3e\+38 is not valid",
+         fc.refused("probe_lr", "--config.eval.probe_learning_rate=3e38"), 30),
+    Case("lost_latents_made_again", 0, r"made again from the checkpoint at step 300",
+         rc.lost_latents_made_again),
+    Case("sighup_then_rerun", 129, r"^terminated: stopped by SIGHUP\. The last good",
+         rc.sighup_then_rerun),
+    Case("empty_workdir_string", S, I + r"--workdir is empty", rc.workdir_string("wd_empty", ""),
+         30),
+    Case("workdir_over_path_max", S, I + r"--workdir is \d+ bytes long",
+         rc.workdir_string("wd_long", "{cwd}/" + "/".join(["d" * 200] * 25)), 30),
+    Case("aggregate_only_without_runs", S, I + r"no finished run of sweep table1",
+         fc.refused("aggregate_empty", "--sweep=table1", "--aggregate_only",
+                    module="softvq_jax.sweep"), 30),
+    Case("sigterm_between_checkpoints", 143, r"^terminated: stopped by SIGTERM\. The last "
+         r"good checkpoint is at step [1-9]", rc.sigterm_between_checkpoints),
 ]
 
 

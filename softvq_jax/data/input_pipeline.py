@@ -127,6 +127,13 @@ class Splits:
     return tuple(self.train_images.shape[1:])
 
 
+def fingerprint(images: np.ndarray) -> str:
+  """The identity of a training split, as its checkpoints record it: dtype,
+  shape and the sha256 of the values (about 0.1 s for MNIST's)."""
+  digest = hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+  return f"{images.dtype}{list(images.shape)} sha256:{digest[:16]}"
+
+
 def _existing(directory: str, name: str, md5: str | None, verify: bool) -> str:
   path = os.path.join(directory, name)
   if not os.path.isfile(path):

@@ -22,13 +22,19 @@ exactly like one trained alone and can be resumed either way.
 * Each checkpoint records the device count that wrote it: resuming on
   another count is allowed (data parallelism computes the same sums) but
   warned about, since the rest of the run is then not bit-identical.
+* Each checkpoint records its run's provenance: the resolved config and
+  the fingerprint of the training images (``input_pipeline.fingerprint``).
+  ``check_provenance`` refuses, before anything is written, checkpoints
+  of another config (even with config.json gone) or of other data (even
+  where no md5 guards it). Checkpoints from before provenance was recorded
+  resume unchecked.
 """
 
 import contextlib
 import json
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import logging
 import jax
@@ -36,10 +42,12 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from softvq_jax.data import download
+from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
 from softvq_jax.errors import one_line
 from softvq_jax.launch import signals
 from softvq_jax.launch import steps
+from softvq_jax.launch import workdir as workdir_lib
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKSUMS_DIR = "checksums"
@@ -119,11 +127,30 @@ class _Run:
     return target
 
 
-class Managers:
-  """The checkpoint managers of runs whose states share a leading run axis."""
+def provenance_changes(recorded: Dict[str, Any], expected: Dict[str, Any]) -> List[str]:
+  """How a checkpoint's recorded provenance (``{"config", "data"}``, either
+  absent in older checkpoints) differs from the command's, one phrase each."""
+  changes = []
+  if "config" in recorded and "config" in expected:
+    changes += workdir_lib.differences(recorded["config"], expected["config"],
+                                       where="in the checkpoint")
+  if recorded.get("data", expected.get("data")) != expected.get("data"):
+    changes.append(f"training images {recorded['data']} in the checkpoint, "
+                   f"{expected['data']} now")
+  return changes
 
-  def __init__(self, workdirs: List[str], max_to_keep: int):
+
+class Managers:
+  """The checkpoint managers of runs whose states share a leading run axis.
+
+  ``provenance``: each run's ``{"config": ..., "data": ...}``, recorded in
+  its checkpoints and checked by ``check_provenance``.
+  """
+
+  def __init__(self, workdirs: List[str], max_to_keep: int,
+               provenance: Optional[Sequence[Dict[str, Any]]] = None):
     self._runs = [_Run(workdir) for workdir in workdirs]
+    self._provenance = list(provenance or [{} for _ in workdirs])
     self.set_aside_paths: List[str] = []
     # Each manager saves the same steps at once: in a multi-process run their
     # barriers need names of their own (orbax keys them by step otherwise).
@@ -163,6 +190,29 @@ class Managers:
       return jax.jit(stack, out_shardings=sharding)(*restored)
     return state
 
+  def check_provenance(self) -> None:
+    """Refuses checkpoints that another config or other data wrote.
+
+    Raises:
+      InputError: one line naming the run, the step and what differs.
+    """
+    for run, manager, expected in zip(self._runs, self._managers, self._provenance):
+      for step in sorted(manager.all_steps(), reverse=True):
+        changes = provenance_changes(self._custom_metadata(manager, step), expected)
+        if changes:
+          raise InputError(f"{run.workdir} holds checkpoints of another run (step {step}: "
+                           + "; ".join(changes) + "); rerun the command that wrote them, "
+                           "or use a new --workdir")
+
+  @staticmethod
+  def _custom_metadata(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
+    """What ``save`` recorded beside ``step``; {} for an older or unreadable
+    checkpoint (``restore`` sets an unreadable one aside)."""
+    try:
+      return manager.metadata(step).custom_metadata or {}
+    except Exception:  # pylint: disable=broad-except
+      return {}
+
   def set_aside(self, step: int, reason: str) -> None:
     """Moves every run's checkpoint at ``step`` to its ``set_aside/``
     (process 0 alone), so that they resume together from an older step."""
@@ -175,11 +225,7 @@ class Managers:
       manager.reload()
 
   def _warn_on_device_change(self, step: int) -> None:
-    try:
-      metadata = self._managers[0].metadata(step).custom_metadata or {}
-    except Exception:  # pylint: disable=broad-except
-      return  # A checkpoint from before the device count was recorded.
-    saved = metadata.get("devices")
+    saved = self._custom_metadata(self._managers[0], step).get("devices")
     if saved is not None and saved != jax.device_count():
       logging.warning("the checkpoint at step %d was written on %d devices and resumes on "
                       "%d: the rest of the run is not bit-identical to an uninterrupted "
@@ -195,7 +241,8 @@ class Managers:
       self._seal()
       for i, manager in enumerate(self._managers):
         manager.save(step, args=ocp.args.StandardSave(steps.run_slice(state, i)),
-                     custom_metadata={"devices": jax.device_count()})
+                     custom_metadata={"devices": jax.device_count(),
+                                      **self._provenance[i]})
 
   def wait(self) -> None:
     """Blocks until every pending save is on disk.

@@ -14,7 +14,8 @@ Every way a command can end, with its exit status and one line on stderr
 * 130 (``interrupted: ...``): Ctrl-C; pending checkpoints are finished first
   and the line names the step a rerun resumes from.
 * 143 (``terminated: ...``): SIGTERM (a scheduler's warning before it
-  kills), handled as Ctrl-C (``softvq_jax.launch.signals``).
+  kills), handled as Ctrl-C (``softvq_jax.launch.signals``); 129 likewise
+  for SIGHUP (a closed terminal, a lost ssh session).
 
 What the libraries print on the way (orbax's background threads, XLA) goes
 to ``WORKDIR/library.log``, which the line names (``softvq_jax.launch.console``).
@@ -68,9 +69,9 @@ def fail(message: str, status: int = EXIT_INPUT, prefix: str = "error",
 
 
 def _interrupt_line(error: KeyboardInterrupt):
-  """The status, prefix and message of Ctrl-C or SIGTERM."""
+  """The status, prefix and message of Ctrl-C, SIGTERM or SIGHUP."""
   if isinstance(error, signals.Terminated):
-    return EXIT_TERMINATED, "terminated", str(error) or "stopped by SIGTERM"
+    return 128 + error.signum, "terminated", str(error) or "stopped by SIGTERM"
   return EXIT_INTERRUPTED, "interrupted", str(error) or "stopped by Ctrl-C"
 
 

@@ -30,6 +30,9 @@ from softvq_jax.quantizers import functional
 
 # Sizes and counts index int32 arrays (XLA's default integer).
 SIZE_LIMIT = 2**31
+# Adam moves each weight by about the learning rate per step: past 10, any
+# model diverges.
+MAX_LEARNING_RATE = 10.0
 _ORIGINAL = object()  # ``Key.added`` of the keys that every run has.
 
 Check = Callable[[str, Any], None]  # (dotted key, value) -> raises InputError.
@@ -59,6 +62,14 @@ def positive(key: str, value: Any) -> None:
 def non_negative(key: str, value: Any) -> None:
   """A finite number >= 0."""
   _bounded(key, value, allow_zero=True)
+
+
+def learning_rate(key: str, value: Any) -> None:
+  """An Adam learning rate: finite, > 0 and at most ``MAX_LEARNING_RATE``."""
+  positive(key, value)
+  if value > MAX_LEARNING_RATE:
+    raise InputError(f"config.{key}={value!r} is not valid; an Adam learning rate must be "
+                     f"<= {MAX_LEARNING_RATE:g} (its steps are about that size)")
 
 
 def integer(key: str, value: Any) -> None:
@@ -153,7 +164,7 @@ KEYS: Dict[str, Dict[str, Key]] = {
     "train": {
         "num_steps": Key(40000, "Optimizer updates.", (positive, integer)),
         "batch_size": Key(32, "Global batch, split across devices.", (positive, integer)),
-        "learning_rate": Key(3e-4, "Adam learning rate.", (positive,)),
+        "learning_rate": Key(3e-4, "Adam learning rate.", (learning_rate,)),
         "lr_schedule": Key("constant", "constant | cosine (decay to 0 over num_steps).",
                            (choice(steps.LR_SCHEDULES),)),
         "compute_dtype": Key("float32", "float32 | bfloat16 (trunk activations; params stay f32).",
@@ -184,7 +195,8 @@ KEYS: Dict[str, Dict[str, Key]] = {
                             (non_negative, integer)),
         "probe_steps": Key(30000, "Adam steps of the linear probe.", (positive, integer)),
         "probe_batch_size": Key(128, "Linear-probe batch size.", (positive, integer)),
-        "probe_learning_rate": Key(0.01, "Linear-probe Adam learning rate.", (positive,)),
+        "probe_learning_rate": Key(0.01, "Linear-probe Adam learning rate.",
+                                   (learning_rate,)),
         "batch_size": Key(1000, "Batch size when encoding the splits.", (positive, integer)),
         "figures": Key(True, "Write t-SNE, reconstruction, usage and curve PNGs."),
         "tsne_points": Key(2000, "Test latents shown in the t-SNE figure.",

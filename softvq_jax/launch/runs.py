@@ -112,15 +112,25 @@ def point_config(base: ml_collections.ConfigDict, point: Point, quick: bool = Fa
   return config
 
 
+# The keys that the sweep sets in each launch (``plan``, ``pack``): never a
+# command-line override of a sweep.
+SWEEP_KEYS = ("seed", "train.num_seeds", "train.vmap_key", "train.vmap_values")
+
+
 def check_command_line(points: Sequence[Point], command_line: Mapping[str, Any]) -> None:
   """Refuses a ``--config.*`` override that would erase what tells the
-  sweep's points apart: a key that the points (their presets, datasets,
-  variants, swept keys) set to different values. Overriding it would train
-  the same model under every row's name.
+  sweep's points apart: one of ``SWEEP_KEYS``, or a key that the points
+  (their presets, datasets, variants, swept keys) set to different values.
+  Overriding it would train the same model under every row's name.
 
   Raises:
     InputError: naming the key and the values the rows give it.
   """
+  owned = sorted(set(command_line) & set(SWEEP_KEYS))
+  if owned:
+    raise InputError(f"--config.{owned[0]} is set by the sweep itself (it packs seeds and "
+                     "swept values into launches); drop it, and choose seeds in the "
+                     "sweep's points, or shard with --shard/--num_shards")
   trained = [p for p in points if not p.raw]
   for key in sorted(command_line):
     values = {repr(p.config_overrides()[key]) if key in p.config_overrides() else None

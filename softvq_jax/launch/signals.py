@@ -1,11 +1,12 @@
-"""Ctrl-C and SIGTERM in a launcher: one way to stop, never mid-save.
+"""Ctrl-C, SIGTERM and SIGHUP in a launcher: one way to stop, never mid-save.
 
-* SIGTERM, which schedulers (SLURM, Kubernetes) send before they kill, is
-  raised as ``Terminated``, a ``KeyboardInterrupt``: a run stops the way it
-  stops on Ctrl-C (pending checkpoints finish first, one line), with its
-  own exit status (``softvq_jax.launch.cli``). ``install`` sets this up; only the
-  launchers call it, never the library.
-* ``deferred()`` holds SIGINT and SIGTERM back for the length of a block
+* SIGTERM, which schedulers (SLURM, Kubernetes, spot VMs) send before they
+  kill, and SIGHUP (a closed terminal, a lost ssh session) are raised as
+  ``Terminated``, a ``KeyboardInterrupt``: a run stops the way it stops on
+  Ctrl-C (it saves the step it reached, pending checkpoints finish, one
+  line), with its own exit status (``softvq_jax.launch.cli``). ``install``
+  sets this up; only the launchers call it, never the library.
+* ``deferred()`` holds these signals back for the length of a block
   (a checkpoint save, waiting for one) and delivers them when it ends, so
   that no checkpoint is left half-written by an interrupt.
 * Python drops an exception raised where it cannot propagate (a garbage
@@ -21,20 +22,32 @@ import sys
 import threading
 from typing import Iterator, List, Optional
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Terminated(KeyboardInterrupt):
-  """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+  """SIGTERM or SIGHUP (``signum``), raised in the main thread like Ctrl-C's
+  KeyboardInterrupt."""
+
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = signum
 
 
 _received: List[int] = []  # The signals the installed handlers have taken.
 
 
 def _error(signum: int) -> KeyboardInterrupt:
-  if signum == signal.SIGTERM:
-    return Terminated("stopped by SIGTERM")
-  return KeyboardInterrupt("stopped by Ctrl-C")
+  if signum == signal.SIGINT:
+    return KeyboardInterrupt("stopped by Ctrl-C")
+  return Terminated(f"stopped by {signal.Signals(signum).name}", signum)
+
+
+def restated(error: KeyboardInterrupt, message: str) -> KeyboardInterrupt:
+  """``error`` (Ctrl-C or ``Terminated``, the same signal) with ``message``."""
+  if isinstance(error, Terminated):
+    return Terminated(message, error.signum)
+  return type(error)(message)
 
 
 def _handler(signum, frame):
@@ -49,15 +62,17 @@ def _record(signum, frame):
 
 
 def install(record_only: bool = False) -> None:
-  """Raises ``KeyboardInterrupt`` on SIGINT and ``Terminated`` on SIGTERM,
-  and records them for ``check()`` (main thread only, as every handler).
-  ``record_only``: records them and raises nothing, for while C extensions
-  initialise (an exception inside one can leave it half-made, and crash the
-  interpreter later); ``check()`` raises them afterwards. A SIGINT that the
-  parent shell ignores (a background job) stays ignored."""
+  """Raises ``KeyboardInterrupt`` on SIGINT and ``Terminated`` on SIGTERM and
+  SIGHUP, and records them for ``check()`` (main thread only, as every
+  handler). ``record_only``: records them and raises nothing, for while C
+  extensions initialise (an exception inside one can leave it half-made,
+  and crash the interpreter later); ``check()`` raises them afterwards. A
+  SIGINT that the parent shell ignores (a background job) and a SIGHUP that
+  ``nohup`` ignores stay ignored."""
   handler = _record if record_only else _handler
-  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-    signal.signal(signal.SIGINT, handler)
+  for sig in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(sig) is not signal.SIG_IGN:
+      signal.signal(sig, handler)
   signal.signal(signal.SIGTERM, handler)
   if sys.unraisablehook is not _unraisable:
     _unraisable.previous = sys.unraisablehook
@@ -85,7 +100,7 @@ def check() -> None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-  """Defers SIGINT and SIGTERM to the end of the block, then re-delivers
+  """Defers SIGINT, SIGTERM and SIGHUP to the end of the block, then re-delivers
   the first that arrived to the handler that was in place before.
 
   A Python handler is called right there, so that its exception is raised

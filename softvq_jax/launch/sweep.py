@@ -180,6 +180,11 @@ def main(argv):
                  vmap_seeds=FLAGS.vmap_seeds,
                  command_line=config_flags.get_override_values(FLAGS["config"]))
   table = tables.aggregate(points, FLAGS.workdir, getattr(sweeps, "PAPER_RESULTS", {}))
+  if FLAGS.aggregate_only and not table["rows"]:
+    raise InputError(f"no finished run of sweep {FLAGS.sweep} in {FLAGS.workdir}: nothing "
+                     "to tabulate; run the sweep without --aggregate_only first")
+  if table["missing"]:
+    logging.warning("%s", tables.missing_line(table))
   table["protocol"] = {
       "command": " ".join(sys.argv),
       "config": workdir_lib.config_dict(FLAGS.config),

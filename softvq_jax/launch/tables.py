@@ -43,12 +43,15 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
 
   A row is a dataset and a ``model_label``; the paper's numbers are attached
   to the rows that are exactly a row of the paper (``Point.paper_row``).
+  ``missing`` lists the run directories of the points not finished.
   """
   rows: Dict[tuple, Dict[str, Any]] = {}
+  missing = []
   for point in points:
     run_dir = os.path.join(workdir, runs.point_dir(point))
     results = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.EVAL_FILE))
     if results is None:
+      missing.append(runs.point_dir(point))
       continue
     config = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.CONFIG_FILE))
     timing = workdir_lib.read_json(os.path.join(run_dir, workdir_lib.TIMING_FILE)) or {}
@@ -71,7 +74,18 @@ def aggregate(points: Sequence[runs.Point], workdir: str,
     reference = paper.get(dataset, {}).get(point.row)
     if reference is not None and point.paper_row:
       row["paper"] = dict(zip(METRICS, reference))
-  return {"rows": list(rows.values())}
+  return {"rows": list(rows.values()), "missing": missing}
+
+
+def missing_line(table: Dict[str, Any], shown: int = 8) -> str:
+  """One sentence naming the points left out of ``table`` (not finished);
+  ``""`` when none is."""
+  missing = table.get("missing", [])
+  if not missing:
+    return ""
+  more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+  return (f"{len(missing)} runs not finished, left out of the table: "
+          f"{', '.join(missing[:shown])}{more}.")
 
 
 def _stats(values: List[float], digits: int) -> str:
@@ -92,22 +106,21 @@ def markdown(table: Dict[str, Any]) -> str:
   made_with = {provenance.describe(e) if e else "versions not recorded (older runs)"
                for row in table["rows"] for e in row["environments"]}
   lines += [""] + [f"Made with: {line}." for line in sorted(made_with)]
+  lines += [missing_line(table)] if table.get("missing") else []
   return "\n".join(lines) + "\n"
 
 
 def write_tables(table: Dict[str, Any], prefix: str) -> None:
   """``PREFIX.json``, ``PREFIX.md`` and ``PREFIX.csv`` (module docstring)."""
   workdir_lib.write_json(prefix + ".json", table)
-  with open(prefix + ".md", "w") as f:
-    f.write(markdown(table))
+  workdir_lib.write_atomic(prefix + ".md", markdown(table))
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(["dataset", "model", "seed", *METRICS])
   for row in table["rows"]:
     for i, seed in enumerate(row["seeds"]):
       writer.writerow([row["dataset"], row["model"], seed, *(row[m][i] for m in METRICS)])
-  with open(prefix + ".csv", "w") as f:
-    f.write(out.getvalue())
+  workdir_lib.write_atomic(prefix + ".csv", out.getvalue())
 
 
 def curve_key(rows: Sequence[Dict[str, Any]]) -> Optional[str]:

@@ -27,7 +27,7 @@ Workdir contents: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
 import dataclasses
 import functools
 import json
-import os
+import math
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -43,8 +43,8 @@ from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
 from softvq_jax.errors import one_line
 from softvq_jax.launch import checkpoints
-from softvq_jax.launch import figures
 from softvq_jax.launch import locks
+from softvq_jax.launch import outputs
 from softvq_jax.launch import provenance
 from softvq_jax.launch import runs as runs_lib
 from softvq_jax.launch import signals
@@ -193,53 +193,102 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[runs_lib.Ru
   except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (signals.Terminated).
     managers.wait()
     cause = str(e) or "stopped by Ctrl-C"
-    raise type(e)(f"{cause}. {managers.last_good()}") from None
+    raise signals.restated(e, f"{cause}. {managers.last_good()}") from None
   finally:
     for log in logs:
       log.close()
   return state
 
 
-def _train_chunks(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
-                  train_config: ml_collections.ConfigDict, managers: checkpoints.Managers,
-                  logs: List[training_log.MetricsLog]) -> steps.TrainState:
-  """``train_loop``'s loop: jitted chunks of steps up to each log or checkpoint."""
-  num_steps, log_every = train_config.num_steps, train_config.log_every
-  checkpoint_every = train_config.checkpoint_every
-  step = int(state.step[0])
-  while step < num_steps:
-    signals.check()
-    chunk_end = min(num_steps, (step // log_every + 1) * log_every,
-                    (step // checkpoint_every + 1) * checkpoint_every)
-    t0 = time.time()
+# One dispatch of jitted steps lasts about this long at most, so that the loop
+# sees a signal (a scheduler's SIGTERM) soon enough to save and exit.
+MAX_DISPATCH_SECONDS = 10.0
+# The first dispatch's bound, before the loop has measured a step's time.
+FIRST_DISPATCH_STEPS = 1024
+
+
+class _Pace:
+  """Dispatch lengths of at most ``MAX_DISPATCH_SECONDS``: powers of two (few
+  programs to compile), from the time per step of dispatches whose program
+  was already compiled. Splitting a chunk into dispatches leaves its bits
+  unchanged: each step is the same function of ``fold_in(rng, step)``."""
+
+  def __init__(self):
+    self.limit, self._compiled = FIRST_DISPATCH_STEPS, set()
+
+  def record(self, num_steps: int, seconds: float) -> None:
+    if num_steps in self._compiled and seconds > 0:
+      fits = MAX_DISPATCH_SECONDS * num_steps / seconds
+      self.limit = 2 ** max(0, math.floor(math.log2(fits))) if fits >= 1 else 1
+    self._compiled.add(num_steps)
+
+
+def _run_chunk(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
+               chunk_end: int, pace: _Pace, managers: checkpoints.Managers
+               ) -> Tuple[steps.TrainState, Dict]:
+  """Steps ``state.step`` to ``chunk_end`` in dispatches of ``pace.limit``
+  steps at most; the state and the chunk's stacked metrics.
+
+  Raises:
+    Diverged: a non-finite step, once the pending saves are on disk.
+  """
+  parts, start = [], int(state.step[0])
+  step = start
+  while step < chunk_end:
+    length, t0 = min(chunk_end - step, pace.limit), time.time()
     try:
       state, metrics = program.run_steps(state, program.images, program.train_rngs,
-                                         program.scalars, num_steps=chunk_end - step)
+                                         program.scalars, num_steps=length)
       reached = np.asarray(state.step)
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" in str(e):
         raise  # Out of memory: softvq_jax.launch.cli says so.
       # A collective whose peer died (another process, a device): no save can
       # finish either, so none is waited for.
-      raise RunStopped(f"the runtime failed in steps {step}-{chunk_end} ({one_line(e)}); "
+      raise RunStopped(f"the runtime failed in steps {step}-{step + length} ({one_line(e)}); "
                        "if another process died, rerun every process. "
                        f"{managers.last_good()}") from e
-    if np.any(reached != chunk_end):
+    pace.record(length, time.time() - t0)
+    if np.any(reached != step + length):
       managers.wait()
-      bad = [(run.workdir, int(r)) for run, r in zip(runs, reached) if r != chunk_end]
+      bad = [(run.workdir, int(r)) for run, r in zip(runs, reached) if r != step + length]
       raise Diverged(
           "non-finite loss or gradient at step "
           + ", ".join(f"{r} ({d})" if len(runs) > 1 else str(r) for d, r in bad)
-          + f"; stopped. {managers.last_good()}", from_step=step)
-    rate = (chunk_end - step) / (time.time() - t0)
-    step = chunk_end
-    if step % log_every == 0 or step == num_steps:
-      metrics = jax.device_get(metrics)
-      for i, log in enumerate(logs):
-        log.write(step, {k: float(np.mean(v[i])) for k, v in metrics.items()}, rate,
-                  eta=(num_steps - step) / rate)
-    if step % checkpoint_every == 0 or step == num_steps:
-      managers.save(step, state)
+          + f"; stopped. {managers.last_good()}", from_step=start)
+    step += length
+    parts.append(metrics)
+  return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
+
+
+def _train_chunks(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
+                  train_config: ml_collections.ConfigDict, managers: checkpoints.Managers,
+                  logs: List[training_log.MetricsLog]) -> steps.TrainState:
+  """``train_loop``'s loop: chunks of steps up to each log or checkpoint. On
+  Ctrl-C, SIGTERM or SIGHUP it saves the last finished chunk's state first."""
+  num_steps, log_every = train_config.num_steps, train_config.log_every
+  checkpoint_every = train_config.checkpoint_every
+  step, pace = int(state.step[0]), _Pace()
+  try:
+    while step < num_steps:
+      signals.check()
+      chunk_end = min(num_steps, (step // log_every + 1) * log_every,
+                      (step // checkpoint_every + 1) * checkpoint_every)
+      t0 = time.time()
+      state, metrics = _run_chunk(state, program, runs, chunk_end, pace, managers)
+      rate, step = (chunk_end - step) / (time.time() - t0), chunk_end
+      if step % log_every == 0 or step == num_steps:
+        metrics = jax.device_get(metrics)
+        for i, log in enumerate(logs):
+          log.write(step, {k: float(np.mean(v[i])) for k, v in metrics.items()}, rate,
+                    eta=(num_steps - step) / rate)
+      if step % checkpoint_every == 0 or step == num_steps:
+        managers.save(step, state)
+  except KeyboardInterrupt:
+    reached = int(state.step[0])  # Of the last chunk that finished.
+    if reached and managers.latest_step() != reached:
+      managers.save(reached, state)  # A preemption notice: keep the steps done.
+    raise
   return state
 
 
@@ -258,21 +307,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     In a multi-process run only process 0 evaluates; the others get None.
   """
   runs, finished = prepare_runs(config, workdir, validated)
-  if finished is None:
+  if finished is None or any(outputs.missing(run) for run in runs):
     data = load_data(config, len(runs))
     with locks.lock([run.workdir for run in runs], enabled=jax.process_index() == 0):
       # Another launcher may have finished them since prepare_runs looked.
-      finished = finished_results(runs, workdir) or _train_and_evaluate(config, data, runs)
+      finished = finished_results(runs, workdir)
+      if finished is None:
+        finished = _train_and_evaluate(config, data, runs)
+      else:
+        _remake_outputs(config, data, runs)
   return finished if len(runs) > 1 else finished[0]
+
+
+def _managers(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+              runs: List[runs_lib.Run]) -> checkpoints.Managers:
+  """The runs' checkpoints, recording and checking what made them (before
+  anything is written)."""
+  images = input_pipeline.fingerprint(data.train_images)
+  managers = checkpoints.Managers(
+      [run.workdir for run in runs], config.train.max_checkpoints,
+      provenance=[{"config": workdir_lib.config_dict(run.config), "data": images}
+                  for run in runs])
+  managers.check_provenance()
+  return managers
+
+
+def _remake_outputs(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+                    runs: List[runs_lib.Run]) -> None:
+  """Writes again what finished runs lack (``outputs.missing``) from their
+  final checkpoints; their eval.json stays as it was."""
+  managers = _managers(config, data, runs)
+  lacking = {run.workdir: outputs.missing(run) for run in runs}
+  if managers.latest_step() != config.train.num_steps:
+    raise InputError(f"{runs[0].workdir} is a finished run without "
+                     f"{', '.join(next(filter(None, lacking.values())))} and without its "
+                     f"final checkpoint (step {config.train.num_steps}) to make it from; "
+                     "use a new --workdir")
+  program = build_program(config, data, runs)
+  state = managers.restore(program.init(program.init_rngs, program.train_rngs,
+                                        program.images), program.sharding)
+  model = autoencoder.make_model(config.model, data.image_shape,
+                                 compute_dtype=config.train.compute_dtype)
+  for i, run in enumerate(runs):
+    if lacking[run.workdir] and jax.process_index() == 0:
+      logging.info("%s lacks %s: made again from the checkpoint at step %d", run.workdir,
+                   ", ".join(lacking[run.workdir]), config.train.num_steps)
+      run_state = steps.run_slice(state, i)
+      outputs.remake(run, model, {"params": run_state.params, **run_state.model_state}, data)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
                         runs: List[runs_lib.Run]) -> List:
   """``train_and_evaluate`` of runs that are not finished, under their locks."""
+  managers = _managers(config, data, runs)
   write_configs(runs)
   program = build_program(config, data, runs)
-  managers = checkpoints.Managers([run.workdir for run in runs],
-                                  config.train.max_checkpoints)
   t_start = time.time()
   state, start_step = _resume_and_train(config, program, runs, managers)
   timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
@@ -282,11 +371,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
   try:
     return [evaluate_run(run, data, steps.run_slice(state, i), timing)
             if jax.process_index() == 0 else None for i, run in enumerate(runs)]
-  except OSError as e:  # A full disk, say: training is safe on disk.
+  except (OSError, FloatingPointError) as e:  # A full disk, a diverged probe.
     raise RunStopped(f"evaluation failed ({one_line(e)}); {_kept(config)}") from e
   except KeyboardInterrupt as e:
-    raise type(e)(f"{str(e) or 'stopped by Ctrl-C'} while evaluating; {_kept(config)}"
-                  ) from None
+    raise signals.restated(e, f"{str(e) or 'stopped by Ctrl-C'} while evaluating; "
+                           f"{_kept(config)}") from None
 
 
 def _kept(config: ml_collections.ConfigDict) -> str:
@@ -311,20 +400,6 @@ def _resume_and_train(config: ml_collections.ConfigDict, program: Program, runs:
       managers.set_aside(start_step, "a non-finite loss in its first steps")
 
 
-def encode(model: autoencoder.Autoencoder, variables, images: np.ndarray,
-           batch_size: int) -> np.ndarray:
-  """Downstream latents ``(N, d)`` of ``images``: one jitted program that maps
-  the model over batches (the last one zero-padded) on the device."""
-  count = len(images)
-  padded = np.concatenate([images, np.zeros(((-count) % batch_size,) + images.shape[1:],
-                                            images.dtype)])
-  batches = padded.reshape((-1, batch_size) + images.shape[1:])
-  apply = functools.partial(model.apply, method=autoencoder.Autoencoder.encode)
-  latents = jax.jit(lambda v, x: jax.lax.map(functools.partial(apply, v), x))(
-      variables, batches)
-  return np.asarray(latents).reshape(len(padded), -1)[:count]
-
-
 def _write_results(run: runs_lib.Run, results: Dict[str, Any], timing: Dict[str, Any]) -> None:
   """Writes ``results`` (to which it adds ``environment``: the versions and
   device) and ``timing`` into the run's workdir."""
@@ -342,18 +417,12 @@ def evaluate_run(run: runs_lib.Run, data: input_pipeline.Splits, state: steps.Tr
   model = autoencoder.make_model(config.model, data.image_shape,
                                  compute_dtype=config.train.compute_dtype)
   variables = {"params": state.params, **state.model_state}
-  train_z = encode(model, variables, data.train_images, config.eval.batch_size)
-  eval_z = encode(model, variables, data.eval_images, config.eval.batch_size)
+  train_z = outputs.encode(model, variables, data.train_images, config.eval.batch_size)
+  eval_z = outputs.encode(model, variables, data.eval_images, config.eval.batch_size)
   results = evaluation.evaluate(train_z, data.train_labels, eval_z, data.eval_labels,
                                 config.eval, data.num_classes, config.seed)
   results["eval_split"] = data.eval_split
-  if config.eval.figures:
-    figures.write_all(run.workdir, model, variables, data, eval_z,
-                      title=f"{config.model.bottleneck} on {config.data.name} "
-                      f"({data.eval_split})", tsne_points=config.eval.tsne_points,
-                      seed=config.seed)
-  np.savez(os.path.join(run.workdir, "latents.npz"), latents=eval_z,
-           labels=data.eval_labels, split=data.eval_split)
+  outputs.write(run, model, variables, data, eval_z)
   _write_results(run, results, {
       **timing, "eval_seconds": time.time() - t0, "devices": jax.device_count(),
       "device_kind": jax.devices()[0].device_kind})

@@ -167,7 +167,9 @@ WORKDIR_ENTRIES = {
 def validate_workdir(workdir: str) -> None:
   """Raises ``InputError`` for a workdir that cannot be a directory we write:
   a file, a dangling symlink, an entry of the wrong kind (``checkpoints`` a
-  file, ``config.json`` a directory, ``.lock`` a symlink), or no write access."""
+  file, ``config.json`` a directory, ``.lock`` a symlink), no write access,
+  or a string that cannot be a path (``path_string``)."""
+  path_string(workdir, "--workdir")
   if os.path.islink(workdir) and not os.path.exists(workdir):
     raise InputError(f"--workdir={workdir} is a symlink to {os.readlink(workdir)}, "
                      "which does not exist")
@@ -186,9 +188,32 @@ def validate_workdir(workdir: str) -> None:
     writable(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR), "--workdir")
 
 
+def path_string(path: str, flag: str) -> None:
+  """Raises ``InputError`` for a string that no file system takes as a path:
+  empty, with a NUL, longer than PATH_MAX or with a component longer than
+  NAME_MAX (the limits of the nearest existing parent's file system)."""
+  if not path:
+    raise InputError(f"{flag} is empty; give a directory")
+  if "\0" in path:
+    raise InputError(f"{flag}={path!r} holds a NUL character")
+  full, existing = os.path.abspath(path), os.path.abspath(path)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  existing = existing if os.path.isdir(existing) else os.path.dirname(existing)
+  path_max, name_max = (os.pathconf(existing, name) for name in ("PC_PATH_MAX", "PC_NAME_MAX"))
+  if len(os.fsencode(full)) >= path_max:
+    raise InputError(f"{flag} is {len(os.fsencode(full))} bytes long as an absolute path; "
+                     f"this file system takes at most {path_max - 1}")
+  longest = max(full.split(os.sep), key=lambda part: len(os.fsencode(part)))
+  if len(os.fsencode(longest)) > name_max:
+    raise InputError(f"{flag} has a component of {len(os.fsencode(longest))} bytes "
+                     f"({longest[:20]}...); this file system takes at most {name_max}")
+
+
 def writable(path: str, flag: str) -> None:
   """Raises ``InputError`` unless ``path`` (or its nearest existing parent,
   which must be a directory) can be written."""
+  path_string(path, flag)
   existing = os.path.abspath(path)
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)

@@ -75,16 +75,20 @@ def read_json(path: str) -> Optional[Any]:
 _MISSING = object()
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list:
+def differences(old: Any, new: Any, where: str = "in the workdir", prefix: str = "") -> list:
+  """The keys of a stored config ``old`` that differ from ``new``, one
+  phrase each (``"key: old where, new now"``); a key that ``old`` lacks
+  matches the value of ``config_keys.ADDED_KEYS``."""
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for key in sorted(set(old) | set(new)):
-      out += _diff(old.get(key, _MISSING), new.get(key, _MISSING), f"{prefix}{key}.")
+      out += differences(old.get(key, _MISSING), new.get(key, _MISSING), where,
+                         f"{prefix}{key}.")
     return out
   if old is _MISSING and new == config_keys.ADDED_KEYS.get(prefix[:-1], _MISSING):
     return []
   show = lambda value: "absent" if value is _MISSING else repr(value)
-  return [] if old == new else [f"{prefix[:-1]}: {show(old)} in the workdir, {show(new)} now"]
+  return [] if old == new else [f"{prefix[:-1]}: {show(old)} {where}, {show(new)} now"]
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str, Any]]:
@@ -100,10 +104,10 @@ def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str,
   stored = read_json(os.path.join(workdir, CONFIG_FILE))
   if stored is None:
     return None
-  differences = _diff(stored, config_dict(config))
-  if differences:
+  changed = differences(stored, config_dict(config))
+  if changed:
     raise InputError(f"workdir {workdir} holds a run of another config ("
-                     + "; ".join(differences) + "); use a new --workdir")
+                     + "; ".join(changed) + "); use a new --workdir")
   return read_json(os.path.join(workdir, EVAL_FILE))
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
 from softvq_jax.launch import checkpoints
 from softvq_jax.launch import steps
@@ -70,9 +71,12 @@ def test_divergence_before_the_first_checkpoint_says_so(tiny_config, tmp_path,
     train.train_and_evaluate(tiny_config, str(tmp_path))
 
 
+_TINY_STATE = steps.TrainState(step=jnp.full((1,), 10, jnp.int32),
+                               params={"w": jnp.ones((1, 3))}, opt_state={}, model_state={})
+
+
 def test_resuming_on_another_device_count_warns(tmp_path, caplog):
-  state = steps.TrainState(step=jnp.full((1,), 10, jnp.int32),
-                           params={"w": jnp.ones((1, 3))}, opt_state={}, model_state={})
+  state = _TINY_STATE
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   managers = checkpoints.Managers([str(tmp_path)], max_to_keep=2)
   managers.save(10, state)
@@ -90,6 +94,55 @@ def test_resuming_on_another_device_count_warns(tmp_path, caplog):
     restored = managers.restore(state, sharding)
   assert int(restored.step[0]) == 10
   assert "written on 99 devices" in caplog.text
+
+
+@pytest.mark.parametrize("recorded, now, refused", [
+    ({"config": {"lr": 1.0}, "data": "a"}, {"config": {"lr": 1.0}, "data": "a"}, None),
+    ({"config": {"lr": 1.0}, "data": "a"}, {"config": {"lr": 2.0}, "data": "a"},
+     r"step 10: lr: 1.0 in the checkpoint, 2.0 now\)"),
+    ({"config": {"lr": 1.0}, "data": "a"}, {"config": {"lr": 1.0}, "data": "b"},
+     r"training images a in the checkpoint, b now"),
+    ({}, {"config": {"lr": 1.0}, "data": "a"}, None),  # From before provenance.
+])
+def test_checkpoints_of_another_config_or_data_are_refused(tmp_path, recorded, now, refused):
+  managers = checkpoints.Managers([str(tmp_path)], max_to_keep=2, provenance=[recorded])
+  managers.save(10, _TINY_STATE)
+  managers.wait()
+  on_disk = sorted(str(p) for p in tmp_path.rglob("*"))
+  managers = checkpoints.Managers([str(tmp_path)], max_to_keep=2, provenance=[now])
+  if refused is None:
+    managers.check_provenance()
+  else:
+    with pytest.raises(InputError, match=refused):
+      managers.check_provenance()
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == on_disk
+
+
+@pytest.mark.slow
+def test_a_resume_without_config_json_or_on_other_data_is_refused(tiny_config, tmp_path,
+                                                                   monkeypatch):
+  """Issue 37's repros 1 and 4: config.json removed before a rerun at another
+  learning rate; the training images changed before a rerun."""
+  _interrupted_after_step_20(tiny_config, tmp_path)
+  os.remove(tmp_path / "config.json")
+  on_disk = sorted(str(p) for p in tmp_path.rglob("*"))
+  tiny_config.train.learning_rate *= 3
+  with pytest.raises(InputError, match=r"holds checkpoints of another run \(step 20: "
+                     r"train.learning_rate: "):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  tiny_config.train.learning_rate /= 3
+  load = train.input_pipeline.load
+
+  def one_image_changed(data_config):
+    data = load(data_config)
+    data.train_images[0] = 0.0
+    return data
+
+  monkeypatch.setattr(train.input_pipeline, "load", one_image_changed)
+  with pytest.raises(InputError, match=r"step 20: training images float32\[.*sha256:.* in "
+                     r"the checkpoint"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == on_disk
 
 
 def _interrupted_after_step_20(config, run):

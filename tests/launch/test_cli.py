@@ -2,6 +2,7 @@
 status."""
 
 import errno
+import signal
 
 from absl import flags
 from ml_collections import config_flags
@@ -61,6 +62,8 @@ def test_bad_flags_are_one_line_and_status_2(argv, line, tmp_path, capsys, monke
      cli.EXIT_INTERRUPTED, "interrupted: stopped by Ctrl-C. The last good checkpoint"),
     (signals.Terminated("stopped by SIGTERM. The last good checkpoint is at step 300"),
      cli.EXIT_TERMINATED, "terminated: stopped by SIGTERM. The last good checkpoint"),
+    (signals.Terminated("stopped by SIGHUP. The last good", signal.SIGHUP), 129,
+     "terminated: stopped by SIGHUP. The last good"),  # Issue 37: a lost ssh session.
     (InputError("workdir /tmp/a\nb is a file"), cli.EXIT_INPUT,
      "error: workdir /tmp/a b is a file"),
     (MemoryError("cannot allocate"), cli.EXIT_STOPPED, "error: out of memory (MemoryError"),

@@ -174,6 +174,24 @@ def test_sweep_command_line(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert "error: unknown sweep 'nope'; choose table1" in result.stderr
+  result = subprocess.run(
+      [sys.executable, "-m", "softvq_jax.sweep", "--config=configs/digits.py:quick",
+       "--sweep=table1", f"--workdir={tmp_path}", "--aggregate_only"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "error: no finished run of sweep table1 in" in result.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_a_table_names_the_runs_it_leaves_out(tmp_path):
+  points = helpers.points(digits, "table1")
+  table = tables.aggregate(points, str(tmp_path), paper={})
+  assert table["rows"] == []
+  assert table["missing"] == [runs.point_dir(p) for p in points]
+  shown = ", ".join(runs.point_dir(p) for p in points[:8])
+  assert tables.markdown(table).endswith(
+      f"{len(points)} runs not finished, left out of the table: {shown} and "
+      f"{len(points) - 8} more.\n")
 
 
 
@@ -329,10 +347,13 @@ def test_sweep_command_line_overrides_win_over_presets():
 
 
 @pytest.mark.parametrize("key,value,refused", [
-    ("model.bottleneck", "vq", True),  # The rows' presets set it: every row would be VQ.
-    ("model.beta", 2.0, True),
-    ("train.num_steps", 300, False),  # Every digits row trains 3000 steps: shortens all.
-    ("eval.figures", False, False),
+    ("model.bottleneck", "vq", "is set per row"),  # By the presets: every row would be VQ.
+    ("model.beta", 2.0, "is set per row"),
+    ("train.num_seeds", 2, "is set by the sweep itself"),  # Issue 37: raw lost its row.
+    ("seed", 3, "is set by the sweep itself"),
+    ("train.vmap_key", "model.beta", "is set by the sweep itself"),
+    ("train.num_steps", 300, None),  # Every digits row trains 3000 steps: shortens all.
+    ("eval.figures", False, None),
 ])
 def test_a_sweep_refuses_overrides_of_keys_its_rows_set_differently(tmp_path, key, value,
                                                                    refused):
@@ -341,7 +362,7 @@ def test_a_sweep_refuses_overrides_of_keys_its_rows_set_differently(tmp_path, ke
   plan = lambda: sweep.plan(base, helpers.points(digits, "table1"), str(tmp_path),
                             command_line={key: value})
   if refused:
-    with pytest.raises(InputError, match=rf"--config.{key} is set per row by this sweep"):
+    with pytest.raises(InputError, match=rf"--config.{key} {refused}"):
       plan()
   else:
     assert {launch.config[key] for launch in plan()} == {value}

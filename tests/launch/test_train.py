@@ -79,11 +79,26 @@ def test_data_codebook_init_trains_end_to_end(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_figures_are_written(tiny_config, tmp_path):
+def test_figures_are_written_and_made_again_when_lost(tiny_config, tmp_path):
   tiny_config.eval.figures = True
   train.train_and_evaluate(tiny_config, str(tmp_path))
   for name in ("tsne", "reconstructions", "codebook_usage", "training_curves"):
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
+  # Issue 37, item 8: a finished run that lost an output makes it again.
+  before = {p: p.read_bytes() for p in tmp_path.glob("*.json")}
+  latents = dict(np.load(tmp_path / "latents.npz"))
+  os.remove(tmp_path / "latents.npz")
+  os.remove(tmp_path / "tsne.png")
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert (tmp_path / "tsne.png").stat().st_size > 1000
+  for key, value in np.load(tmp_path / "latents.npz").items():
+    np.testing.assert_array_equal(value, latents[key])
+  assert {p: p.read_bytes() for p in tmp_path.glob("*.json")} == before
+  shutil.rmtree(tmp_path / "checkpoints" / "20")
+  os.remove(tmp_path / "latents.npz")
+  with pytest.raises(InputError, match=r"is a finished run without latents.npz and without "
+                     r"its final checkpoint \(step 20\)"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -216,3 +231,16 @@ def test_kmeans_init_ema_and_dead_code_restart_train_end_to_end(tiny_config, tmp
   inertia = lambda c: float(jnp.mean(jnp.min(jnp.sum(
       jnp.square(encodings[:, None] - c[None]), -1), -1)))
   assert inertia(codebook) < inertia(encodings[:32])
+
+
+@pytest.mark.slow
+def test_dispatches_split_to_bound_their_time_leave_the_bits(tiny_config, tmp_path,
+                                                            monkeypatch):
+  """Chunks cut into dispatches of at most 3 steps (so that a signal is seen
+  in time) train the same bits and log the same metrics."""
+  expected = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+  monkeypatch.setattr(train, "FIRST_DISPATCH_STEPS", 3)
+  monkeypatch.setattr(train, "MAX_DISPATCH_SECONDS", 0.0)
+  assert train.train_and_evaluate(tiny_config, str(tmp_path / "split")) == expected
+  assert (read_jsonl(tmp_path / "split" / "metrics.jsonl")[-1]["loss"]
+          == read_jsonl(tmp_path / "whole" / "metrics.jsonl")[-1]["loss"])

@@ -1,5 +1,7 @@
 """Every check of a config, alone and against the data, before anything is written."""
 
+import os
+
 import pytest
 
 from softvq_jax.data import input_pipeline
@@ -15,6 +17,9 @@ from softvq_jax.launch import validation
     ({"model.cnn_channels": ()}, r"config.model.cnn_channels=\(\) is not valid"),
     ({"train.learning_rate": float("inf")}, r"learning_rate=inf is not valid; it must be "
      "finite"),
+    ({"eval.probe_learning_rate": 3e38}, r"probe_learning_rate=3e\+38 is not valid; an "
+     "Adam learning rate must be <= 10"),  # Issue 37: it reported class 0's share.
+    ({"train.learning_rate": 11.0}, r"learning_rate=11.0 is not valid; an Adam"),
     ({"model.noise_std": float("nan")}, r"noise_std=nan is not valid"),
     ({"model.variance": "per_sample"}, r"variance='per_sample' is not valid; choose one of "
      "sample, codeword, fixed"),
@@ -69,3 +74,20 @@ def test_unwritable_workdir_is_refused(tmp_path, monkeypatch):
   monkeypatch.setattr(validation.os, "access", lambda path, mode: path != str(tmp_path))
   with pytest.raises(InputError, match=f"{tmp_path} is not writable"):
     validation.validate_workdir(str(tmp_path / "new" / "run"))
+
+
+@pytest.mark.parametrize("workdir,match", [
+    ("", "--workdir is empty"),
+    ("a\0b", "holds a NUL character"),
+    ("x" * 256, r"has a component of 256 bytes \(xxxxxxxxxxxxxxxxxxxx...\); this file "
+     "system takes at most 255"),
+    ("/".join(["d" * 200] * 25), r"--workdir is \d+ bytes long as an absolute path; this "
+     "file system takes at most 4095"),
+])
+def test_a_workdir_that_cannot_be_a_path_is_refused_before_any_folder(tmp_path, monkeypatch,
+                                                                      workdir, match):
+  """Issue 37, item 10: these ended as a stopped run, one left 20 folders behind."""
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(InputError, match=match):
+    validation.validate_workdir(workdir)
+  assert not os.listdir(tmp_path)
