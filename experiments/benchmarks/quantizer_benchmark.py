@@ -186,7 +186,8 @@ def table(records, wall_s, torch_version):
       "# Quantizers in one MNIST tokenizer, softvq_jax against vector-quantize-pytorch", "",
       f"Command: `python -m experiments.benchmarks.quantizer_benchmark --steps={FLAGS.steps} "
       f"--batch_size={FLAGS.batch_size} --seeds={','.join(FLAGS.seeds)} "
-      f"--torch_python=<venv with torch and vector-quantize-pytorch>`", "",
+      + (f"--quantizers={','.join(FLAGS.quantizers)} " if FLAGS.quantizers else "")
+      + "--torch_python=<venv with torch and vector-quantize-pytorch>`", "",
       f"Machine: {jax.devices()[0].device_kind} ({platform.machine()}, {os.cpu_count()} cores); "
       f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
       f"{', ' + torch_version if torch_version else ''}; wall time {wall_s:.0f} s.", "",

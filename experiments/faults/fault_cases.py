@@ -345,9 +345,10 @@ def second_launcher(ctx, launch):
 
 
 def latents_with_a_pickle(ctx, launch):
+  """A finished run of a sweep (the reference's files) with pickled latents."""
   workdir = ctx.path("pickled_sweep")
   run = os.path.join(workdir, "ae", "seed_0")
-  os.makedirs(run)
+  shutil.copytree(ctx.path("reference"), run, symlinks=True)
   np.savez(os.path.join(run, "latents.npz"), latents=np.array([{"a": 1}], dtype=object),
            labels=np.zeros(1))
   return launch(["--config=configs/digits.py", "--sweep=table1", f"--workdir={workdir}",
