@@ -24,6 +24,7 @@ with cli.interruptible_start(__name__):
   from ml_collections import config_flags
 
   from softvq_jax.errors import InputError
+  from softvq_jax.launch import compilation
   from softvq_jax.launch import distributed
   from softvq_jax.launch import train
 
@@ -40,6 +41,7 @@ def main(argv):
     raise InputError(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a "
                      "--flag")
   distributed.initialize_from_flags()
+  compilation.enable_cache()
   distributed.check_same("config and workdir", FLAGS.config.to_json_best_effort(
       sort_keys=True) + "\n" + os.path.abspath(FLAGS.workdir))
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -44,6 +44,7 @@ from ml_collections import config_flags
 from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
 from softvq_jax.launch import checkpoints
+from softvq_jax.launch import compilation
 from softvq_jax.launch import distributed
 from softvq_jax.launch import locks
 from softvq_jax.launch import provenance
@@ -166,6 +167,7 @@ def main(argv):
   sweeps = load_sweeps(path)
   failed, t_start = [], time.time()
   distributed.initialize_from_flags()
+  compilation.enable_cache()
   distributed.check_same("config, sweep and workdir", "\n".join((
       FLAGS.config.to_json_best_effort(sort_keys=True), FLAGS.sweep,
       os.path.abspath(FLAGS.workdir), f"{FLAGS.shard}/{FLAGS.num_shards}")))

@@ -43,6 +43,7 @@ from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
 from softvq_jax.errors import one_line
 from softvq_jax.launch import checkpoints
+from softvq_jax.launch import compilation
 from softvq_jax.launch import locks
 from softvq_jax.launch import outputs
 from softvq_jax.launch import provenance
@@ -210,14 +211,16 @@ FIRST_DISPATCH_STEPS = 1024
 class _Pace:
   """Dispatch lengths of at most ``MAX_DISPATCH_SECONDS``: powers of two (few
   programs to compile), from the time per step of dispatches whose program
-  was already compiled. Splitting a chunk into dispatches leaves its bits
+  was already compiled, or of any dispatch that overran (its compile time
+  makes the estimate safe: shorter). The first dispatch of a launch is not
+  bounded in time. Splitting a chunk into dispatches leaves its bits
   unchanged: each step is the same function of ``fold_in(rng, step)``."""
 
   def __init__(self):
     self.limit, self._compiled = FIRST_DISPATCH_STEPS, set()
 
   def record(self, num_steps: int, seconds: float) -> None:
-    if num_steps in self._compiled and seconds > 0:
+    if seconds > 0 and (num_steps in self._compiled or seconds > MAX_DISPATCH_SECONDS):
       fits = MAX_DISPATCH_SECONDS * num_steps / seconds
       self.limit = 2 ** max(0, math.floor(math.log2(fits))) if fits >= 1 else 1
     self._compiled.add(num_steps)
@@ -363,8 +366,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, data: input_pipeline.
   write_configs(runs)
   program = build_program(config, data, runs)
   t_start = time.time()
-  state, start_step = _resume_and_train(config, program, runs, managers)
+  with compilation.Seconds() as compile_time:
+    state, start_step = _resume_and_train(config, program, runs, managers)
   timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
+            "compile_seconds": compile_time.total,
             "runs_together": config.train.runs_together,
             "trained_steps": config.train.num_steps - start_step}
   # Evaluation is local work: process 0 does it and writes the results.

@@ -1,0 +1,80 @@
+"""The launcher's training step of a config file, one run and seeds
+vmapped, on random images of the config's shape.
+
+  python -m experiments.benchmarks.step_timing --config=cifar10 --steps=100
+  python -m experiments.benchmarks.step_timing --config=mnist --seeds=1,3,21 --steps=500
+
+``--config=NAME`` is ``configs/NAME.py`` (its default row: the soft VQ-VAE
+for mnist, the headline CNN for cifar10) at its batch size (or
+``--batch_size``). The step's time does not depend on the pixels, and no
+CIFAR-10 copy can be reached from the GPU machines. Prints JSON lines
+``{"name", "value", "unit"}``: ``<config>_b<B>[_seeds<S>]_compile_seconds``
+(lowering and compiling one chunk of ``--steps`` steps of ``S`` runs
+vmapped) and ``..._ms_per_step`` (the whole vmapped step; best of
+``--repeats`` chunks).
+"""
+
+import functools
+import importlib
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.common import jsonl
+from experiments.common.timing import best_time
+from softvq_jax.launch import steps as steps_lib
+from softvq_jax.model import autoencoder
+
+flags.DEFINE_string("config", "cifar10", "A config file of configs/: mnist, cifar10, ...")
+flags.DEFINE_integer("steps", 100, "Steps per timed chunk.")
+flags.DEFINE_integer("repeats", 3, "Timed chunks; the best is kept.")
+flags.DEFINE_list("seeds", ["1", "3"], "Runs trained together (vmapped), one case each.")
+flags.DEFINE_integer("batch_size", 0, "0: the config's train.batch_size.")
+flags.DEFINE_integer("num_images", 4096, "Random training images on the device.")
+FLAGS = flags.FLAGS
+
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3),
+                "svhn": (32, 32, 3)}
+
+
+def time_case(config, images, num_runs: int, steps: int, repeats: int):
+  """(compile seconds, seconds per chunk of ``steps``) of ``num_runs`` runs."""
+  model_fn = functools.partial(autoencoder.make_model, config.model, images.shape[1:])
+  optimizer = steps_lib.make_optimizer(config.train)
+  init = lambda rng: steps_lib.init_state(rng, model_fn({}), optimizer, images[:1])
+  rngs = jax.random.split(jax.random.key(0), num_runs)
+  state = jax.jit(steps_lib.over_runs(init, num_runs, [0]))(rngs)
+  chunk = jax.jit(functools.partial(
+      steps_lib.train_chunk, num_steps=steps, num_runs=num_runs, runs_together="vmap",
+      guard=steps_lib.chunk_guard(num_runs, "vmap"), model_fn=model_fn, optimizer=optimizer,
+      batch_size=config.train.batch_size, pixel_var=float(jnp.var(images))))
+  t0 = time.perf_counter()
+  compiled = chunk.lower(state, images, rngs, {}).compile()
+  compile_seconds = time.perf_counter() - t0
+  return compile_seconds, best_time(compiled, state, images, rngs, {}, repeats=repeats)
+
+
+def main(_):
+  config = importlib.import_module(f"configs.{FLAGS.config}").get_config()
+  config.train.batch_size = FLAGS.batch_size or config.train.batch_size
+  shape = IMAGE_SHAPES[FLAGS.config]
+  images = jnp.asarray(np.random.default_rng(0).random((FLAGS.num_images, *shape), np.float32))
+  lines = []
+  for num_runs in map(int, FLAGS.seeds):
+    name = (f"{FLAGS.config}_{config.model.network}_{config.model.bottleneck}_"
+            f"b{config.train.batch_size}" + (f"_seeds{num_runs}" if num_runs > 1 else ""))
+    compile_seconds, seconds = time_case(config, images, num_runs, FLAGS.steps, FLAGS.repeats)
+    jsonl.emit(lines, {"name": name + "_compile_seconds", "value": round(compile_seconds, 3),
+                       "unit": "s"})
+    jsonl.emit(lines, {"name": name + "_ms_per_step",
+                       "value": round(1000 * seconds / FLAGS.steps, 4), "unit": "ms"})
+  jsonl.emit(lines, {"name": "devices", "value": jax.device_count(),
+                     "unit": jax.devices()[0].device_kind})
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,49 @@
+"""``experiments/gpu_check.py --smoke``: every part runs tiny on the CPU and
+reports, so that the GPU command is known to work before a GPU is lent."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests import ROOT
+
+TORCH_PARTS = ("torch", "quantizers")  # Need torch (and LVQ) in --torch_python.
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_part(tmp_path):
+  out = tmp_path / "smoke.jsonl"
+  subprocess.run([sys.executable, "-m", "experiments.gpu_check", "--smoke", f"--out={out}"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=600)
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  status = {r["part"]: r["status"] for r in records if "status" in r}
+  has_torch = importlib.util.find_spec("torch") is not None
+  for part in ("table1", "training", "cifar10", "torch", "quantizers", "large_k", "tests"):
+    expected = "done" if has_torch or part not in TORCH_PARTS else "failed (1)"
+    assert status[part] == expected, (part, status)
+  figures = lambda part: [r for r in records if r["part"] == part and "status" not in r]
+  assert any(r["name"].endswith("_seeds3_ms_per_step") for r in figures("training"))
+  assert any(r["name"].startswith("cifar10_cnn") for r in figures("cifar10"))
+  assert any(r.get("framework") == "jax" for r in figures("quantizers"))
+  runs = [r for r in figures("table1") if "run" in r]
+  assert len(runs) == 24
+  assert all(r["compile_seconds"] >= 0 for r in runs if not r["run"].startswith("raw/"))
+  table = json.loads((tmp_path / "smoke_table1.json").read_text())
+  assert table["protocol"]["launcher_seconds"] > 0 and len(table["rows"]) == 8
+
+
+def test_a_part_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
+  from experiments import gpu_check  # pylint: disable=g-import-not-at-top
+  out = gpu_check.Output(str(tmp_path / "cut.jsonl"))
+  sleeper = gpu_check.Part("slow", [sys.executable, "-c",
+                                    "import time; print('{\"x\": 1}', flush=True); time.sleep(60)"])
+  assert gpu_check.run_part(sleeper, 1.0, out) == "cut"
+  quick = gpu_check.Part("quick", [sys.executable, "-c", "print('{\"y\": 2}')"])
+  assert gpu_check.run_part(quick, 30.0, out) == "done"
+  records = [json.loads(line) for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
+  assert records[0] == {"part": "slow", "x": 1}
+  assert records[1]["status"] == "cut" and records[1]["seconds"] < 10
+  assert records[2:] == [{"part": "quick", "y": 2}, {**records[3], "status": "done"}]
