@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from experiments.common import parts
 from tests import ROOT
 
 TORCH_PARTS = ("torch", "quantizers")  # Need torch (and LVQ) in --torch_python.
@@ -28,21 +29,20 @@ def test_gpu_check_smoke_runs_every_part(tmp_path):
   assert any(r["name"].endswith("_seeds3_ms_per_step") for r in figures("training"))
   assert any(r["name"].startswith("cifar10_cnn") for r in figures("cifar10"))
   assert any(r.get("framework") == "jax" for r in figures("quantizers"))
-  runs = [r for r in figures("table1") if "run" in r]
-  assert len(runs) == 24
-  assert all(r["compile_seconds"] >= 0 for r in runs if not r["run"].startswith("raw/"))
+  runs = [r for r in figures("table1") if "run" in r]  # Shard 1 of 8: the ae row.
+  assert sorted(r["run"] for r in runs) == [f"ae/seed_{s}" for s in range(3)]
+  assert all(r["compile_seconds"] > 0 for r in runs)
   table = json.loads((tmp_path / "smoke_table1.json").read_text())
-  assert table["protocol"]["launcher_seconds"] > 0 and len(table["rows"]) == 8
+  assert table["protocol"]["launcher_seconds"] > 0 and len(table["rows"]) == 1
 
 
 def test_a_part_over_its_budget_is_cut_and_the_next_still_runs(tmp_path):
-  from experiments import gpu_check  # pylint: disable=g-import-not-at-top
-  out = gpu_check.Output(str(tmp_path / "cut.jsonl"))
-  sleeper = gpu_check.Part("slow", [sys.executable, "-c",
+  out = parts.Output(str(tmp_path / "cut.jsonl"))
+  sleeper = parts.Part("slow", [sys.executable, "-c",
                                     "import time; print('{\"x\": 1}', flush=True); time.sleep(60)"])
-  assert gpu_check.run_part(sleeper, 1.0, out) == "cut"
-  quick = gpu_check.Part("quick", [sys.executable, "-c", "print('{\"y\": 2}')"])
-  assert gpu_check.run_part(quick, 30.0, out) == "done"
+  assert parts.run_part(sleeper, 1.0, out) == "cut"
+  quick = parts.Part("quick", [sys.executable, "-c", "print('{\"y\": 2}')"])
+  assert parts.run_part(quick, 30.0, out) == "done"
   records = [json.loads(line) for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
   assert records[0] == {"part": "slow", "x": 1}
   assert records[1]["status"] == "cut" and records[1]["seconds"] < 10

@@ -11,6 +11,7 @@ from configs import digits
 from configs import mnist
 from softvq_jax.errors import InputError
 from softvq_jax.launch import config_keys
+from softvq_jax.launch import outputs
 from softvq_jax.launch import presets
 from softvq_jax.launch import runs
 from softvq_jax.launch import sweep
@@ -95,7 +96,7 @@ def test_split_gives_single_run_configs_value_major(tiny_config, tmp_path):
 
 def old_layout_finished_run(sweep_dir, name, config):
   """A finished run as the earlier code left it: its name as a path, a
-  config.json without the keys added since, and an eval.json."""
+  config.json without the keys added since, an eval.json and (empty) outputs."""
   stored = workdir.config_dict(config)
   for key in config_keys.ADDED_KEYS:
     section, field = key.split(".")
@@ -105,6 +106,8 @@ def old_layout_finished_run(sweep_dir, name, config):
   workdir.write_json(os.path.join(run_dir, workdir.CONFIG_FILE), stored)
   results = {"clustering_acc": 50.0, "nmi": 0.5, "probe_acc": 90.0, "eval_split": "test"}
   workdir.write_json(os.path.join(run_dir, workdir.EVAL_FILE), results)
+  for name in (outputs.LATENTS_FILE, *outputs.FIGURE_FILES):
+    open(os.path.join(run_dir, name), "w").close()
   return results
 
 
