@@ -84,13 +84,18 @@ def finished_copy(ctx, name: str) -> str:
   return workdir
 
 
-def unfinished_after_200(ctx, name: str) -> str:
-  """The reference run as if killed after its checkpoint at step 200."""
-  workdir = finished_copy(ctx, name)
+def unfinish(workdir: str) -> str:
+  """A finished 300-step run in ``workdir`` as if killed after its checkpoint
+  at step 200."""
   for path in ("eval.json", "timing.json", "latents.npz", "checksums/300.json"):
     os.remove(os.path.join(workdir, path))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "300"))
   return workdir
+
+
+def unfinished_after_200(ctx, name: str) -> str:
+  """The reference run as if killed after its checkpoint at step 200."""
+  return unfinish(finished_copy(ctx, name))
 
 
 def same_eval(ctx, workdir: str, outcome) -> Tuple[object, bool, str]:
@@ -185,11 +190,13 @@ def sigint_evaluating_then_rerun(ctx, launch):
   return outcome, same and no_tmp(workdir), note
 
 
-def sigterm_then_rerun(ctx, launch):
-  workdir, outcome = signal_when(ctx, launch, "sigterm", ["checksums", "100.json"],
-                                 send=signal.SIGTERM)
-  _, same, note = same_eval(ctx, workdir, launch(args(workdir)))
-  return outcome, same and no_tmp(workdir), note
+def signal_then_rerun(name: str, send: int):
+  """``send`` after the checkpoint at step 100, then a rerun to the end."""
+  def act(ctx, launch):
+    workdir, outcome = signal_when(ctx, launch, name, ["checksums", "100.json"], send=send)
+    _, same, note = same_eval(ctx, workdir, launch(args(workdir)))
+    return outcome, same and no_tmp(workdir), note
+  return act
 
 
 def sigkill_then_rerun(ctx, launch):

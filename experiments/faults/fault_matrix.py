@@ -203,7 +203,7 @@ CASES = [
          r"^interrupted: .*step 300 is kept: rerun the same command to evaluate",
          fc.sigint_evaluating_then_rerun),
     Case("sigterm_then_rerun", 143, r"^terminated: stopped by SIGTERM\. The last good",
-         fc.sigterm_then_rerun),
+         fc.signal_then_rerun("sigterm", signal.SIGTERM)),
     Case("sigkill_then_rerun", 0, r"eval of seed 0", fc.sigkill_then_rerun),
     Case("sigint_while_importing", 130, r"^interrupted: stopped by Ctrl-C", fc.sigint_importing),
     Case("full_disk_while_training", 1, I + r"saving a checkpoint .*No space left on device",
@@ -291,7 +291,7 @@ CASES = [
     Case("lost_latents_made_again", 0, r"made again from the checkpoint at step 300",
          rc.lost_latents_made_again),
     Case("sighup_then_rerun", 129, r"^terminated: stopped by SIGHUP\. The last good",
-         rc.sighup_then_rerun),
+         fc.signal_then_rerun("sighup", signal.SIGHUP)),  # Repro 9: a closed terminal.
     Case("empty_workdir_string", S, I + r"--workdir is empty", rc.workdir_string("wd_empty", ""),
          30),
     Case("workdir_over_path_max", S, I + r"--workdir is \d+ bytes long",

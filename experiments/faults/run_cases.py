@@ -1,6 +1,6 @@
 """The cases of ``fault_matrix.py`` about what a run is and when it stops
 (issue 37): checkpoints of another config or other data, outputs lost after
-the end, overrides a sweep owns, a signal between checkpoints, SIGHUP, a
+the end, overrides a sweep owns, a signal between checkpoints, a
 workdir string that cannot be a path."""
 
 import os
@@ -24,9 +24,7 @@ def other_data_on_resume(ctx, launch):
   extra = (*fc.mnist_args(data), "--config.data.verify_md5=False")
   workdir = ctx.path("changed_data")
   launch(fc.args(workdir, *extra))
-  for path in ("eval.json", "timing.json", "latents.npz", "checksums/300.json"):
-    os.remove(os.path.join(workdir, path))
-  os.rename(os.path.join(workdir, "checkpoints", "300"), ctx.path("changed_data_300"))
+  fc.unfinish(workdir)
   fc.write_idx(os.path.join(data, fc.MNIST_NAMES[0]),
                np.random.default_rng(1).integers(0, 256, (50, 28, 28)))
   return fc.refused("changed_data", *extra)(ctx, launch)
@@ -39,14 +37,6 @@ def lost_latents_made_again(ctx, launch):
   outcome, same, note = fc.same_eval(ctx, workdir, launch(fc.args(workdir)))
   made = os.path.exists(os.path.join(workdir, "latents.npz"))
   return outcome, same and made, note or ("" if made else "latents.npz not made again")
-
-
-def sighup_then_rerun(ctx, launch):
-  """Repro 9: a closed terminal after the checkpoint at step 100."""
-  workdir, outcome = fc.signal_when(ctx, launch, "sighup", ["checksums", "100.json"],
-                                    send=signal.SIGHUP)
-  _, same, note = fc.same_eval(ctx, workdir, launch(fc.args(workdir)))
-  return outcome, same and fc.no_tmp(workdir), note
 
 
 def sigterm_between_checkpoints(ctx, launch):

@@ -42,7 +42,6 @@ from softvq_jax.launch import signals
 EXIT_INPUT = 2
 EXIT_STOPPED = 1
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 # absl's flags that print and exit while the flags parse.
 _HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml",
                "--only_check_args")

@@ -9,6 +9,7 @@ leaving ``eval.json`` as it was.
 """
 
 import functools
+import io
 import os
 from typing import List
 
@@ -18,6 +19,7 @@ import numpy as np
 from softvq_jax.data import input_pipeline
 from softvq_jax.launch import figures
 from softvq_jax.launch import runs as runs_lib
+from softvq_jax.launch import workdir as workdir_lib
 from softvq_jax.model import autoencoder
 
 LATENTS_FILE = "latents.npz"
@@ -55,10 +57,9 @@ def write(run: runs_lib.Run, model: autoencoder.Autoencoder, variables,
                       title=f"{config.model.bottleneck} on {config.data.name} "
                       f"({data.eval_split})", tsne_points=config.eval.tsne_points,
                       seed=config.seed)
-  path = os.path.join(run.workdir, LATENTS_FILE)
-  with open(path + ".tmp", "wb") as f:
-    np.savez(f, latents=eval_latents, labels=data.eval_labels, split=data.eval_split)
-  os.replace(path + ".tmp", path)
+  latents = io.BytesIO()
+  np.savez(latents, latents=eval_latents, labels=data.eval_labels, split=data.eval_split)
+  workdir_lib.write_atomic(os.path.join(run.workdir, LATENTS_FILE), latents.getvalue())
 
 
 def remake(run: runs_lib.Run, model: autoencoder.Autoencoder, variables,

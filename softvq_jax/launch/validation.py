@@ -188,6 +188,14 @@ def validate_workdir(workdir: str) -> None:
     writable(os.path.join(workdir, checkpoints.CHECKPOINTS_DIR), "--workdir")
 
 
+def _nearest_existing(path: str) -> str:
+  """``path`` made absolute, or its nearest ancestor that exists."""
+  existing = os.path.abspath(path)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  return existing
+
+
 def path_string(path: str, flag: str) -> None:
   """Raises ``InputError`` for a string that no file system takes as a path:
   empty, with a NUL, longer than PATH_MAX or with a component longer than
@@ -196,9 +204,7 @@ def path_string(path: str, flag: str) -> None:
     raise InputError(f"{flag} is empty; give a directory")
   if "\0" in path:
     raise InputError(f"{flag}={path!r} holds a NUL character")
-  full, existing = os.path.abspath(path), os.path.abspath(path)
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  full, existing = os.path.abspath(path), _nearest_existing(path)
   existing = existing if os.path.isdir(existing) else os.path.dirname(existing)
   path_max, name_max = (os.pathconf(existing, name) for name in ("PC_PATH_MAX", "PC_NAME_MAX"))
   if len(os.fsencode(full)) >= path_max:
@@ -214,9 +220,7 @@ def writable(path: str, flag: str) -> None:
   """Raises ``InputError`` unless ``path`` (or its nearest existing parent,
   which must be a directory) can be written."""
   path_string(path, flag)
-  existing = os.path.abspath(path)
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  existing = _nearest_existing(path)
   if not os.path.isdir(existing):
     raise InputError(f"{flag}={path}: {existing} is a file, not a directory")
   if not os.access(existing, os.W_OK | os.X_OK):

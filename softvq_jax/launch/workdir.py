@@ -21,7 +21,7 @@
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import ml_collections
 
@@ -37,16 +37,16 @@ def config_dict(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` by a temporary file and a rename, with the
-  mode a plain ``open`` gives (0666 less the umask; mkstemp's is 0600)."""
+def write_atomic(path: str, text: Union[str, bytes]) -> None:
+  """Writes ``text`` (or bytes) to ``path`` by a temporary file and a rename,
+  with the mode a plain ``open`` gives (0666 less the umask; mkstemp's is 0600)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
   umask = os.umask(0)
   os.umask(umask)
   os.fchmod(fd, 0o666 & ~umask)
-  with os.fdopen(fd, "w") as f:
+  with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
     f.write(text)
   os.replace(tmp, path)
 

@@ -308,7 +308,7 @@ def _on_finite_rows(fn, x: Array, weights: Optional[Array]):
   every row finite, ``fn(x, None)`` itself (decided at run time under jit)."""
   finite = functional.finite_rows(x)
   clean = lambda: fn(jnp.where(finite[..., None], x, 0.0),
-                     jnp.where(finite, 1.0 if weights is None else weights, 0.0))
+                     functional.finite_weights(finite, weights))
   if weights is not None:
     return clean()
   try:

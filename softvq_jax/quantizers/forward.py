@@ -137,12 +137,11 @@ def _finite(opts: VQOptions, x: Array, finite: Array, weights: Optional[Array]):
   weights zero there (so that the EMA state, restarts and statistics skip
   them), and ``nonfinite_rows``, how many rows (of nonzero weight) were."""
   x_safe = jnp.where(finite[..., None], x, jnp.zeros_like(x))
-  w = jnp.ones(finite.shape) if weights is None else weights
-  skipped = jnp.sum(jnp.where(finite, 0.0, (w > 0).astype(jnp.float32)))
+  skipped = jnp.sum(functional.finite_weights(~finite, weights) > 0, dtype=jnp.float32)
   axis = core.bound_axis(opts.axis_name)
   if axis is not None:
     skipped = jax.lax.psum(skipped, axis)
-  return x_safe, jnp.where(finite, w, 0.0), {"nonfinite_rows": skipped}
+  return x_safe, functional.finite_weights(finite, weights), {"nonfinite_rows": skipped}
 
 
 def soft_forward(opts: SoftVQOptions, params: Variables, state: Variables, z: Array,
@@ -212,7 +211,7 @@ def _soft_codes(opts: SoftVQOptions, codewords: Array, own_log_var: Optional[Arr
                                          opts.chunk_size, w_safe)
     sums = lambda: posterior
     posterior_counts = posterior[0]
-  indices, _ = functional.mark_nonfinite(x_in, indices)
+  indices = jnp.where(finite, indices, -1)
   x_hat = jnp.where(finite[..., None], x_hat, jnp.nan).astype(x_in.dtype)
   state, aux = _ema(opts, state, sums, x_safe, w_safe, train=train, make_rng=make_rng)
   statistics = core.index_statistics(indices, opts.num_codewords, opts.axis_name, w_safe)

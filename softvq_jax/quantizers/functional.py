@@ -90,6 +90,11 @@ def mark_nonfinite(z: Array, indices: Array) -> Tuple[Array, Array]:
   return jnp.where(finite, indices, -1), finite
 
 
+def finite_weights(finite: Array, weights: Optional[Array]) -> Array:
+  """``weights`` (ones if None) with zero at the rows that are not ``finite``."""
+  return jnp.where(finite, 1.0 if weights is None else weights, 0.0)
+
+
 def codewords_of(codebook: Array, indices: Array, finite: Array, dtype: Any) -> Array:
   """``lookup`` of ``indices``, NaN where ``finite`` is False (index -1)."""
   codewords = lookup(codebook, jnp.maximum(indices, 0)).astype(dtype)

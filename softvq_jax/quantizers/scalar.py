@@ -197,8 +197,7 @@ def _statistics(indices: Array, num_codes: int, axis_name: Optional[str],
                 mask: Optional[Array]):
   """``core.index_statistics`` of the rows of ``mask`` with a code (index
   -1, a non-finite latent, counts in nothing)."""
-  weights = functional.as_weights(mask)
-  weights = jnp.where(indices >= 0, 1.0 if weights is None else weights, 0.0)
+  weights = functional.finite_weights(indices >= 0, functional.as_weights(mask))
   return core.index_statistics(indices, num_codes, axis_name, weights)
 
 

@@ -61,7 +61,7 @@ def test_bad_flags_are_one_line_and_status_2(argv, line, tmp_path, capsys, monke
     (KeyboardInterrupt("stopped by Ctrl-C. The last good checkpoint is at step 300"),
      cli.EXIT_INTERRUPTED, "interrupted: stopped by Ctrl-C. The last good checkpoint"),
     (signals.Terminated("stopped by SIGTERM. The last good checkpoint is at step 300"),
-     cli.EXIT_TERMINATED, "terminated: stopped by SIGTERM. The last good checkpoint"),
+     143, "terminated: stopped by SIGTERM. The last good checkpoint"),
     (signals.Terminated("stopped by SIGHUP. The last good", signal.SIGHUP), 129,
      "terminated: stopped by SIGHUP. The last good"),  # Issue 37: a lost ssh session.
     (InputError("workdir /tmp/a\nb is a file"), cli.EXIT_INPUT,
