@@ -74,7 +74,7 @@ def _general_lloyd_step(z: Array, centres: Array, chunk_size: Optional[int],
                         weights: Optional[Array]) -> Array:
   """``kmeans.lloyd_step`` with a streamed nearest-centre search and weights."""
   if chunk_size is None:
-    labels = jnp.argmin(functional.squared_distances(z, centres), axis=-1)
+    labels = functional.nearest_indices(functional.squared_distances(z, centres))
   else:
     labels = streaming.nearest_codewords(z, centres, chunk_size)[0]
   counts, sums = functional.index_sums(z, labels, centres.shape[0], weights)

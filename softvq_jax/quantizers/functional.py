@@ -60,6 +60,24 @@ def squared_distances(z: Array, codebook: Array) -> Array:
   return jnp.maximum(z_sq - 2.0 * cross + c_sq, 0.0)
 
 
+def nearest_indices(distances: Array) -> Array:
+  """``argmin(distances, -1)`` as int32, the first index on ties and the first
+  NaN in a row that has one, exactly.
+
+  On CPU it is ``top_k`` of the negated distances (NaN as +inf), which
+  XLA:CPU runs about 1.7x faster than argmin's (value, index) reduction:
+  7.4 against 12.7 ms for (3136, 1024) float32 on one thread, the tokenizer
+  benchmark's VQ step (experiments/results/quantizer_benchmark). TopK ranks
+  in total order, -0.0 below +0.0; distances here are never -0.0
+  (``squared_distances`` clips at +0.0). Other backends run argmin.
+  """
+  def by_top_k(d):
+    return jax.lax.top_k(jnp.where(jnp.isnan(d), jnp.inf, -d), 1)[1][..., 0]
+  return jax.lax.platform_dependent(
+      distances, cpu=by_top_k,
+      default=lambda d: jnp.argmin(d, axis=-1)).astype(jnp.int32)
+
+
 def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
   """Nearest-codeword quantization, eq. (1).
 
@@ -74,8 +92,7 @@ def hard_quantize(z: Array, codebook: Array) -> Tuple[Array, Array]:
     through the gather. A latent with a NaN or infinite entry gets index -1
     and a NaN output, never a valid token.
   """
-  indices = jnp.argmin(squared_distances(z, codebook), axis=-1).astype(jnp.int32)
-  indices, finite = mark_nonfinite(z, indices)
+  indices, finite = mark_nonfinite(z, nearest_indices(squared_distances(z, codebook)))
   return codewords_of(codebook, indices, finite, z.dtype), indices
 
 

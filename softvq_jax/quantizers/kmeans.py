@@ -33,7 +33,7 @@ class KMeans(NamedTuple):
 def lloyd_step(x: Array, centres: Array) -> Array:
   """One Lloyd update of ``(K, d)`` centres on ``(N, d)`` float32 points: each
   centre moves to the mean of its points; one without points stays put."""
-  labels = jnp.argmin(functional.squared_distances(x, centres), axis=-1)
+  labels = functional.nearest_indices(functional.squared_distances(x, centres))
   one_hot = jax.nn.one_hot(labels, centres.shape[0], dtype=jnp.float32)
   counts = jnp.sum(one_hot, axis=0)
   sums = jnp.matmul(one_hot.T, x, precision=functional.PRECISION)
@@ -77,7 +77,7 @@ def lloyd(x: Array, centres: Array, max_iter: int, tol: float) -> KMeans:
   centres, _, _ = jax.lax.while_loop(not_converged, update,
                                      (centres, jnp.asarray(jnp.inf, x.dtype), 0))
   distances = functional.squared_distances(x, centres)
-  return KMeans(jnp.argmin(distances, -1).astype(jnp.int32), jnp.min(distances, -1).sum(),
+  return KMeans(functional.nearest_indices(distances), jnp.min(distances, -1).sum(),
                 centres)
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from softvq_jax.quantizers.functional import PRECISION
 from softvq_jax.quantizers.functional import as_float32
 from softvq_jax.quantizers.functional import distance_logits
+from softvq_jax.quantizers.functional import nearest_indices
 from softvq_jax.quantizers.functional import normalizer_weight
 from softvq_jax.quantizers.functional import squared_distances
 
@@ -58,7 +59,7 @@ def nearest_codewords(z: Array, codebook: Array, chunk_size: int) -> Tuple[Array
       best, index = carry
       mu, ids = chunk_args
       dist = jnp.where(ids >= 0, squared_distances(z_rows, mu), jnp.inf)
-      local = jnp.argmin(dist, axis=-1)
+      local = nearest_indices(dist)
       value = jnp.take_along_axis(dist, local[:, None], axis=-1)[:, 0]
       better = value < best
       return (jnp.where(better, value, best), jnp.where(better, ids[local], index)), None

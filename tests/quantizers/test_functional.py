@@ -63,6 +63,23 @@ def test_small_sigma_recovers_hard_quantize(log_var):
   np.testing.assert_allclose(np.max(probs, -1), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [
+    [[3.0, 1.0, 1.0, 2.0]],  # A tie: the first.
+    [[0.0, 0.0, 5.0, 0.0]],  # Zero distances (a latent on duplicated codewords).
+    [[2.0, np.nan, 1.0, np.nan]],  # A NaN row: its first NaN, as argmin.
+    [[np.inf, np.inf, np.inf, np.inf], [np.nan] * 4],
+    np.random.default_rng(0).integers(0, 3, (2, 5, 7)).astype(np.float32),  # Many ties.
+])
+def test_nearest_indices_is_numpys_argmin(rows):
+  rows = np.asarray(rows, np.float32)
+  expected = np.argmin(rows, axis=-1)
+  for fn in (functional.nearest_indices, jax.jit(functional.nearest_indices)):
+    np.testing.assert_array_equal(fn(rows), expected)
+  flat = rows.reshape(-1, rows.shape[-1])
+  np.testing.assert_array_equal(jax.vmap(functional.nearest_indices)(flat), expected.reshape(-1))
+  assert functional.nearest_indices(rows).dtype == jnp.int32
+
+
 def test_hard_quantize_hand_computed():
   codebook = jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
   z = jnp.array([[0.1, 0.1], [0.9, -0.3], [0.2, 1.5], [5.0, 0.0]])
