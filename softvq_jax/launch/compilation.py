@@ -8,7 +8,9 @@
   cannot be made leaves the cache off. Only the launchers call it, never
   the library.
 * ``Seconds`` adds up the backend compile time (or cache load time) that
-  JAX reports while it is open: ``timing.json``'s ``compile_seconds``.
+  JAX reports in its thread while it is open: ``timing.json``'s
+  ``compile_seconds`` (an evaluation compiling in a worker thread meanwhile
+  is not counted).
 """
 
 import os
@@ -45,18 +47,19 @@ def enable_cache(directory: Optional[str] = None) -> Optional[str]:
 
 class Seconds:
   """A context that adds up JAX's compile (or cache load) seconds within it,
-  in this process: ``with Seconds() as compile_time: ...; compile_time.total``."""
+  in the thread that opened it: ``with Seconds() as compile_time: ...;
+  compile_time.total``."""
 
   def __init__(self):
-    self.total, self._lock = 0.0, threading.Lock()
+    self.total, self._thread = 0.0, None
 
   def _listen(self, event: str, duration: float, **kwargs) -> None:
     del kwargs
-    if event == COMPILE_EVENT:
-      with self._lock:
-        self.total += duration
+    if event == COMPILE_EVENT and threading.get_ident() == self._thread:
+      self.total += duration
 
   def __enter__(self) -> "Seconds":
+    self._thread = threading.get_ident()
     monitoring.register_event_duration_secs_listener(self._listen)
     return self
 

@@ -7,15 +7,16 @@
   probable one on the evaluation split (quantizers only);
 * ``training_curves.png``: loss terms and codebook perplexity from
   ``metrics.jsonl``.
+
+Figures are drawn through matplotlib's object API (``figure.Figure``), not
+pyplot's global state, so that an evaluation in a worker thread
+(``softvq_jax.launch.background``) can draw while another thread does.
 """
 
 import os
 from typing import Optional, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import figure
 import numpy as np
 import sklearn.manifold
 
@@ -24,6 +25,12 @@ from softvq_jax.model import autoencoder
 
 NUM_RECONSTRUCTIONS = 10
 TSNE_COLUMNS = 4
+
+
+def _subplots(*args, figsize: Tuple[float, float], **kwargs):
+  """``(fig, axes)``: pyplot's ``subplots`` on a figure of its own."""
+  fig = figure.Figure(figsize=figsize)
+  return fig, fig.subplots(*args, **kwargs)
 
 
 def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
@@ -35,7 +42,7 @@ def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
   """
   columns = min(len(panels), TSNE_COLUMNS)
   rows = -(-len(panels) // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
+  fig, axes = _subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
   for ax in axes.flat[len(panels):]:
     ax.set_axis_off()
   for ax, (title, latents, labels) in zip(axes.flat, panels):
@@ -48,7 +55,6 @@ def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
     ax.set_title(title)
   axes[0, -1].legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8)
   fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
 
 
 def per_seed(path: str, labels: Sequence[str], *, title: str,
@@ -59,8 +65,8 @@ def per_seed(path: str, labels: Sequence[str], *, title: str,
   at their mean), ``references[i]`` a value to mark (a cross) or None."""
   y = np.arange(len(labels))[::-1]
   width = 3.2 * len(panels) + 0.07 * max(len(label) for label in labels)
-  fig, axes = plt.subplots(1, len(panels), figsize=(width, 1.2 + 0.4 * len(labels)),
-                           sharey=True, squeeze=False)
+  fig, axes = _subplots(1, len(panels), figsize=(width, 1.2 + 0.4 * len(labels)),
+                        sharey=True, squeeze=False)
   fig.suptitle(title)
   for ax, (name, values, references) in zip(axes[0], panels):
     means = [np.mean(v) for v in values]
@@ -80,7 +86,6 @@ def per_seed(path: str, labels: Sequence[str], *, title: str,
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def curve(path: str, *, title: str, xlabel: str, xs: Sequence[float],
@@ -92,7 +97,7 @@ def curve(path: str, *, title: str, xlabel: str, xs: Sequence[float],
   order = np.argsort(xs)
   xs = np.asarray(xs, dtype=float)[order]
   log = xs.min() > 0 and xs.max() >= 8 * xs.min()
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+  fig, axes = _subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
   fig.suptitle(title)
   for ax, (name, values) in zip(axes[0], panels):
     values = [values[i] for i in order]
@@ -106,7 +111,6 @@ def curve(path: str, *, title: str, xlabel: str, xs: Sequence[float],
     ax.set_title(name)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def _show(ax, image: np.ndarray) -> None:
@@ -118,30 +122,28 @@ def _show(ax, image: np.ndarray) -> None:
 def reconstructions(path: str, images: np.ndarray, recons: np.ndarray) -> None:
   """Two rows: ``images`` and their ``recons``, both ``(n, H, W, C)``."""
   n = len(images)
-  fig, axes = plt.subplots(2, n, figsize=(n, 2.2))
+  fig, axes = _subplots(2, n, figsize=(n, 2.2))
   for i in range(n):
     _show(axes[0, i], images[i])
     _show(axes[1, i], recons[i])
   fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
 
 
 def codebook_usage(path: str, indices: np.ndarray, num_codewords: int) -> None:
   """Bar chart of codeword counts, sorted by frequency."""
   counts = np.sort(np.bincount(indices.reshape(-1), minlength=num_codewords))[::-1]
-  fig, ax = plt.subplots(figsize=(6, 3))
+  fig, ax = _subplots(figsize=(6, 3))
   ax.bar(np.arange(num_codewords), counts, width=1.0)
   ax.set_xlabel("codeword (sorted by use)")
   ax.set_ylabel("assigned latents")
   ax.set_title(f"{int((counts > 0).sum())} of {num_codewords} codewords used")
   fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
 
 
 def training_curves(path: str, records: Sequence[dict]) -> None:
   """One panel per logged metric against the step."""
   keys = [k for k in autoencoder.METRICS if k in records[0]]
-  fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.6), squeeze=False)
+  fig, axes = _subplots(1, len(keys), figsize=(3 * len(keys), 2.6), squeeze=False)
   steps = [r["step"] for r in records]
   for ax, key in zip(axes[0], keys):
     ax.plot(steps, [r[key] for r in records])
@@ -149,7 +151,6 @@ def training_curves(path: str, records: Sequence[dict]) -> None:
     ax.set_xlabel("step")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def write_all(workdir: str, model: autoencoder.Autoencoder, variables, data,

@@ -37,15 +37,20 @@ def missing(run: runs_lib.Run) -> List[str]:
 def encode(model: autoencoder.Autoencoder, variables, images: np.ndarray,
            batch_size: int) -> np.ndarray:
   """Downstream latents ``(N, d)`` of ``images``: one jitted program that maps
-  the model over batches (the last one zero-padded) on the device."""
+  the model over batches (the last one zero-padded) on the device, compiled
+  once per model and shape (models are equal when their configs are)."""
   count = len(images)
   padded = np.concatenate([images, np.zeros(((-count) % batch_size,) + images.shape[1:],
                                             images.dtype)])
   batches = padded.reshape((-1, batch_size) + images.shape[1:])
-  apply = functools.partial(model.apply, method=autoencoder.Autoencoder.encode)
-  latents = jax.jit(lambda v, x: jax.lax.map(functools.partial(apply, v), x))(
-      variables, batches)
+  latents = _encode_batches(model, variables, batches)
   return np.asarray(latents).reshape(len(padded), -1)[:count]
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _encode_batches(model: autoencoder.Autoencoder, variables, batches: jax.Array) -> jax.Array:
+  apply = functools.partial(model.apply, variables, method=autoencoder.Autoencoder.encode)
+  return jax.lax.map(apply, batches)
 
 
 def write(run: runs_lib.Run, model: autoencoder.Autoencoder, variables,

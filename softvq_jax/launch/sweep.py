@@ -28,6 +28,7 @@ over the same workdir skips the points that the first one is running, and
 says so (``locks.lock``).
 """
 
+import concurrent.futures
 import importlib
 import os
 import sys
@@ -41,8 +42,10 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from softvq_jax.data import input_pipeline
 from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
+from softvq_jax.launch import background
 from softvq_jax.launch import checkpoints
 from softvq_jax.launch import compilation
 from softvq_jax.launch import distributed
@@ -65,6 +68,8 @@ flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers
 flags.DEFINE_integer("shard", 0, "This launcher's shard, in [0, num_shards).")
 flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values of a "
                   "family together (train.num_seeds, train.vmap_key).")
+flags.DEFINE_bool("overlap_eval", True, "Evaluate each launch in a worker thread while "
+                  "the next one trains (one-process runs).")
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
@@ -132,31 +137,69 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
           for launch in runs.pack(members, workdir)]
 
 
+class Datasets:
+  """A loader that keeps the last dataset it loaded, so that consecutive
+  launches on the same ``config.data`` load it once per sweep."""
+
+  def __init__(self):
+    self._key, self._splits = None, None
+
+  def load(self, data_config: ml_collections.ConfigDict) -> input_pipeline.Splits:
+    key = data_config.to_json(sort_keys=True)
+    if key != self._key:
+      self._key, self._splits = None, None  # The last one is freed first.
+      self._splits, self._key = input_pipeline.load(data_config), key
+    return self._splits
+
+
 def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
         quick: bool = False, vmap_seeds: bool = True,
-        command_line: Optional[Mapping[str, Any]] = None) -> List[str]:
+        command_line: Optional[Mapping[str, Any]] = None,
+        overlap_eval: bool = True) -> List[str]:
   """Runs every point of the sweep that is not finished yet (see ``plan``).
 
   A run whose loss turns non-finite, or whose workdir another launcher holds,
   does not stop the sweep: it is logged, left out of the tables, and its
-  names returned among the failures.
+  names returned among the failures. With ``overlap_eval`` (in a
+  one-process run), each launch's evaluation runs in a worker thread while
+  the next launch trains (``background.Evaluations``); an error there is
+  raised once the next launch has trained, or at the end.
   """
   validation.validate_workdir(workdir)
   launches = plan(base, points, workdir, quick, vmap_seeds, command_line)
   for launch in launches:
     validation.validate_config(launch.config, jax.device_count())
-  failed = []
-  for i, launch in enumerate(launches):
-    logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
-    try:
-      if launch.raw:
-        train.evaluate_pixels(launch.config, launch.workdir, validated=True)
-      else:
-        train.train_and_evaluate(launch.config, launch.workdir, validated=True)
-    except (FloatingPointError, locks.Locked) as e:
-      logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
-      failed.extend(launch.names)
+  failed, pending, datasets = [], [], Datasets()
+  overlap = overlap_eval and jax.process_count() == 1
+  with background.Evaluations() if overlap else background.InLine() as evaluations:
+    for i, launch in enumerate(launches):
+      logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
+      try:
+        if launch.raw:
+          train.evaluate_pixels(launch.config, launch.workdir, validated=True,
+                                load=datasets.load)
+        else:
+          future = train.train_and_evaluate(launch.config, launch.workdir, validated=True,
+                                            load=datasets.load, evaluations=evaluations)
+          pending += [future] if future is not None else []
+      except (FloatingPointError, locks.Locked) as e:
+        logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
+        failed.extend(launch.names)
+      pending = _settle(pending, wait=False)
+    _settle(pending, wait=True)
   return failed
+
+
+def _settle(pending: List[concurrent.futures.Future],
+            wait: bool) -> List[concurrent.futures.Future]:
+  """Raises the error of any evaluation that ended with one (a diverged
+  probe is a ``RunStopped``); returns those still running (``wait``: none)."""
+  if wait:
+    concurrent.futures.wait(pending)
+  done = [future for future in pending if future.done()]
+  for future in done:
+    future.result()
+  return [future for future in pending if future not in done]
 
 
 def main(argv):
@@ -180,7 +223,8 @@ def main(argv):
     failed = run(FLAGS.config, shard_points(points, FLAGS.shard, FLAGS.num_shards),
                  FLAGS.workdir, quick="quick" in args.split(","),
                  vmap_seeds=FLAGS.vmap_seeds,
-                 command_line=config_flags.get_override_values(FLAGS["config"]))
+                 command_line=config_flags.get_override_values(FLAGS["config"]),
+                 overlap_eval=FLAGS.overlap_eval)
   table = tables.aggregate(points, FLAGS.workdir, getattr(sweeps, "PAPER_RESULTS", {}))
   if FLAGS.aggregate_only and not table["rows"]:
     raise InputError(f"no finished run of sweep {FLAGS.sweep} in {FLAGS.workdir}: nothing "

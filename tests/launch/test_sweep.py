@@ -14,6 +14,7 @@ from configs import digits
 from configs import mnist
 from configs import svhn
 from softvq_jax.errors import InputError
+from softvq_jax.errors import RunStopped
 from softvq_jax.launch import locks
 from softvq_jax.launch import presets
 from softvq_jax.launch import runs
@@ -81,6 +82,53 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
   assert (tmp_path / "t_tsne.png").stat().st_size > 1000
   tables.write_figure(table, str(tmp_path / "t_metrics.png"))
   assert (tmp_path / "t_metrics.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_overlapped_evaluation_gives_the_bits_of_evaluation_in_line(tiny_config, tmp_path,
+                                                                    monkeypatch):
+  """Evaluating in a worker thread while the next launch trains changes no
+  result, and the sweep loads its dataset once."""
+  points = small_points(digits, "table1", lambda p: p.row in ("raw", "ae", "soft_vq_vae")
+                        and p.seed == 0)
+  loads = []
+  load = train.input_pipeline.load
+  monkeypatch.setattr(train.input_pipeline, "load", lambda c: loads.append(c) or load(c))
+  for overlap in (True, False):
+    sweep.run(tiny_config, points, str(tmp_path / str(overlap)), quick=True,
+              overlap_eval=overlap)
+  assert len(loads) == 2  # Once per sweep.
+  for point in points:
+    ran = [tmp_path / str(overlap) / runs.point_dir(point) for overlap in (True, False)]
+    overlapped, in_line = (json.loads((r / "eval.json").read_text()) for r in ran)
+    assert {m: overlapped[m] for m in tables.METRICS} == {m: in_line[m] for m in tables.METRICS}
+    if point.row != "raw":
+      latents = [np.load(r / "latents.npz")["latents"] for r in ran]
+      np.testing.assert_array_equal(*latents)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overlap", [True, False])
+def test_an_evaluation_error_stops_the_sweep_and_frees_the_run(tiny_config, tmp_path,
+                                                               monkeypatch, overlap):
+  points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
+  evaluate, calls = train.evaluation.evaluate, []
+
+  def full_disk_for_ae(*args, **kwargs):  # The first evaluation, ae's.
+    calls.append(1)
+    if len(calls) == 1:
+      raise OSError("No space left on device")
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train.evaluation, "evaluate", full_disk_for_ae)
+  with pytest.raises(RunStopped, match=r"evaluation failed \(No space left on device\); "
+                     "training is finished and its checkpoint at step 20 is kept"):
+    sweep.run(tiny_config, points, str(tmp_path), quick=True, overlap_eval=overlap)
+  assert not (tmp_path / "ae" / "seed_0" / "eval.json").exists()
+  with locks.lock([str(tmp_path / "ae" / "seed_0")]):
+    pass  # Its lock was released.
+  sweep.run(tiny_config, points, str(tmp_path), quick=True, overlap_eval=overlap)
+  assert (tmp_path / "ae" / "seed_0" / "eval.json").exists()
 
 
 def rows_of(points):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from softvq_jax.errors import InputError
+from softvq_jax.launch import loop
 from softvq_jax.launch import runs
 from softvq_jax.launch import steps
 from softvq_jax.launch import train
@@ -239,8 +240,8 @@ def test_dispatches_split_to_bound_their_time_leave_the_bits(tiny_config, tmp_pa
   """Chunks cut into dispatches of at most 3 steps (so that a signal is seen
   in time) train the same bits and log the same metrics."""
   expected = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
-  monkeypatch.setattr(train, "FIRST_DISPATCH_STEPS", 3)
-  monkeypatch.setattr(train, "MAX_DISPATCH_SECONDS", 0.0)
+  monkeypatch.setattr(loop, "FIRST_DISPATCH_STEPS", 3)
+  monkeypatch.setattr(loop, "MAX_DISPATCH_SECONDS", 0.0)
   assert train.train_and_evaluate(tiny_config, str(tmp_path / "split")) == expected
   assert (read_jsonl(tmp_path / "split" / "metrics.jsonl")[-1]["loss"]
           == read_jsonl(tmp_path / "whole" / "metrics.jsonl")[-1]["loss"])
