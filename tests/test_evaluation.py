@@ -91,6 +91,7 @@ def test_kmeans_keeps_best_inertia(backend):
 
 
 @pytest.mark.parametrize("n,d,k", [(500, 2, 4), (300, 64, 25)])
+@pytest.mark.slow
 def test_jax_kmeans_matches_sklearn_inertia(n, d, k):
   x, labels = blobs(0, n=n, d=d, classes=k, spread=2.0)
   ours = evaluation.kmeans(x, k, num_inits=10, seed=0, backend="jax")

@@ -35,6 +35,7 @@ def _program(tiny_config, bottleneck, num_runs, runs_together, nan_image):
 @pytest.mark.parametrize("num_runs,runs_together", [
     (1, "vmap"), (3, "vmap"), pytest.param(3, "loop", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("nan_image", [False, True])
+@pytest.mark.slow
 def test_the_cheap_guard_computes_the_full_guards_bits_or_says_not_finite(
     tiny_config, bottleneck, num_runs, runs_together, nan_image):
   state, images, rngs, kwargs = _program(tiny_config, bottleneck, num_runs, runs_together,

@@ -134,6 +134,7 @@ def test_other_config_is_refused_and_nothing_changes(tiny_config, tmp_path):
   assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_path,
                                                            monkeypatch):
   load = train.input_pipeline.load

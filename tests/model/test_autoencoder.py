@@ -93,6 +93,7 @@ def quantized_model_config(name):
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZED))
+@pytest.mark.slow
 def test_quantized_bottlenecks_put_a_latent_head_before_the_library_quantizer(name):
   config = quantized_model_config(name)
   module = autoencoder.make_bottleneck(config)

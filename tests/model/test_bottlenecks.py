@@ -27,6 +27,7 @@ MODULES = {
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 @pytest.mark.parametrize("lead", [(4,), (2, 3, 3)])
+@pytest.mark.slow
 def test_interface_and_shapes(name, lead):
   h = jax.random.normal(jax.random.key(3), lead + (7,))
   _, out, aux = helpers.apply(MODULES[name](), h)
@@ -87,6 +88,7 @@ def _grads(module, term):
     ("codebook_loss", {"codebook", "log_var"}),
     ("commitment_loss", {"z_e"}),
 ])
+@pytest.mark.slow
 def test_gradient_routing(name, term, receives):
   """Codebook learns only from the codebook term; z_e from commitment + decoder."""
   grads = _grads(MODULES[name](), term)
@@ -144,6 +146,7 @@ def test_ema_codebook_moves_and_has_no_codebook_term():
 
 @pytest.mark.parametrize("module", [bottlenecks.VQ(helpers.D, helpers.K, codebook_init="data"),
                                     bottlenecks.SoftVQ(helpers.D, helpers.K, codebook_init="data")])
+@pytest.mark.slow
 def test_data_codebook_init_takes_the_first_encodings_of_the_init_batch(module):
   h = jax.random.normal(jax.random.key(3), (2, 7, 7))  # 14 encodings >= helpers.K.
   params = module.init(helpers.RNGS, h, train=False)["params"]

@@ -31,6 +31,7 @@ def test_parameter_counts(module, shape, expected):
   assert _count(module, shape) == expected
 
 
+@pytest.mark.slow
 def test_cnn_shapes():
   h = networks.CNNEncoder().apply(
       networks.CNNEncoder().init(jax.random.key(0), jnp.zeros((2, 32, 32, 3))),

@@ -17,6 +17,7 @@ from tests.quantizers import helpers
                                          ("hard", dict(codebook_init="data")),
                                          ("soft", dict(codebook_init="kmeans")),
                                          ("soft", dict(codebook_init="kmeans", chunk_size=3))])
+@pytest.mark.slow
 def test_initialize_starts_the_codebook_from_its_batch_and_training_never_again(kind, kwargs):
   module = helpers.LINEN[kind](8, **kwargs)
   # init on a dummy batch reads its shape only, whatever train says.
@@ -43,6 +44,7 @@ def test_initialize_starts_the_codebook_from_its_batch_and_training_never_again(
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 @pytest.mark.parametrize("train", [True, False])
+@pytest.mark.slow
 def test_a_dummy_init_leaves_the_first_real_batch_to_initialize(kind, train):
   # The repro of issue 35, item 1: init(..., train=True) on a batch of ones.
   module = helpers.LINEN[kind](64, ema_decay=0.99, codebook_init="kmeans")
@@ -70,6 +72,7 @@ def test_training_before_initialize_is_an_error_eagerly_and_under_jit(kind):
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.slow
 def test_a_first_batch_with_fewer_distinct_vectors_than_k_gives_k_distinct_codewords(kind):
   module = helpers.LINEN[kind](16, codebook_init="kmeans", ema_decay=0.9)
   z = jnp.tile(jnp.eye(4)[:3], (10, 1))  # 3 distinct vectors.
@@ -90,6 +93,7 @@ def test_an_unbound_axis_name_means_local_statistics(kind):
                plain.apply(ours[2], z, train=False))
 
 
+@pytest.mark.slow
 def test_each_shard_draws_its_own_noise():
   module = quantizers.SoftVectorQuantizer(4, noise_std=1.0, axis_name="data", commitment=1.0,
                                           log_var_init=0.0)

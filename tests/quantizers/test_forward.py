@@ -11,6 +11,7 @@ from softvq_jax.quantizers import functional
 from tests.quantizers import helpers
 
 
+@pytest.mark.slow
 def test_rotation_trick_forward_is_vq_and_its_gradient_is_the_rotation():
   z = np.random.default_rng(0).normal(size=(20, 5))
   plain = quantizers.VectorQuantizer(7)
@@ -32,6 +33,7 @@ def test_rotation_trick_forward_is_vq_and_its_gradient_is_the_rotation():
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.slow
 def test_cosine_codebooks_quantize_directions(kind):
   cls = quantizers.VectorQuantizer if kind == "hard" else quantizers.SoftVectorQuantizer
   module = cls(9, cosine=True, **({} if kind == "hard" else {"log_var_init": -3.0}))
@@ -133,6 +135,7 @@ def test_masked_positions_change_nothing(make):
     lambda: quantizers.VectorQuantizer(16, ema_decay=0.9, codebook_init="kmeans", heads=2,
                                        separate_codebook_per_head=True),
 ])
+@pytest.mark.slow
 def test_a_nan_in_a_batch_leaves_the_state_finite_and_skips_its_rows(build):
   """Issue 37's repro: one NaN element in one training batch; the rows that hold one are
   left out of the state (as if masked), get index -1, and are counted."""

@@ -257,6 +257,7 @@ def test_a_nan_latent_is_index_minus_one_and_a_nan_output():
 
 
 @pytest.mark.parametrize("log_var", [-1e4, -100.0, -88.0, 88.0, 1e4])
+@pytest.mark.slow
 def test_soft_quantization_is_finite_at_any_finite_log_variance(log_var):
   """The limits: a one-hot posterior on the nearest codeword as sigma^2 -> 0, a flat one as
   sigma^2 -> infinity; never a NaN (also with codewords too far for float32)."""

@@ -16,6 +16,7 @@ def _stack():
                               q.FSQ((5, 5))])
 
 
+@pytest.mark.slow
 def test_groups_quantize_their_channels_as_on_their_own():
   z = jnp.asarray(helpers.clustered(32, d=6))
   mask = jnp.arange(32) < 24
@@ -39,6 +40,7 @@ def test_groups_quantize_their_channels_as_on_their_own():
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_nnx_groups_match_linen():
   z = jax.random.normal(jax.random.key(0), (4, 5, 8))
   linen = q.GroupedResidualQuantizer([

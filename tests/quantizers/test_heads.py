@@ -23,6 +23,7 @@ def _nearest64(x, codebook):
 
 
 @pytest.mark.parametrize("separate", [False, True])
+@pytest.mark.slow
 def test_each_head_takes_its_nearest_codeword(separate):
   z = _z()
   vq = quantizers.VectorQuantizer(K, heads=HEADS, separate_codebook_per_head=separate)
@@ -43,6 +44,7 @@ def test_each_head_takes_its_nearest_codeword(separate):
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
+@pytest.mark.slow
 def test_separate_codebooks_train_as_one_quantizer_per_head(kind):
   """Heads with separate EMA codebooks take the steps of ``heads`` one-head
   quantizers, each on its part of z: outputs, losses and state."""
@@ -90,6 +92,7 @@ def test_soft_heads_posterior_is_eq5_per_head_in_float64():
 
 
 @pytest.mark.parametrize("separate", [False, True])
+@pytest.mark.slow
 def test_heads_with_codebook_dim_project_and_embed_back(separate):
   z = _z()
   vq = quantizers.VectorQuantizer(K, heads=4, codebook_dim=3, separate_codebook_per_head=separate,
@@ -103,6 +106,7 @@ def test_heads_with_codebook_dim_project_and_embed_back(separate):
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_masked_rows_change_no_head_state():
   z, mask = _z(), jnp.arange(40) < 30
   vq = quantizers.VectorQuantizer(K, heads=HEADS, separate_codebook_per_head=True,

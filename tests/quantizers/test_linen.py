@@ -47,6 +47,7 @@ def test_bfloat16_matches_float32_without_nan(scale):
     quantizers.VectorQuantizer(12), quantizers.VectorQuantizer(12, ema_decay=0.9),
     quantizers.SoftVectorQuantizer(12), quantizers.SoftVectorQuantizer(12, ema_decay=0.9),
     bottlenecks.VQ(4, 12), bottlenecks.SoftVQ(4, 12)])
+@pytest.mark.slow
 def test_embed_round_trip(module):
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
   variables = module.init(helpers.RNGS, x, train=False)

@@ -21,6 +21,7 @@ from tests.quantizers import helpers
                   separate_codebook_per_head=True)),
     ("soft", dict(heads=3, codebook_init="data")),
     ("soft", dict(codebook_transform=True, log_var_init=0.0))])
+@pytest.mark.slow
 def test_nnx_and_linen_agree_on_outputs_and_state_updates(kind, kwargs):
   z = jnp.asarray(helpers.clustered(48, d=6))
   linen = helpers.LINEN[kind](10, **kwargs)

@@ -90,6 +90,7 @@ def test_a_frozen_codebook_gets_no_gradient_and_no_ema_update(kind):
       assert float(jnp.abs(grad["codebook"]).max()) == 0.0
 
 
+@pytest.mark.slow
 def test_kmeans_iters_sets_the_lloyd_iterations_of_the_start():
   z = jax.random.uniform(jax.random.key(4), (512, 3))  # No clusters: Lloyd steps matter.
   inertia = {}

@@ -15,6 +15,7 @@ from tests.quantizers import helpers
     lambda: quantizers.VectorQuantizer(16, codebook_init="kmeans", ema_decay=0.9),
     lambda: quantizers.SoftVectorQuantizer(16, codebook_init="kmeans", log_var_init=-4.0),
 ])
+@pytest.mark.slow
 def test_the_residual_error_does_not_grow_with_the_stages(make):
   z = jax.random.normal(jax.random.key(0), (512, 6))
   module = quantizers.ResidualQuantizer([make() for _ in range(4)])

@@ -65,6 +65,7 @@ def test_lfq_codes_indices_and_entropies(spherical):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lfq_module_loss_is_the_weighted_entropies_and_commitment():
   z = jax.random.normal(jax.random.key(0), (4, 5, 5, 8))
   module = quantizers.LFQ(8, entropy_weight=0.2, diversity_gamma=0.5, commitment=0.25)
