@@ -89,7 +89,7 @@ def test_overlapped_evaluation_gives_the_bits_of_evaluation_in_line(tiny_config,
                                                                     monkeypatch):
   """Evaluating in a worker thread while the next launch trains changes no
   result, and the sweep loads its dataset once."""
-  points = small_points(digits, "table1", lambda p: p.row in ("raw", "ae", "soft_vq_vae")
+  points = small_points(digits, "table1", lambda p: p.row in ("ae", "soft_vq_vae")
                         and p.seed == 0)
   loads = []
   load = train.input_pipeline.load
@@ -102,15 +102,13 @@ def test_overlapped_evaluation_gives_the_bits_of_evaluation_in_line(tiny_config,
     ran = [tmp_path / str(overlap) / runs.point_dir(point) for overlap in (True, False)]
     overlapped, in_line = (json.loads((r / "eval.json").read_text()) for r in ran)
     assert {m: overlapped[m] for m in tables.METRICS} == {m: in_line[m] for m in tables.METRICS}
-    if point.row != "raw":
-      latents = [np.load(r / "latents.npz")["latents"] for r in ran]
-      np.testing.assert_array_equal(*latents)
+    latents = [np.load(r / "latents.npz")["latents"] for r in ran]
+    np.testing.assert_array_equal(*latents)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlap", [True, False])
-def test_an_evaluation_error_stops_the_sweep_and_frees_the_run(tiny_config, tmp_path,
-                                                               monkeypatch, overlap):
+def test_an_evaluation_error_in_the_worker_stops_the_sweep_and_frees_the_run(
+    tiny_config, tmp_path, monkeypatch):
   points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
   evaluate, calls = train.evaluation.evaluate, []
 
@@ -123,11 +121,11 @@ def test_an_evaluation_error_stops_the_sweep_and_frees_the_run(tiny_config, tmp_
   monkeypatch.setattr(train.evaluation, "evaluate", full_disk_for_ae)
   with pytest.raises(RunStopped, match=r"evaluation failed \(No space left on device\); "
                      "training is finished and its checkpoint at step 20 is kept"):
-    sweep.run(tiny_config, points, str(tmp_path), quick=True, overlap_eval=overlap)
+    sweep.run(tiny_config, points, str(tmp_path), quick=True)
   assert not (tmp_path / "ae" / "seed_0" / "eval.json").exists()
   with locks.lock([str(tmp_path / "ae" / "seed_0")]):
     pass  # Its lock was released.
-  sweep.run(tiny_config, points, str(tmp_path), quick=True, overlap_eval=overlap)
+  sweep.run(tiny_config, points, str(tmp_path), quick=True)
   assert (tmp_path / "ae" / "seed_0" / "eval.json").exists()
 
 
