@@ -70,3 +70,18 @@ def test_guard_cost_times_the_variants_it_is_given(tmp_path):
   assert [r["name"] for r in records] == ["guard_none_runs1_ms_per_step_per_run",
                                           "adam_loop3_ms_per_step_per_run"]
   assert all(r["value"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_nearest_search_agrees_with_argmin_and_writes_its_table(tmp_path):
+  out = tmp_path / "search"
+  subprocess.run([sys.executable, "-m", "experiments.benchmarks.nearest_search",
+                  "--num_latents=50", "--num_codewords=7", "--dim=3", "--calls=2",
+                  "--repeats=1", f"--out={out}"],
+                 cwd=ROOT, check=True, capture_output=True, timeout=300)
+  *records, environment = [json.loads(line) for line in open(f"{out}.jsonl")]
+  assert "versions" in environment["environment"]
+  assert [r["search"] for r in records] == ["distances_only", "argmin", "two_reductions",
+                                            "top_k", "nearest_indices"]
+  assert all(r["ms"] > 0 for r in records)
+  assert all(r["same_as_argmin"] for r in records[2:])
