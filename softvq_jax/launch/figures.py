@@ -33,24 +33,27 @@ def _subplots(*args, figsize: Tuple[float, float], **kwargs):
   return fig, fig.subplots(*args, **kwargs)
 
 
-def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]],
-         num_points: int, seed: int) -> None:
-  """t-SNE scatters, one per ``(title, latents (N, d), labels (N,))``, in rows
-  of at most TSNE_COLUMNS.
+def tsne_embedding(latents: np.ndarray, num_points: int, seed: int) -> np.ndarray:
+  """2-D t-SNE ``(n, 2)`` of the first ``n = min(num_points, N)`` latents
+  ``(N, d)``: scikit-learn's Barnes-Hut, PCA start, perplexity 30 (less for
+  few points). Deterministic for a seed on one machine, so that a table
+  reuses a run's embedding (``tables.write_tsne``)."""
+  latents = latents[:num_points]
+  return sklearn.manifold.TSNE(2, init="pca", random_state=seed,
+                               perplexity=min(30.0, (len(latents) - 1) / 3)
+                               ).fit_transform(latents)
 
-  Each panel embeds the first ``num_points`` latents, coloured by label.
-  """
+
+def tsne(path: str, panels: Sequence[Tuple[str, np.ndarray, np.ndarray]]) -> None:
+  """t-SNE scatters, one per ``(title, embedding (n, 2), labels (N >= n,))``
+  (``tsne_embedding``), coloured by label, in rows of at most TSNE_COLUMNS."""
   columns = min(len(panels), TSNE_COLUMNS)
   rows = -(-len(panels) // columns)
   fig, axes = _subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
   for ax in axes.flat[len(panels):]:
     ax.set_axis_off()
-  for ax, (title, latents, labels) in zip(axes.flat, panels):
-    latents, labels = latents[:num_points], labels[:num_points]
-    xy = sklearn.manifold.TSNE(2, init="pca", random_state=seed,
-                               perplexity=min(30.0, (len(latents) - 1) / 3)
-                               ).fit_transform(latents)
-    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=3)
+  for ax, (title, xy, labels) in zip(axes.flat, panels):
+    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:len(xy)], cmap="tab10", s=3)
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title(title)
   axes[0, -1].legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8)
@@ -154,7 +157,8 @@ def training_curves(path: str, records: Sequence[dict]) -> None:
 
 
 def write_all(workdir: str, model: autoencoder.Autoencoder, variables, data,
-              eval_latents: np.ndarray, *, title: str, tsne_points: int, seed: int) -> None:
+              eval_latents: np.ndarray, *, title: str, tsne_points: int,
+              seed: int) -> np.ndarray:
   """All figures of a run (see the module docstring).
 
   Args:
@@ -164,9 +168,12 @@ def write_all(workdir: str, model: autoencoder.Autoencoder, variables, data,
     eval_latents: the evaluation split's latents, ``(N, d)``.
     title: of the t-SNE panel.
     tsne_points, seed: t-SNE of the first ``tsne_points`` latents, seeded.
+
+  Returns:
+    The t-SNE embedding, ``(min(tsne_points, N), 2)``.
   """
-  tsne(os.path.join(workdir, "tsne.png"), [(title, eval_latents, data.eval_labels)],
-       tsne_points, seed)
+  xy = tsne_embedding(eval_latents, tsne_points, seed)
+  tsne(os.path.join(workdir, "tsne.png"), [(title, xy, data.eval_labels)])
   images = data.eval_images[:NUM_RECONSTRUCTIONS]
   recons, aux = model.apply(variables, images, method=autoencoder.Autoencoder.reconstruct)
   reconstructions(os.path.join(workdir, "reconstructions.png"), images, np.asarray(recons))
@@ -177,3 +184,4 @@ def write_all(workdir: str, model: autoencoder.Autoencoder, variables, data,
   records = training_log.read_metrics(workdir)
   if records:
     training_curves(os.path.join(workdir, "training_curves.png"), records)
+  return xy

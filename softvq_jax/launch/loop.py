@@ -46,6 +46,8 @@ class Program:
   run_steps: Callable[..., Tuple[steps.TrainState, Dict]]  # (state, images, rngs,
   # scalars, num_steps) -> (state, stacked metrics).
   sharding: jax.sharding.Sharding  # Of the state: replicated.
+  compile: Callable[[int], None]  # Compiles init and a dispatch of n steps (ahead).
+  compile_seconds: float = 0.0  # Spent compiling it ahead (``train.build_ahead``).
 
 
 def train_loop(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
@@ -80,6 +82,19 @@ def train_loop(state: steps.TrainState, program: Program, runs: List[runs_lib.Ru
 MAX_DISPATCH_SECONDS = 10.0
 # The first dispatch's bound, before the loop has measured a step's time.
 FIRST_DISPATCH_STEPS = 1024
+
+
+def _chunk_end(train_config: ml_collections.ConfigDict, step: int) -> int:
+  """The end of the chunk from ``step``: the next log or checkpoint step."""
+  log_every, checkpoint_every = train_config.log_every, train_config.checkpoint_every
+  return min(train_config.num_steps, (step // log_every + 1) * log_every,
+             (step // checkpoint_every + 1) * checkpoint_every)
+
+
+def first_dispatch(train_config: ml_collections.ConfigDict, step: int = 0) -> int:
+  """The number of steps of a launch's first dispatch from ``step``
+  (``_train_chunks`` and ``_Pace``): what to compile ahead."""
+  return min(_chunk_end(train_config, step) - step, FIRST_DISPATCH_STEPS)
 
 
 class _Pace:
@@ -149,8 +164,7 @@ def _train_chunks(state: steps.TrainState, program: Program, runs: List[runs_lib
   try:
     while step < num_steps:
       signals.check()
-      chunk_end = min(num_steps, (step // log_every + 1) * log_every,
-                      (step // checkpoint_every + 1) * checkpoint_every)
+      chunk_end = _chunk_end(train_config, step)
       t0 = time.time()
       state, metrics = _run_chunk(state, program, runs, chunk_end, pace, managers)
       rate, step = (chunk_end - step) / (time.time() - t0), chunk_end

@@ -55,15 +55,20 @@ def _encode_batches(model: autoencoder.Autoencoder, variables, batches: jax.Arra
 
 def write(run: runs_lib.Run, model: autoencoder.Autoencoder, variables,
           data: input_pipeline.Splits, eval_latents: np.ndarray) -> None:
-  """The run's figures (with ``eval.figures``), then ``latents.npz`` (atomically)."""
+  """The run's figures (with ``eval.figures``), then ``latents.npz`` (atomically),
+  which keeps the t-SNE embedding of its figure (``tsne``, made with the
+  run's seed) for the sweep's table to reuse."""
   config = run.config
+  embedding = {}
   if config.eval.figures:
-    figures.write_all(run.workdir, model, variables, data, eval_latents,
-                      title=f"{config.model.bottleneck} on {config.data.name} "
-                      f"({data.eval_split})", tsne_points=config.eval.tsne_points,
-                      seed=config.seed)
+    xy = figures.write_all(run.workdir, model, variables, data, eval_latents,
+                           title=f"{config.model.bottleneck} on {config.data.name} "
+                           f"({data.eval_split})", tsne_points=config.eval.tsne_points,
+                           seed=config.seed)
+    embedding = {"tsne": xy}
   latents = io.BytesIO()
-  np.savez(latents, latents=eval_latents, labels=data.eval_labels, split=data.eval_split)
+  np.savez(latents, latents=eval_latents, labels=data.eval_labels, split=data.eval_split,
+           **embedding)
   workdir_lib.write_atomic(os.path.join(run.workdir, LATENTS_FILE), latents.getvalue())
 
 

@@ -7,7 +7,9 @@ keys whose values name its directory (``point_dir``). A config with
 ``train.num_seeds > 1`` or ``train.vmap_key`` is several runs trained in one
 program: ``pack`` makes such a config (a ``Launch``) of a family's points,
 and ``unpack`` gives back each ``Run``, its single-run config and its
-directory (``split``: its Point).
+directory (``split``: its Point). Rows whose configs differ only in one such
+scalar (the vae and beta_vae rows: ``model.beta``) pack together too
+(``merge_rows``); their ``Launch`` names each run's directory.
 
 Config files build points with these helpers; the engine reads their fields
 and never parses a directory name back.
@@ -252,7 +254,8 @@ class Launch:
   """One process-level run of a sweep: one point, or several trained together."""
   points: List[Point]  # The sweep points it finishes.
   config: ml_collections.ConfigDict
-  workdir: str
+  workdir: str  # The runs' common parent (a single run's own directory).
+  runs: List[Run]  # Each point's run, in ``split`` order: its config and directory.
 
   @property
   def names(self) -> List[str]:
@@ -262,6 +265,61 @@ class Launch:
   @property
   def raw(self) -> bool:
     return self.points[0].raw
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> Dict[str, Any]:
+  """The config's values by dotted key."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def row_key(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> str:
+  """The one scalar that ``a``'s bottleneck reads (``autoencoder.BottleneckSpec.scalars``)
+  in which the single-run configs ``a`` and ``b`` differ, their seeds aside, so
+  that they can train together with ``train.vmap_key`` set to it; ``""`` if
+  they differ in anything else too, or in nothing."""
+  flat_a, flat_b = _flat(a), _flat(b)
+  differ = [key for key in flat_a.keys() | flat_b.keys()
+            if key != "seed" and flat_a.get(key) != flat_b.get(key)]
+  scalars = autoencoder.BOTTLENECKS[a.model.bottleneck].scalars
+  if len(differ) == 1 and differ[0].removeprefix("model.") in scalars:
+    return differ[0]
+  return ""
+
+
+def merge_rows(groups: Sequence[Tuple[Hashable, str, List[Member]]]
+               ) -> List[Tuple[str, List[Member]]]:
+  """Groups of points, merged where their configs differ only in one scalar
+  that the bottleneck reads (``row_key``), e.g. the vae and beta_vae rows
+  (``model.beta``), so that they train in one program.
+
+  Each group is ``(tag, key, members)``: members of one family
+  (``family``) and its vmapped key (``""``: none). Groups merge only with
+  groups of an equal tag (the sweep's: the step they resume from), never
+  with a tag of None, along one key, and only with values of it that the
+  other group lacks. Returns ``(key, members)`` per merged group, in the
+  order of the first group of each.
+  """
+  merged: List[Tuple[Hashable, str, List[Member]]] = []
+  for tag, key, members in groups:
+    for i, (other_tag, other_key, other) in enumerate(merged):
+      shared = row_key(other[0][1], members[0][1]) if tag is not None else ""
+      if (tag == other_tag and shared and {key, other_key} <= {"", shared}
+          and not _values(members, shared) & _values(other, shared)):
+        merged[i] = (tag, shared, other + members)
+        break
+    else:
+      merged.append((tag, key, list(members)))
+  return [(key, members) for _, key, members in merged]
+
+
+def _values(members: List[Member], key: str) -> set:
+  return {config[key] for _, config in members}
 
 
 def _consecutive(members: List[Member]) -> List[List[Member]]:
@@ -276,12 +334,13 @@ def _consecutive(members: List[Member]) -> List[List[Member]]:
   return groups
 
 
-def pack(members: List[Member], workdir: str) -> List[Launch]:
-  """The launches of a group of one family's points: the values of its
-  vmapped key that share a run of consecutive seeds train together, packed
-  into one config (``train.num_seeds``, ``train.vmap_key``); ``unpack``
-  is its inverse."""
-  key = vmapped_key(members[0][0])
+def pack(members: List[Member], workdir: str, key: str) -> List[Launch]:
+  """The launches of a group of points whose configs differ only in their
+  seeds and in the scalar ``key`` (``""``: none): the values of ``key`` that
+  share a run of consecutive seeds train together, packed into one config
+  (``train.num_seeds``, ``train.vmap_key``). Each launch's ``runs`` are
+  ``split`` of its config, each in its point's directory below ``workdir``;
+  for points of one family (``family``) these are ``unpack``'s."""
   by_value: Dict[Hashable, List[Member]] = {}
   for point, config in members:
     by_value.setdefault(config[key] if key else None, []).append((point, config))
@@ -294,17 +353,15 @@ def pack(members: List[Member], workdir: str) -> List[Launch]:
   for seeds, entries in by_seeds.items():
     points = [point for _, seed_members in entries for point, _ in seed_members]
     config = copy.deepcopy(entries[0][1][0][1])
-    first = points[0]
+    dirs = [os.path.join(workdir, point_dir(point)) for point in points]
     if len(points) == 1:
-      launches.append(Launch(points, config, os.path.join(workdir, point_dir(first))))
+      launches.append(Launch(points, config, dirs[0], [Run(config, dirs[0])]))
       continue
     with config.unlocked():
       config.train.num_seeds = len(seeds)
       if len(entries) > 1:
         config.train.vmap_key = key
         config.train.vmap_values = tuple(value for value, _ in entries)
-        first = dataclasses.replace(first, swept=())
-    # train writes each run into the directory of its point below this one.
-    directory = os.path.dirname(point_dir(first))
-    launches.append(Launch(points, config, os.path.join(workdir, directory)))
+    run_list = [Run(single, directory) for (_, single), directory in zip(split(config), dirs)]
+    launches.append(Launch(points, config, os.path.commonpath(dirs), run_list))
   return launches

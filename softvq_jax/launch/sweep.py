@@ -16,7 +16,9 @@ first run starts.
 Points of one family (``runs.family``: they differ only by seed, and by the
 value of one swept key of ``autoencoder.VMAPPABLE_KEYS`` such as
 ``model.noise_std``) train together in one vmapped program
-(``--vmap_seeds``; ``train.num_seeds``, ``train.vmap_key``).
+(``--vmap_seeds``; ``train.num_seeds``, ``train.vmap_key``), and so do rows
+whose configs differ only in one such key (``--pack_rows``: vae and beta_vae;
+off by default, so that a table's recorded command repeats its bits).
 ``--num_shards=N --shard=i`` gives the i-th launcher every N-th family, so
 that N launchers (processes, or machines sharing the workdir) split one
 sweep; each writes the tables of all runs finished so far
@@ -29,9 +31,11 @@ says so (``locks.lock``).
 """
 
 import concurrent.futures
+import contextlib
 import importlib
 import os
 import sys
+import threading
 import time
 import types
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence
@@ -45,11 +49,13 @@ from ml_collections import config_flags
 from softvq_jax.data import input_pipeline
 from softvq_jax.errors import InputError
 from softvq_jax.errors import RunStopped
+from softvq_jax.errors import one_line
 from softvq_jax.launch import background
 from softvq_jax.launch import checkpoints
 from softvq_jax.launch import compilation
 from softvq_jax.launch import distributed
 from softvq_jax.launch import locks
+from softvq_jax.launch import loop
 from softvq_jax.launch import provenance
 from softvq_jax.launch import runs
 from softvq_jax.launch import tables
@@ -68,6 +74,11 @@ flags.DEFINE_integer("num_shards", 1, "Split the points over this many launchers
 flags.DEFINE_integer("shard", 0, "This launcher's shard, in [0, num_shards).")
 flags.DEFINE_bool("vmap_seeds", True, "Train the seeds and swept scalar values of a "
                   "family together (train.num_seeds, train.vmap_key).")
+flags.DEFINE_bool("pack_rows", False, "Train rows whose configs differ only in one "
+                  "scalar of the bottleneck (vae and beta_vae: model.beta) together too; "
+                  "their runs then round like vmapped seeds, not bit for bit as alone.")
+flags.DEFINE_bool("compile_ahead", True, "Compile each launch's program while the one "
+                  "before it trains (one-process runs).")
 flags.DEFINE_bool("overlap_eval", True, "Evaluate each launch in a worker thread while "
                   "the next one trains (one-process runs).")
 distributed.define_flags()
@@ -111,13 +122,16 @@ def shard_points(points: Sequence[runs.Point], shard: int,
 
 def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
          quick: bool = False, vmap_seeds: bool = True,
-         command_line: Optional[Mapping[str, Any]] = None) -> List[runs.Launch]:
+         command_line: Optional[Mapping[str, Any]] = None,
+         pack_rows: bool = False) -> List[runs.Launch]:
   """The launches of a sweep, in the order of its points.
 
   Unfinished points of one family (``runs.family``) whose latest checkpoints
-  are at the same step (none for unstarted points) are grouped; within a
-  group, consecutive seeds and the values of the family's vmapped key become
-  one launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``)
+  are at the same step (none for unstarted points) are grouped; with
+  ``pack_rows``, groups whose configs differ only in one scalar of the
+  bottleneck (``runs.merge_rows``: the vae and beta_vae rows) merge. Within
+  a group, consecutive seeds and the values of its vmapped key become one
+  launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``)
   that resumes them together; ``train`` writes each run into the point's own
   workdir. Finished points (skipped) and ``raw`` points are launches alone.
   ``command_line`` (the ``--config.*`` overrides) applies to every point
@@ -133,53 +147,95 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
              or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
     group = ("alone", i) if alone else (runs.family(point), checkpoints.latest_step(run_dir))
     groups.setdefault(group, []).append((point, config))
-  return [launch for members in groups.values()
-          for launch in runs.pack(members, workdir)]
+  tagged = [(None if group[0] == "alone" or not pack_rows else group[1],
+             runs.vmapped_key(members[0][0]), members) for group, members in groups.items()]
+  return [launch for key, members in runs.merge_rows(tagged)
+          for launch in runs.pack(members, workdir, key)]
 
 
 class Datasets:
   """A loader that keeps the last dataset it loaded, so that consecutive
-  launches on the same ``config.data`` load it once per sweep."""
+  launches on the same ``config.data`` load it once per sweep; a launch
+  being compiled ahead in another thread shares it (``load`` is locked)."""
 
   def __init__(self):
-    self._key, self._splits = None, None
+    self._key, self._splits, self._lock = None, None, threading.Lock()
 
   def load(self, data_config: ml_collections.ConfigDict) -> input_pipeline.Splits:
     key = data_config.to_json(sort_keys=True)
-    if key != self._key:
-      self._key, self._splits = None, None  # The last one is freed first.
-      self._splits, self._key = input_pipeline.load(data_config), key
-    return self._splits
+    with self._lock:
+      if key != self._key:
+        self._key, self._splits = None, None  # The last one is freed first.
+        self._splits, self._key = input_pipeline.load(data_config), key
+      return self._splits
+
+
+def _build_ahead(launch: runs.Launch, datasets: Datasets) -> Optional[loop.Program]:
+  """The launch's program, compiled (``train.build_ahead``) on the data that
+  ``datasets`` gives it; None if it fails: the launch then builds its own
+  and reports the error."""
+  try:
+    data = datasets.load(launch.config.data)
+    validation.validate_data(launch.config, data, len(launch.runs))
+    return train.build_ahead(launch.config, data, launch.runs)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info("sweep: compiling %s ahead failed (%s); it compiles when it starts",
+                 ", ".join(launch.names), one_line(e))
+    return None
+
+
+def _ahead(launches: Sequence[runs.Launch], i: int) -> bool:
+  """Whether launch i is worth compiling while launch i-1 trains: it trains
+  (neither raw nor finished) on launch i-1's data."""
+  if not 0 < i < len(launches) or launches[i].raw:
+    return False
+  finished = all(os.path.exists(os.path.join(run.workdir, workdir_lib.EVAL_FILE))
+                 for run in launches[i].runs)
+  same_data = (launches[i].config.data.to_json(sort_keys=True)
+               == launches[i - 1].config.data.to_json(sort_keys=True))
+  return not finished and same_data
 
 
 def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
         quick: bool = False, vmap_seeds: bool = True,
         command_line: Optional[Mapping[str, Any]] = None,
-        overlap_eval: bool = True) -> List[str]:
+        overlap_eval: bool = True, pack_rows: bool = False,
+        compile_ahead: bool = True) -> List[str]:
   """Runs every point of the sweep that is not finished yet (see ``plan``).
 
   A run whose loss turns non-finite, or whose workdir another launcher holds,
   does not stop the sweep: it is logged, left out of the tables, and its
-  names returned among the failures. With ``overlap_eval`` (in a
-  one-process run), each launch's evaluation runs in a worker thread while
-  the next launch trains (``background.Evaluations``); an error there is
-  raised once the next launch has trained, or at the end.
+  names returned among the failures. In a one-process run, with
+  ``overlap_eval`` each launch's evaluation runs in a worker thread while
+  the next launch trains (``background.Evaluations``; an error there is
+  raised once the next launch has trained, or at the end), and with
+  ``compile_ahead`` the next launch's program compiles in another thread
+  meanwhile (``train.build_ahead``).
   """
   validation.validate_workdir(workdir)
-  launches = plan(base, points, workdir, quick, vmap_seeds, command_line)
+  launches = plan(base, points, workdir, quick, vmap_seeds, command_line, pack_rows)
   for launch in launches:
     validation.validate_config(launch.config, jax.device_count())
   failed, pending, datasets = [], [], Datasets()
-  overlap = overlap_eval and jax.process_count() == 1
-  with background.Evaluations() if overlap else background.InLine() as evaluations:
+  one_process = jax.process_count() == 1
+  ahead: Dict[int, concurrent.futures.Future] = {}  # Launches compiling ahead, by index.
+  with contextlib.ExitStack() as stack:
+    evaluations = stack.enter_context(background.Evaluations() if overlap_eval and one_process
+                                      else background.InLine())
+    compiles = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, "compile_ahead"))
+    stack.callback(lambda: [future.cancel() for future in ahead.values()])
     for i, launch in enumerate(launches):
       logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
+      program = ahead.pop(i).result() if i in ahead else None
+      if compile_ahead and one_process and _ahead(launches, i + 1):
+        ahead[i + 1] = compiles.submit(_build_ahead, launches[i + 1], datasets)
       try:
         if launch.raw:
           train.evaluate_pixels(launch.config, launch.workdir, validated=True,
                                 load=datasets.load)
         else:
           future = train.train_and_evaluate(launch.config, launch.workdir, validated=True,
+                                            runs=launch.runs, program=program,
                                             load=datasets.load, evaluations=evaluations)
           pending += [future] if future is not None else []
       except (FloatingPointError, locks.Locked) as e:
@@ -224,7 +280,8 @@ def main(argv):
                  FLAGS.workdir, quick="quick" in args.split(","),
                  vmap_seeds=FLAGS.vmap_seeds,
                  command_line=config_flags.get_override_values(FLAGS["config"]),
-                 overlap_eval=FLAGS.overlap_eval)
+                 overlap_eval=FLAGS.overlap_eval, pack_rows=FLAGS.pack_rows,
+                 compile_ahead=FLAGS.compile_ahead)
   table = tables.aggregate(points, FLAGS.workdir, getattr(sweeps, "PAPER_RESULTS", {}))
   if FLAGS.aggregate_only and not table["rows"]:
     raise InputError(f"no finished run of sweep {FLAGS.sweep} in {FLAGS.workdir}: nothing "

@@ -166,7 +166,9 @@ def write_figure(table: Dict[str, Any], path: str) -> None:
 def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
                num_points: int) -> None:
   """One t-SNE panel per trained row of the table (``model_label``: a preset,
-  or a swept value of one), from its first finished seed's latents."""
+  or a swept value of one), from its first finished seed's latents: the
+  embedding of that run's own figure where it has one of ``num_points``
+  points (``outputs.write``), else one made now with seed 0."""
   panels, seen = [], set()
   for point in points:
     name, label = runs.point_dir(point), model_label(point)
@@ -176,9 +178,13 @@ def write_tsne(points: Sequence[runs.Point], workdir: str, path: str,
     seen.add(label)
     try:
       with np.load(latents) as f:  # Written by this package; no pickles allowed.
-        panels.append((name, f["latents"], f["labels"]))
+        z, labels = f["latents"], f["labels"]
+        xy = f["tsne"] if "tsne" in f else None
     except (ValueError, KeyError, OSError, EOFError) as e:
       raise InputError(f"{latents} cannot be read as this package's latents ({one_line(e)})"
                        "; pickled objects are never loaded. Move it away and rerun") from None
+    if xy is None or len(xy) != min(num_points, len(z)):
+      xy = figures.tsne_embedding(z, num_points, seed=0)
+    panels.append((name, xy, labels))
   if panels:
-    figures.tsne(path, panels, num_points, seed=0)
+    figures.tsne(path, panels)

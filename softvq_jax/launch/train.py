@@ -28,10 +28,11 @@ Workdir contents: ``config.json``, ``checkpoints/`` (orbax), ``metrics.jsonl``,
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import json
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -59,10 +60,13 @@ from softvq_jax.launch import workdir as workdir_lib
 from softvq_jax.model import autoencoder
 
 
-def prepare_runs(config: ml_collections.ConfigDict, workdir: str, validated: bool = False
+def prepare_runs(config: ml_collections.ConfigDict, workdir: str, validated: bool = False,
+                 runs: Optional[Sequence[runs_lib.Run]] = None
                  ) -> Tuple[List[runs_lib.Run], Optional[List[Dict[str, Any]]]]:
   """Validates ``config`` (unless ``validated``: the sweep validates every
-  launch before the first) and the workdirs, and checks the runs' workdirs.
+  launch before the first) and the workdirs, and checks the runs' workdirs
+  (``runs``: ``runs.split(config)``'s configs in their directories, by
+  default ``runs.unpack(config, workdir)``).
   The runs' single-run configs need no check of their own: they differ from
   ``config`` only in values that its validation covers (seeds, vmap values).
 
@@ -76,7 +80,7 @@ def prepare_runs(config: ml_collections.ConfigDict, workdir: str, validated: boo
   """
   if not validated:
     validation.validate_config(config, jax.device_count())
-  runs = runs_lib.unpack(config, workdir)
+  runs = list(runs) if runs is not None else runs_lib.unpack(config, workdir)
   # A single run's workdir is ``workdir`` itself: each directory is checked once.
   for path in dict.fromkeys([workdir] + [run.workdir for run in runs]):
     validation.validate_workdir(path)
@@ -151,17 +155,38 @@ def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits
     # The full guard is compiled and run only where a chunk was not finite.
     out, finite = cheap(state, images, rngs, scalars, num_steps=num_steps)
     return out if finite else guarded(state, images, rngs, scalars, num_steps=num_steps)[0]
-  scalars = runs_lib.scalars(config, [run.config for run in runs])
-  return loop.Program(
-      images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
-      scalars={k: jnp.asarray(v, jnp.float32) for k, v in scalars.items()},
-      init=jax.jit(steps.over_runs(init, num_runs, [0, 0, None], runs_together),
-                   out_shardings=replicated),
-      run_steps=run_steps, sharding=replicated)
+  scalars = {k: jnp.asarray(v, jnp.float32)
+             for k, v in runs_lib.scalars(config, [run.config for run in runs]).items()}
+  init_fn = jax.jit(steps.over_runs(init, num_runs, [0, 0, None], runs_together),
+                    out_shardings=replicated)
+
+  def compile_steps(num_steps):
+    # Compiled programs are cached by the jitted functions: the loop reuses them.
+    args = (keys[:, 0], keys[:, 1], images)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                         jax.eval_shape(init_fn, *args))
+    init_fn.lower(*args).compile()
+    cheap.lower(state, images, keys[:, 1], scalars, num_steps=num_steps).compile()
+  return loop.Program(images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
+                      scalars=scalars, init=init_fn, run_steps=run_steps, sharding=replicated,
+                      compile=compile_steps)
+
+
+def build_ahead(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
+                runs: List[runs_lib.Run]) -> loop.Program:
+  """``build_program``, with its init and first dispatch compiled now: a sweep
+  builds the next launch's while this one trains (``train_and_evaluate``'s
+  ``program``). The seconds it compiled are the program's ``compile_seconds``."""
+  program = build_program(config, data, runs)
+  with compilation.Seconds() as compile_time:
+    program.compile(loop.first_dispatch(config.train))
+  return dataclasses.replace(program, compile_seconds=compile_time.total)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        validated: bool = False, *,
+                       runs: Optional[Sequence[runs_lib.Run]] = None,
+                       program: Optional[loop.Program] = None,
                        load: Optional[Callable[[ml_collections.ConfigDict],
                                                input_pipeline.Splits]] = None,
                        evaluations: Optional[concurrent.futures.Executor] = None):
@@ -176,6 +201,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config: the run's config.
     workdir: the run's folder (its runs' parent for several runs).
     validated: the caller has validated ``config`` (``prepare_runs``).
+    runs: the runs' configs and directories when they are not
+      ``runs.unpack``'s (a sweep's ``runs.Launch``: rows packed together).
+    program: ``build_ahead(config, data, runs)`` of these runs and of the
+      data ``load`` gives, compiled while the caller trained its last launch.
     load: loads ``config.data``; default ``input_pipeline.load`` (a sweep's
       keeps its last dataset).
     evaluations: evaluate on this executor (``softvq_jax.launch.background``),
@@ -188,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     With ``evaluations``: the future of the list of every run's results
     (None if the runs were finished already).
   """
-  runs, finished = prepare_runs(config, workdir, validated)
+  runs, finished = prepare_runs(config, workdir, validated, runs)
   if finished is None or any(outputs.missing(run) for run in runs):
     data = load_data(config, len(runs), load)
     with contextlib.ExitStack() as held:
@@ -197,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # Another launcher may have finished them since prepare_runs looked.
       finished = finished_results(runs, workdir)
       if finished is None:
-        evaluate = _train(config, data, runs)
+        evaluate = _train(config, data, runs, program)
         if evaluations is not None:
           return background.submit(evaluations, evaluate, held.pop_all())
         finished = evaluate()
@@ -246,17 +275,20 @@ def _remake_outputs(config: ml_collections.ConfigDict, data: input_pipeline.Spli
 
 
 def _train(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-           runs: List[runs_lib.Run]) -> Callable[[], Any]:
-  """Trains runs that are not finished, under their locks; returns their
-  evaluation, to call next (``train_and_evaluate``'s results)."""
+           runs: List[runs_lib.Run], program: Optional[loop.Program] = None
+           ) -> Callable[[], Any]:
+  """Trains runs that are not finished, under their locks (with ``program``
+  if built ahead); returns their evaluation, to call next
+  (``train_and_evaluate``'s results)."""
   managers = _managers(config, data, runs)
   write_configs(runs)
-  program = build_program(config, data, runs)
+  program = program or build_program(config, data, runs)
   t_start = time.time()
   with compilation.Seconds() as compile_time:
     state, start_step = _resume_and_train(config, program, runs, managers)
   timing = {"train_seconds": time.time() - t_start, "runs_trained_together": len(runs),
             "compile_seconds": compile_time.total,
+            "compile_ahead_seconds": program.compile_seconds,
             "runs_together": config.train.runs_together,
             "trained_steps": config.train.num_steps - start_step}
   return functools.partial(_evaluate_runs, config, data, runs, state, timing)

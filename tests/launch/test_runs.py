@@ -81,6 +81,20 @@ def test_families_are_fields_not_names(swept, key):
                                           overrides={"train.batch_size": 64}))[0]
 
 
+@pytest.mark.parametrize("a,b,key", [
+    ("vae", "beta_vae", "model.beta"),  # One scalar of the VAE bottleneck.
+    ("vae", "info_dropout", ""),  # Another bottleneck.
+    ("soft_vq_vae", "soft_vq_vae_eq5", ""),  # The normaliser is not a traced scalar.
+    ("vae", "vae", ""),  # Nothing to vmap: the same config.
+    ("ae", "vq_vae", ""),
+])
+def test_rows_that_differ_in_one_scalar_train_together(a, b, key):
+  config = lambda row, seed: runs.point_config(
+      mnist.get_config(), presets.paper_point(row, seed, mnist.PAPER))
+  assert runs.row_key(config(a, 0), config(b, 1)) == key
+  assert runs.row_key(config(b, 2), config(a, 0)) == key
+
+
 def test_split_gives_single_run_configs_value_major(tiny_config, tmp_path):
   tiny_config.train.num_seeds = 2
   tiny_config.train.vmap_key, tiny_config.train.vmap_values = "model.noise_std", (0.0, 0.5)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -86,18 +87,29 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_overlapped_evaluation_gives_the_bits_of_evaluation_in_line(tiny_config, tmp_path,
-                                                                    monkeypatch):
-  """Evaluating in a worker thread while the next launch trains changes no
-  result, and the sweep loads its dataset once."""
+                                                                    monkeypatch, caplog):
+  """Evaluating in a worker thread while the next launch trains, and
+  compiling the next launch meanwhile, change no result; the sweep loads
+  its dataset once."""
   points = small_points(digits, "table1", lambda p: p.row in ("ae", "soft_vq_vae")
                         and p.seed == 0)
-  loads = []
+  loads, compiled = [], {}
   load = train.input_pipeline.load
   monkeypatch.setattr(train.input_pipeline, "load", lambda c: loads.append(c) or load(c))
+  caplog.set_level(logging.DEBUG, logger="jax._src.interpreters.pxla")  # JAX's lowering.
   for overlap in (True, False):
+    caplog.clear()
     sweep.run(tiny_config, points, str(tmp_path / str(overlap)), quick=True,
-              overlap_eval=overlap)
+              overlap_eval=overlap, compile_ahead=overlap)
+    compiled[overlap] = [r.threadName for r in caplog.records
+                         if r.getMessage().startswith("Compiling jit(train_chunk) ")]
   assert len(loads) == 2  # Once per sweep.
+  # The second launch's training program compiles while the first trains.
+  assert compiled == {True: ["MainThread", "compile_ahead_0"],
+                      False: ["MainThread", "MainThread"]}
+  ahead, in_line = (json.loads((tmp_path / str(overlap) / runs.point_dir(points[1])
+                                / "timing.json").read_text()) for overlap in (True, False))
+  assert in_line["compile_ahead_seconds"] == 0 and ahead["compile_ahead_seconds"] > 0
   for point in points:
     ran = [tmp_path / str(overlap) / runs.point_dir(point) for overlap in (True, False)]
     overlapped, in_line = (json.loads((r / "eval.json").read_text()) for r in ran)
@@ -153,21 +165,27 @@ def test_sweeps_over_one_numeric_key_are_curves(name, key, tmp_path):
 
 def test_tsne_has_one_panel_per_row_of_the_table(tmp_path, monkeypatch):
   """Rows that share a preset and differ by a swept value (the K curve) each
-  get a panel, from their first seed's latents."""
+  get a panel, from their first seed's latents: the embedding of the run's
+  own figure where it has as many points, else one made now."""
   points = small_points(mnist, "codebook", lambda p: p.seed < 2
                         and dict(p.swept)["model.num_codewords"] in (16, 32))
   for point in points:
     run_dir = tmp_path / runs.point_dir(point)
     run_dir.mkdir(parents=True)
+    own = dict(point.swept)["model.num_codewords"] == 16
     np.savez(run_dir / "latents.npz", latents=np.full((4, 2), point.seed),
-             labels=np.arange(4))
+             labels=np.arange(4), **({"tsne": np.full((4, 2), 10 + point.seed)} if own else {}))
   drawn = []
-  monkeypatch.setattr(tables.figures, "tsne",
-                      lambda path, panels, num_points, seed: drawn.extend(panels))
+  monkeypatch.setattr(tables.figures, "tsne", lambda path, panels: drawn.extend(panels))
+  monkeypatch.setattr(tables.figures, "tsne_embedding",
+                      lambda z, num_points, seed: z[:num_points] + 100 * (seed + 1))
   tables.write_tsne(points, str(tmp_path), str(tmp_path / "t.png"), num_points=4)
   assert [name for name, _, _ in drawn] == [
       "soft_vq_vae/num_codewords_16/seed_0", "soft_vq_vae/num_codewords_32/seed_0"]
-  assert all((latents == 0).all() for _, latents, _ in drawn)
+  assert [xy.tolist() for _, xy, _ in drawn] == [[[10, 10]] * 4, [[100, 100]] * 4]
+  drawn.clear()
+  tables.write_tsne(points, str(tmp_path), str(tmp_path / "t.png"), num_points=3)
+  assert [xy.tolist() for _, xy, _ in drawn] == [[[100, 100]] * 3] * 2
 
 
 def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
@@ -268,7 +286,7 @@ def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
     (tmp_path / "vq_vae" / f"seed_{seed}" / "checkpoints" / "500").mkdir(parents=True)
   (tmp_path / "vq_vae" / "seed_2").mkdir(parents=True)
   (tmp_path / "vq_vae" / "seed_2" / "eval.json").write_text("{}")
-  launches = sweep.plan(tiny_config, points, str(tmp_path))
+  launches = sweep.plan(tiny_config, points, str(tmp_path), pack_rows=False)
   described = {tuple(l.names): (l.config.seed, l.config.train.num_seeds, l.raw,
                                 os.path.relpath(l.workdir, tmp_path)) for l in launches}
   assert described[("vae/seed_0", "vae/seed_1", "vae/seed_2")] == (0, 3, False, "vae")
@@ -308,6 +326,46 @@ def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
     assert [d for _, d in unpacked] == [os.path.join(tmp_path, name) for name in launch.names]
     assert [workdir.config_dict(c) for c, _ in unpacked] == [
         workdir.config_dict(runs.point_config(tiny_config, p)) for p in launch.points]
+
+
+def test_plan_packs_rows_that_differ_in_one_scalar(tiny_config, tmp_path):
+  points = helpers.points(mnist, "table1")
+  plan = lambda workdir: sweep.plan(tiny_config, points, str(workdir), pack_rows=True)
+  described = describe(plan(tmp_path), tmp_path)
+  packed = tuple(f"{row}/seed_{s}" for row in ("vae", "beta_vae") for s in (0, 1, 2))
+  assert described[packed] == (3, "model.beta", (1.0, 20.0), ".")
+  assert len(described) == 3 + 6  # Raw seeds alone; 7 rows' seeds packed, 2 rows together.
+  alone = describe(sweep.plan(tiny_config, points, str(tmp_path), pack_rows=False), tmp_path)
+  assert alone[packed[:3]] == (3, "", (), "vae") and alone[packed[3:]] == (3, "", (), "beta_vae")
+  # Runs resumed from different steps train apart.
+  (tmp_path / "beta_vae" / "seed_0" / "checkpoints" / "10").mkdir(parents=True)
+  assert describe(plan(tmp_path), tmp_path)[packed[:3]] == (3, "", (), "vae")
+  launch = next(l for l in plan(tmp_path / "new") if l.config.train.vmap_key)
+  assert [(r.config.seed, r.config.model.beta, os.path.relpath(r.workdir, tmp_path / "new"))
+          for r in launch.runs] == [(s, beta, f"{row}/seed_{s}") for row, beta in
+                                    (("vae", 1.0), ("beta_vae", 20.0)) for s in (0, 1, 2)]
+  assert [workdir.config_dict(r.config) for r in launch.runs] == [
+      workdir.config_dict(runs.point_config(tiny_config, p)) for p in launch.points]
+
+
+@pytest.mark.slow
+def test_packed_rows_train_in_their_rows_like_rows_apart(tiny_config, tmp_path):
+  """The vae and beta_vae rows trained in one program write each row's run
+  into its own directory, as trained apart; a traced beta rounds like
+  vmapped seeds do (``test_runs_trained_together_match_separate_runs``)."""
+  points = small_points(digits, "table1", lambda p: p.row in ("vae", "beta_vae")
+                        and p.seed == 0)
+  for pack in (True, False):
+    sweep.run(tiny_config, points, str(tmp_path / str(pack)), quick=True, pack_rows=pack)
+  for point in points:
+    ran = [tmp_path / str(pack) / runs.point_dir(point) for pack in (True, False)]
+    assert (ran[0] / "config.json").read_bytes() == (ran[1] / "config.json").read_bytes()
+    timing = json.loads((ran[0] / "timing.json").read_text())
+    assert timing["runs_trained_together"] == 2
+    packed, apart = (json.loads((r / "eval.json").read_text()) for r in ran)
+    assert packed["probe_acc"] == pytest.approx(apart["probe_acc"], abs=1.0)
+    np.testing.assert_allclose(*[np.load(r / "latents.npz")["latents"] for r in ran],
+                               atol=1e-3)
 
 
 def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
