@@ -26,3 +26,9 @@ def load(directory: str):
 def batch_indices(seed: int, steps: int, batch_size: int, num_train: int) -> np.ndarray:
   """The training batches of a seed, ``(steps, batch_size)``: the same in both halves."""
   return np.random.default_rng(seed).integers(0, num_train, (steps, batch_size))
+
+
+def load_labels(directory: str):
+  """``(train_labels, test_labels)``: int64, shape (N,)."""
+  return tuple(_read(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz")).astype(np.int64)
+               for split in ("train", "t10k"))

@@ -85,3 +85,19 @@ def test_nearest_search_agrees_with_argmin_and_writes_its_table(tmp_path):
                                             "top_k", "nearest_indices"]
   assert all(r["ms"] > 0 for r in records)
   assert all(r["same_as_argmin"] for r in records[2:])
+
+
+@pytest.mark.slow
+def test_tsne_timing_times_and_scores_each_method(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 20)
+  np.savez(tmp_path / "latents.npz", latents=rng.normal(size=(60, 4)) + 5 * labels[:, None],
+           labels=labels)
+  out = tmp_path / "tsne"
+  subprocess.run([sys.executable, "-m", "experiments.benchmarks.tsne_timing", "--mnist_dir=",
+                  f"--latents={tmp_path / 'latents.npz'}", "--num_points=50", "--repeats=1",
+                  f"--out={out}"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+  *records, _ = [json.loads(line) for line in open(f"{out}.jsonl")]
+  assert records and all(r["num_points"] == 50 and r["seconds"] > 0 for r in records)
+  # Three clusters five standard deviations apart stay apart in every embedding.
+  assert all(r["knn10_accuracy"] > 0.9 and r["trustworthiness"] > 0.8 for r in records)
