@@ -1,4 +1,4 @@
-"""The training loop: ``train_loop`` steps a ``Program``'s runs to
+"""The training loop: ``train_loop`` steps a ``program.Program``'s runs to
 ``train.num_steps``, logging and checkpointing between chunks of steps.
 
 A chunk ends at each log or checkpoint step; it is cut into dispatches of
@@ -8,10 +8,9 @@ finished step and exit. A non-finite step raises ``Diverged``, naming it;
 the last good checkpoint is kept.
 """
 
-import dataclasses
 import math
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ import numpy as np
 from softvq_jax.errors import RunStopped
 from softvq_jax.errors import one_line
 from softvq_jax.launch import checkpoints
+from softvq_jax.launch import program as program_lib
 from softvq_jax.launch import runs as runs_lib
 from softvq_jax.launch import signals
 from softvq_jax.launch import steps
@@ -35,22 +35,7 @@ class Diverged(FloatingPointError):
     self.from_step = from_step
 
 
-@dataclasses.dataclass(frozen=True)
-class Program:
-  """What the runs trained together share: data on device, keys, jitted steps."""
-  images: jax.Array  # The training split, replicated over the mesh.
-  init_rngs: jax.Array  # (R,) keys of the runs' initialisation.
-  train_rngs: jax.Array  # (R,) keys of the runs' data order and noise.
-  scalars: Dict[str, jax.Array]  # The runs' train.vmap_key values, (R,) each.
-  init: Callable[..., steps.TrainState]  # (init_rngs, images) -> state, run axis first.
-  run_steps: Callable[..., Tuple[steps.TrainState, Dict]]  # (state, images, rngs,
-  # scalars, num_steps) -> (state, stacked metrics).
-  sharding: jax.sharding.Sharding  # Of the state: replicated.
-  compile: Callable[[int], None]  # Compiles init and a dispatch of n steps (ahead).
-  compile_seconds: float = 0.0  # Spent compiling it ahead (``train.build_ahead``).
-
-
-def train_loop(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
+def train_loop(state: steps.TrainState, program: program_lib.Program, runs: List[runs_lib.Run],
                train_config: ml_collections.ConfigDict,
                managers: checkpoints.Managers) -> steps.TrainState:
   """Trains from ``state.step`` to ``train.num_steps``, logging and checkpointing.
@@ -115,7 +100,7 @@ class _Pace:
     self._compiled.add(num_steps)
 
 
-def _run_chunk(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
+def _run_chunk(state: steps.TrainState, program: program_lib.Program, runs: List[runs_lib.Run],
                chunk_end: int, pace: _Pace, managers: checkpoints.Managers
                ) -> Tuple[steps.TrainState, Dict]:
   """Steps ``state.step`` to ``chunk_end`` in dispatches of ``pace.limit``
@@ -153,7 +138,7 @@ def _run_chunk(state: steps.TrainState, program: Program, runs: List[runs_lib.Ru
   return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
 
-def _train_chunks(state: steps.TrainState, program: Program, runs: List[runs_lib.Run],
+def _train_chunks(state: steps.TrainState, program: program_lib.Program, runs: List[runs_lib.Run],
                   train_config: ml_collections.ConfigDict, managers: checkpoints.Managers,
                   logs: List[training_log.MetricsLog]) -> steps.TrainState:
   """``train_loop``'s loop: chunks of steps up to each log or checkpoint. On

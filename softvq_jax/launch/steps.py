@@ -7,7 +7,7 @@
 * ``train_step`` is a module-level function; ``train_steps`` scans it over
   ``train.log_every`` steps per dispatch so that small models (the paper's
   batch-32 MLP) are not bound by Python. jit, sharding and the run axis
-  (``over_runs``) are applied by the caller (``train.build_program``).
+  (``over_runs``) are applied by the caller (``program.build``).
 * A NaN guard: a step whose loss or gradients are not finite is not
   applied, so ``state.step`` stops at the first bad step. A chunk of steps
   runs with a cheap guard first and with the full one only where it did not
@@ -229,7 +229,7 @@ def train_chunk(state: TrainState, images: jax.Array, rngs: jax.Array,
 
   The caller runs a chunk with the cheap guard (``chunk_guard``) and, only
   where it did not stay finite, again from ``state`` with the full guard
-  (``"gradients"``), which stops at the first bad step (``train.build_program``).
+  (``"gradients"``), which stops at the first bad step (``program.build``).
   Finite steps compute the same bits with either, and the full guard is
   dear: its cond waits for every gradient's check before the update, and
   vmapped it is a select over the whole state (on the paper's MLP on CPU, a

@@ -55,7 +55,7 @@ from softvq_jax.launch import checkpoints
 from softvq_jax.launch import compilation
 from softvq_jax.launch import distributed
 from softvq_jax.launch import locks
-from softvq_jax.launch import loop
+from softvq_jax.launch import program as program_lib
 from softvq_jax.launch import provenance
 from softvq_jax.launch import runs
 from softvq_jax.launch import tables
@@ -170,7 +170,7 @@ class Datasets:
       return self._splits
 
 
-def _build_ahead(launch: runs.Launch, datasets: Datasets) -> Optional[loop.Program]:
+def _build_ahead(launch: runs.Launch, datasets: Datasets) -> Optional[program_lib.Program]:
   """The launch's program, compiled (``train.build_ahead``) on the data that
   ``datasets`` gives it; None if it fails: the launch then builds its own
   and reports the error."""

@@ -4,7 +4,7 @@ Design (the jittable step itself is ``softvq_jax.launch.steps``):
 * ``train_and_evaluate`` composes named steps: ``prepare_runs`` (validate
   the config and the workdir, check the runs' workdirs), ``load_data`` (load,
   check the config against the data), then under the workdirs' locks
-  (``locks.lock``) ``write_configs``, ``build_program`` (model, optimizer,
+  (``locks.lock``) ``write_configs``, ``program.build`` (model, optimizer,
   mesh and keys; the jitted init and steps), restore or init
   (``checkpoints``), ``loop.train_loop`` and ``evaluate_run`` per run
   (in line, or on an executor while the caller trains its next launch:
@@ -36,9 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from softvq_jax import evaluation
 from softvq_jax.data import input_pipeline
@@ -51,6 +49,7 @@ from softvq_jax.launch import compilation
 from softvq_jax.launch import locks
 from softvq_jax.launch import loop
 from softvq_jax.launch import outputs
+from softvq_jax.launch import program as program_lib
 from softvq_jax.launch import provenance
 from softvq_jax.launch import runs as runs_lib
 from softvq_jax.launch import signals
@@ -121,63 +120,12 @@ def write_configs(runs: List[runs_lib.Run]) -> None:
       workdir_lib.write_config(run.config, run.workdir)
 
 
-def build_program(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-                  runs: List[runs_lib.Run]) -> loop.Program:
-  """The model, optimizer, mesh and keys, and the jitted init and steps."""
-  num_runs = len(runs)
-  model_fn = functools.partial(autoencoder.make_model, config.model, data.image_shape,
-                                    compute_dtype=config.train.compute_dtype)
-  optimizer = steps.make_optimizer(config.train)
-  keys = jnp.stack([jnp.stack(jax.random.split(jax.random.key(run.config.seed)))
-                    for run in runs])
-  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  # Every process holds the whole (small) split; this works across hosts too.
-  images = jax.make_array_from_callback(data.train_images.shape, replicated,
-                                        lambda index: data.train_images[index])
-
-  def init(rng, train_rng, images):
-    first_batch = steps.step_batch(train_rng, 0, images, config.train.batch_size)[0]
-    return steps.init_state(rng, model_fn({}), optimizer,
-                            steps.init_images(rng, images, config.model), first_batch)
-  runs_together = config.train.runs_together
-  chunk = functools.partial(
-      steps.train_chunk, num_runs=num_runs, runs_together=runs_together, model_fn=model_fn,
-      optimizer=optimizer,
-      batch_size=config.train.batch_size, pixel_var=data.pixel_variance,
-      batch_sharding=batch_sharding)
-  cheap, guarded = (jax.jit(functools.partial(chunk, guard=guard), static_argnames="num_steps",
-                            out_shardings=((replicated, replicated), replicated))
-                    for guard in (steps.chunk_guard(num_runs, runs_together), "gradients"))
-
-  def run_steps(state, images, rngs, scalars, num_steps):
-    # The full guard is compiled and run only where a chunk was not finite.
-    out, finite = cheap(state, images, rngs, scalars, num_steps=num_steps)
-    return out if finite else guarded(state, images, rngs, scalars, num_steps=num_steps)[0]
-  scalars = {k: jnp.asarray(v, jnp.float32)
-             for k, v in runs_lib.scalars(config, [run.config for run in runs]).items()}
-  init_fn = jax.jit(steps.over_runs(init, num_runs, [0, 0, None], runs_together),
-                    out_shardings=replicated)
-
-  def compile_steps(num_steps):
-    # Compiled programs are cached by the jitted functions: the loop reuses them.
-    args = (keys[:, 0], keys[:, 1], images)
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                         jax.eval_shape(init_fn, *args))
-    init_fn.lower(*args).compile()
-    cheap.lower(state, images, keys[:, 1], scalars, num_steps=num_steps).compile()
-  return loop.Program(images=images, init_rngs=keys[:, 0], train_rngs=keys[:, 1],
-                      scalars=scalars, init=init_fn, run_steps=run_steps, sharding=replicated,
-                      compile=compile_steps)
-
-
 def build_ahead(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-                runs: List[runs_lib.Run]) -> loop.Program:
-  """``build_program``, with its init and first dispatch compiled now: a sweep
+                runs: List[runs_lib.Run]) -> program_lib.Program:
+  """``program.build``, with its init and first dispatch compiled now: a sweep
   builds the next launch's while this one trains (``train_and_evaluate``'s
   ``program``). The seconds it compiled are the program's ``compile_seconds``."""
-  program = build_program(config, data, runs)
+  program = program_lib.build(config, data, runs)
   with compilation.Seconds() as compile_time:
     program.compile(loop.first_dispatch(config.train))
   return dataclasses.replace(program, compile_seconds=compile_time.total)
@@ -186,7 +134,7 @@ def build_ahead(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        validated: bool = False, *,
                        runs: Optional[Sequence[runs_lib.Run]] = None,
-                       program: Optional[loop.Program] = None,
+                       program: Optional[program_lib.Program] = None,
                        load: Optional[Callable[[ml_collections.ConfigDict],
                                                input_pipeline.Splits]] = None,
                        evaluations: Optional[concurrent.futures.Executor] = None):
@@ -261,7 +209,7 @@ def _remake_outputs(config: ml_collections.ConfigDict, data: input_pipeline.Spli
                      f"{', '.join(next(filter(None, lacking.values())))} and without its "
                      f"final checkpoint (step {config.train.num_steps}) to make it from; "
                      "use a new --workdir")
-  program = build_program(config, data, runs)
+  program = program_lib.build(config, data, runs)
   state = managers.restore(program.init(program.init_rngs, program.train_rngs,
                                         program.images), program.sharding)
   model = autoencoder.make_model(config.model, data.image_shape,
@@ -275,14 +223,14 @@ def _remake_outputs(config: ml_collections.ConfigDict, data: input_pipeline.Spli
 
 
 def _train(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
-           runs: List[runs_lib.Run], program: Optional[loop.Program] = None
+           runs: List[runs_lib.Run], program: Optional[program_lib.Program] = None
            ) -> Callable[[], Any]:
   """Trains runs that are not finished, under their locks (with ``program``
   if built ahead); returns their evaluation, to call next
   (``train_and_evaluate``'s results)."""
   managers = _managers(config, data, runs)
   write_configs(runs)
-  program = program or build_program(config, data, runs)
+  program = program or program_lib.build(config, data, runs)
   t_start = time.time()
   with compilation.Seconds() as compile_time:
     state, start_step = _resume_and_train(config, program, runs, managers)
@@ -315,7 +263,7 @@ def _kept(config: ml_collections.ConfigDict) -> str:
           "kept: rerun the same command to evaluate")
 
 
-def _resume_and_train(config: ml_collections.ConfigDict, program: loop.Program,
+def _resume_and_train(config: ml_collections.ConfigDict, program: program_lib.Program,
                       runs: List[runs_lib.Run],
                       managers: checkpoints.Managers) -> Tuple[steps.TrainState, int]:
   """Restores the newest good checkpoint and trains; a checkpoint whose first
