@@ -22,17 +22,15 @@ classes separate). Writes ``OUT.jsonl``.
 """
 
 import importlib.util
-import statistics
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 import sklearn.manifold
-import sklearn.neighbors
 
 from experiments.common import jsonl
 from experiments.common import mnist_arrays
+from experiments.common import tsne_scores
 
 flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist",
                     "The official MNIST files; empty: embed only --latents.")
@@ -59,15 +57,6 @@ def opentsne(method: str):
   return embed
 
 
-def shows(x: np.ndarray, labels: np.ndarray, xy: np.ndarray) -> dict:
-  """What an embedding shows: neighbours kept, and classes apart."""
-  knn = sklearn.neighbors.KNeighborsClassifier(11).fit(xy, labels)
-  neighbours = knn.kneighbors(xy, return_distance=False)[:, 1:]  # Leave the point out.
-  votes = [np.bincount(labels[row], minlength=labels.max() + 1).argmax() for row in neighbours]
-  return {"trustworthiness": float(sklearn.manifold.trustworthiness(x, xy, n_neighbors=10)),
-          "knn10_accuracy": float(np.mean(np.asarray(votes) == labels))}
-
-
 def inputs():
   """``(name, points, labels)``: the raw test pixels, then each latents file."""
   if FLAGS.mnist_dir:
@@ -86,15 +75,8 @@ def main(_):
   lines = []
   for name, x, labels in inputs():
     for method, embed in methods.items():
-      seconds, shown = [], []
-      for seed in range(FLAGS.repeats):
-        start = time.perf_counter()
-        xy = embed(x, seed)
-        seconds.append(time.perf_counter() - start)
-        shown.append(shows(x, labels, xy))
-      jsonl.emit(lines, {"input": name, "method": method, "num_points": len(x),
-                         "seconds": statistics.median(seconds), "all_seconds": seconds,
-                         **{k: statistics.mean(s[k] for s in shown) for k in shown[0]}})
+      jsonl.emit(lines, {"input": name, "method": method,
+                         **tsne_scores.measure(embed, x, labels, FLAGS.repeats)})
   jsonl.write(lines, FLAGS.out and FLAGS.out + ".jsonl")
 
 

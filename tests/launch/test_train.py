@@ -158,12 +158,12 @@ def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tiny_config, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("runs_together", ["vmap", "loop"])
-@pytest.mark.parametrize("bottleneck,num_seeds,key,values,run_dirs", [
-    ("soft_vq", 2, "", (), ["seed_0", "seed_1"]),
+@pytest.mark.parametrize("bottleneck,num_seeds,key,values,run_dirs,runs_together", [
+    ("soft_vq", 2, "", (), ["seed_0", "seed_1"], "vmap"),
+    ("soft_vq", 2, "", (), ["seed_0", "seed_1"], "loop"),  # Loop runs like vmap: once.
     ("soft_vq", 1, "model.noise_std", (0.0, 0.5),
-     ["noise_std_0.0/seed_0", "noise_std_0.5/seed_0"]),
-    ("vae", 1, "model.beta", (1.0, 20.0), ["beta_1.0/seed_0", "beta_20.0/seed_0"]),
+     ["noise_std_0.0/seed_0", "noise_std_0.5/seed_0"], "vmap"),
+    ("vae", 1, "model.beta", (1.0, 20.0), ["beta_1.0/seed_0", "beta_20.0/seed_0"], "vmap"),
 ])
 def test_runs_trained_together_match_separate_runs(tiny_config, tmp_path, bottleneck,
                                                    num_seeds, key, values, run_dirs, runs_together):
