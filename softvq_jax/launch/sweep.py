@@ -32,6 +32,7 @@ says so (``locks.lock``).
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib
 import os
 import sys
@@ -120,18 +121,27 @@ def shard_points(points: Sequence[runs.Point], shard: int,
   return [p for p in points if runs.family(p) in mine]
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a sweep runs its points (the flags of the same names)."""
+  quick: bool = False  # Every point shrunk to a smoke test (--config=FILE:quick).
+  vmap_seeds: bool = True  # A family's seeds and swept scalar values in one program.
+  pack_rows: bool = False  # Rows that differ in one scalar in one program too.
+  overlap_eval: bool = True  # Evaluate in a worker thread while the next launch trains.
+  compile_ahead: bool = True  # Compile the next launch while one trains.
+
+
 def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
-         quick: bool = False, vmap_seeds: bool = True,
-         command_line: Optional[Mapping[str, Any]] = None,
-         pack_rows: bool = False) -> List[runs.Launch]:
+         options: Options = Options(),
+         command_line: Optional[Mapping[str, Any]] = None) -> List[runs.Launch]:
   """The launches of a sweep, in the order of its points.
 
   Unfinished points of one family (``runs.family``) whose latest checkpoints
   are at the same step (none for unstarted points) are grouped; with
-  ``pack_rows``, groups whose configs differ only in one scalar of the
+  ``options.pack_rows``, groups whose configs differ only in one scalar of the
   bottleneck (``runs.merge_rows``: the vae and beta_vae rows) merge. Within
   a group, consecutive seeds and the values of its vmapped key become one
-  launch with ``train.num_seeds`` and ``train.vmap_key`` (``vmap_seeds``)
+  launch with ``train.num_seeds`` and ``train.vmap_key`` (``options.vmap_seeds``)
   that resumes them together; ``train`` writes each run into the point's own
   workdir. Finished points (skipped) and ``raw`` points are launches alone.
   ``command_line`` (the ``--config.*`` overrides) applies to every point
@@ -141,13 +151,13 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
   runs.check_command_line(points, command_line or {})
   groups: Dict[Hashable, List[runs.Member]] = {}
   for i, point in enumerate(points):
-    config = runs.point_config(base, point, quick, command_line)
+    config = runs.point_config(base, point, options.quick, command_line)
     run_dir = os.path.join(workdir, runs.point_dir(point))
-    alone = (not vmap_seeds or point.raw
+    alone = (not options.vmap_seeds or point.raw
              or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
     group = ("alone", i) if alone else (runs.family(point), checkpoints.latest_step(run_dir))
     groups.setdefault(group, []).append((point, config))
-  tagged = [(None if group[0] == "alone" or not pack_rows else group[1],
+  tagged = [(None if group[0] == "alone" or not options.pack_rows else group[1],
              runs.vmapped_key(members[0][0]), members) for group, members in groups.items()]
   return [launch for key, members in runs.merge_rows(tagged)
           for launch in runs.pack(members, workdir, key)]
@@ -197,37 +207,36 @@ def _ahead(launches: Sequence[runs.Launch], i: int) -> bool:
 
 
 def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: str,
-        quick: bool = False, vmap_seeds: bool = True,
-        command_line: Optional[Mapping[str, Any]] = None,
-        overlap_eval: bool = True, pack_rows: bool = False,
-        compile_ahead: bool = True) -> List[str]:
+        options: Options = Options(),
+        command_line: Optional[Mapping[str, Any]] = None) -> List[str]:
   """Runs every point of the sweep that is not finished yet (see ``plan``).
 
   A run whose loss turns non-finite, or whose workdir another launcher holds,
   does not stop the sweep: it is logged, left out of the tables, and its
   names returned among the failures. In a one-process run, with
-  ``overlap_eval`` each launch's evaluation runs in a worker thread while
+  ``options.overlap_eval`` each launch's evaluation runs in a worker thread while
   the next launch trains (``background.Evaluations``; an error there is
   raised once the next launch has trained, or at the end), and with
-  ``compile_ahead`` the next launch's program compiles in another thread
+  ``options.compile_ahead`` the next launch's program compiles in another thread
   meanwhile (``train.build_ahead``).
   """
   validation.validate_workdir(workdir)
-  launches = plan(base, points, workdir, quick, vmap_seeds, command_line, pack_rows)
+  launches = plan(base, points, workdir, options, command_line)
   for launch in launches:
     validation.validate_config(launch.config, jax.device_count())
   failed, pending, datasets = [], [], Datasets()
   one_process = jax.process_count() == 1
   ahead: Dict[int, concurrent.futures.Future] = {}  # Launches compiling ahead, by index.
   with contextlib.ExitStack() as stack:
-    evaluations = stack.enter_context(background.Evaluations() if overlap_eval and one_process
-                                      else background.InLine())
+    evaluations = stack.enter_context(
+        background.Evaluations() if options.overlap_eval and one_process
+        else background.InLine())
     compiles = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, "compile_ahead"))
     stack.callback(lambda: [future.cancel() for future in ahead.values()])
     for i, launch in enumerate(launches):
       logging.info("sweep launch %d/%d: %s", i + 1, len(launches), ", ".join(launch.names))
       program = ahead.pop(i).result() if i in ahead else None
-      if compile_ahead and one_process and _ahead(launches, i + 1):
+      if options.compile_ahead and one_process and _ahead(launches, i + 1):
         ahead[i + 1] = compiles.submit(_build_ahead, launches[i + 1], datasets)
       try:
         if launch.raw:
@@ -276,12 +285,12 @@ def main(argv):
   if not FLAGS.aggregate_only:
     if not 0 <= FLAGS.shard < FLAGS.num_shards:
       raise InputError(f"--shard={FLAGS.shard} must be in [0, --num_shards={FLAGS.num_shards})")
+    options = Options(quick="quick" in args.split(","), vmap_seeds=FLAGS.vmap_seeds,
+                      pack_rows=FLAGS.pack_rows, overlap_eval=FLAGS.overlap_eval,
+                      compile_ahead=FLAGS.compile_ahead)
     failed = run(FLAGS.config, shard_points(points, FLAGS.shard, FLAGS.num_shards),
-                 FLAGS.workdir, quick="quick" in args.split(","),
-                 vmap_seeds=FLAGS.vmap_seeds,
-                 command_line=config_flags.get_override_values(FLAGS["config"]),
-                 overlap_eval=FLAGS.overlap_eval, pack_rows=FLAGS.pack_rows,
-                 compile_ahead=FLAGS.compile_ahead)
+                 FLAGS.workdir, options,
+                 command_line=config_flags.get_override_values(FLAGS["config"]))
   table = tables.aggregate(points, FLAGS.workdir, getattr(sweeps, "PAPER_RESULTS", {}))
   if FLAGS.aggregate_only and not table["rows"]:
     raise InputError(f"no finished run of sweep {FLAGS.sweep} in {FLAGS.workdir}: nothing "

@@ -54,7 +54,7 @@ def test_table_sweeps_cover_rows_and_seeds():
 def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatch):
   points = small_points(digits, "table1", lambda p: p.row in ("raw", "ae", "soft_vq_vae")
                         and p.seed < 2)
-  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
   table = tables.aggregate(points, str(tmp_path), paper={})
   assert [(r["model"], r["seeds"]) for r in table["rows"]] == [
       ("raw", [0, 1]), ("ae", [0, 1]), ("soft_vq_vae", [0, 1])]
@@ -75,7 +75,7 @@ def test_digits_sweep_runs_skips_and_tabulates(tiny_config, tmp_path, monkeypatc
   assert "Made with: flax" in markdown
   # Finished runs are not trained again.
   monkeypatch.setattr(train.input_pipeline, "load", lambda _: pytest.fail("re-ran"))
-  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
   tables.write_tables(table, str(tmp_path / "t"))
   assert json.load(open(tmp_path / "t.json")) == table
   assert (tmp_path / "t.csv").read_text().count("\n") == 1 + 6
@@ -99,8 +99,8 @@ def test_overlapped_evaluation_gives_the_bits_of_evaluation_in_line(tiny_config,
   caplog.set_level(logging.DEBUG, logger="jax._src.interpreters.pxla")  # JAX's lowering.
   for overlap in (True, False):
     caplog.clear()
-    sweep.run(tiny_config, points, str(tmp_path / str(overlap)), quick=True,
-              overlap_eval=overlap, compile_ahead=overlap)
+    sweep.run(tiny_config, points, str(tmp_path / str(overlap)), sweep.Options(
+        quick=True, overlap_eval=overlap, compile_ahead=overlap))
     compiled[overlap] = [r.threadName for r in caplog.records
                          if r.getMessage().startswith("Compiling jit(train_chunk) ")]
   assert len(loads) == 2  # Once per sweep.
@@ -133,11 +133,11 @@ def test_an_evaluation_error_in_the_worker_stops_the_sweep_and_frees_the_run(
   monkeypatch.setattr(train.evaluation, "evaluate", full_disk_for_ae)
   with pytest.raises(RunStopped, match=r"evaluation failed \(No space left on device\); "
                      "training is finished and its checkpoint at step 20 is kept"):
-    sweep.run(tiny_config, points, str(tmp_path), quick=True)
+    sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
   assert not (tmp_path / "ae" / "seed_0" / "eval.json").exists()
   with locks.lock([str(tmp_path / "ae" / "seed_0")]):
     pass  # Its lock was released.
-  sweep.run(tiny_config, points, str(tmp_path), quick=True)
+  sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
   assert (tmp_path / "ae" / "seed_0" / "eval.json").exists()
 
 
@@ -193,7 +193,7 @@ def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
   points[-1] = dataclasses.replace(
       points[-1], overrides=points[-1].overrides + (("model.num_codewords", 0),))
   with pytest.raises(InputError, match="num_codewords"):
-    sweep.run(tiny_config, points, str(tmp_path), quick=True)
+    sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
   assert not os.listdir(tmp_path)
 
 
@@ -208,7 +208,8 @@ def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypat
     return train_and_evaluate(config, workdir, **kwargs)
 
   monkeypatch.setattr(sweep.train, "train_and_evaluate", fail_ae)
-  assert sweep.run(tiny_config, points, str(tmp_path), quick=True) == ["ae/seed_0"]
+  failed = sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
+  assert failed == ["ae/seed_0"]
   table = tables.aggregate(points, str(tmp_path), paper={})
   assert [r["model"] for r in table["rows"]] == ["vae"]
 
@@ -222,7 +223,7 @@ def test_table2_sweep_on_mock_data(tmp_path, mock_tfds):
   rows = {"svhn_cropped": "soft_vq_vae", "cifar10": "ae"}  # Both datasets and kinds.
   points = small_points(cifar10, "table2", lambda p: p.seed == 0 and rows[p.dataset] == p.row)
   with mock_tfds(24):
-    sweep.run(config, points, str(tmp_path), quick=True)
+    sweep.run(config, points, str(tmp_path), sweep.Options(quick=True))
   table = tables.aggregate(points, str(tmp_path), helpers.sweeps(cifar10).PAPER_RESULTS)
   assert {(r["dataset"], r["model"]) for r in table["rows"]} == set(rows.items())
   soft = next(r for r in table["rows"] if r["dataset"] == "svhn_cropped"
@@ -286,7 +287,7 @@ def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
     (tmp_path / "vq_vae" / f"seed_{seed}" / "checkpoints" / "500").mkdir(parents=True)
   (tmp_path / "vq_vae" / "seed_2").mkdir(parents=True)
   (tmp_path / "vq_vae" / "seed_2" / "eval.json").write_text("{}")
-  launches = sweep.plan(tiny_config, points, str(tmp_path), pack_rows=False)
+  launches = sweep.plan(tiny_config, points, str(tmp_path))  # Rows apart: the default.
   described = {tuple(l.names): (l.config.seed, l.config.train.num_seeds, l.raw,
                                 os.path.relpath(l.workdir, tmp_path)) for l in launches}
   assert described[("vae/seed_0", "vae/seed_1", "vae/seed_2")] == (0, 3, False, "vae")
@@ -299,7 +300,7 @@ def test_plan_groups_consecutive_seeds_at_the_same_step(tiny_config, tmp_path):
   assert sorted(n for l in launches for n in l.names) == sorted(
       runs.point_dir(p) for p in points)
   assert all(len(l.names) == 1 for l in sweep.plan(tiny_config, points, str(tmp_path),
-                                                    vmap_seeds=False))
+                                                    sweep.Options(vmap_seeds=False)))
 
 
 def describe(launches, workdir):
@@ -330,12 +331,13 @@ def test_plan_trains_swept_scalar_values_together(tiny_config, tmp_path):
 
 def test_plan_packs_rows_that_differ_in_one_scalar(tiny_config, tmp_path):
   points = helpers.points(mnist, "table1")
-  plan = lambda workdir: sweep.plan(tiny_config, points, str(workdir), pack_rows=True)
+  packing = sweep.Options(pack_rows=True)
+  plan = lambda workdir: sweep.plan(tiny_config, points, str(workdir), packing)
   described = describe(plan(tmp_path), tmp_path)
   packed = tuple(f"{row}/seed_{s}" for row in ("vae", "beta_vae") for s in (0, 1, 2))
   assert described[packed] == (3, "model.beta", (1.0, 20.0), ".")
   assert len(described) == 3 + 6  # Raw seeds alone; 7 rows' seeds packed, 2 rows together.
-  alone = describe(sweep.plan(tiny_config, points, str(tmp_path), pack_rows=False), tmp_path)
+  alone = describe(sweep.plan(tiny_config, points, str(tmp_path)), tmp_path)
   assert alone[packed[:3]] == (3, "", (), "vae") and alone[packed[3:]] == (3, "", (), "beta_vae")
   # Runs resumed from different steps train apart.
   (tmp_path / "beta_vae" / "seed_0" / "checkpoints" / "10").mkdir(parents=True)
@@ -355,13 +357,13 @@ def test_packed_rows_train_in_one_launch_into_their_rows(tiny_config, tmp_path):
   trains like each beta alone is ``test_runs_trained_together_match_separate_runs``."""
   points = small_points(digits, "table1", lambda p: p.row in ("vae", "beta_vae")
                         and p.seed == 0)
-  sweep.run(tiny_config, points, str(tmp_path), quick=True, pack_rows=True)
+  sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True, pack_rows=True))
   for point in points:
     ran = tmp_path / runs.point_dir(point)
     assert json.loads((ran / "config.json").read_text()) == workdir.config_dict(
-        runs.point_config(tiny_config, point, quick=True))
+        runs.point_config(tiny_config, point, sweep.Options(quick=True)))
     assert json.loads((ran / "timing.json").read_text())["runs_trained_together"] == 2
-    assert train.train_and_evaluate(runs.point_config(tiny_config, point, quick=True),
+    assert train.train_and_evaluate(runs.point_config(tiny_config, point, sweep.Options(quick=True)),
                                     str(ran)) == json.loads((ran / "eval.json").read_text())
 
 
@@ -427,7 +429,7 @@ def test_a_sweep_skips_the_points_another_launcher_holds(tmp_path):
   base = digits.get_config("quick")
   points = [runs.point("raw", seed) for seed in (0, 1)]
   with locks.lock([str(tmp_path / "raw" / "seed_1")]):
-    failed = sweep.run(base, points, str(tmp_path), quick=True)
+    failed = sweep.run(base, points, str(tmp_path), sweep.Options(quick=True))
   assert failed == ["raw/seed_1"]
   assert (tmp_path / "raw" / "seed_0" / "eval.json").exists()
   assert not (tmp_path / "raw" / "seed_1" / "eval.json").exists()
