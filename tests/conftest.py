@@ -14,6 +14,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="softvq_jax_tests_")
   os.environ["SOFTVQ_JAX_TEST_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Two test workers share 2 cores: OpenMP threads (scikit-learn's) wait
+# passively, as the launchers' do (softvq_jax.launch.cli), instead of spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_sessionfinish(session):
