@@ -62,7 +62,6 @@ Prints one JSON object per line, ``{"name", "value", "unit"}``:
 evaluation, loading, torch.
 """
 
-import functools
 import json
 import os
 import subprocess
@@ -77,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.common import chunks
 from experiments.common import jsonl
 from experiments.common.timing import best_time
 from softvq_jax import evaluation
@@ -138,23 +138,11 @@ def matmul_peak(lines, repeats):
 
 
 def mlp_program(bottleneck, num_runs, swept, step_counts, runs_together="vmap"):
-  """The paper's MNIST MLP with ``bottleneck`` for ``num_runs`` runs trained
-  together (``steps.over_runs``, ``runs_together``): their initial state, keys and
-  swept scalars, and one jitted ``steps.train_chunk`` per step count."""
+  """The paper's MNIST MLP with ``bottleneck`` at batch 32: ``chunks.chunk_programs``."""
   config = presets.get_base_config()
   config.model.bottleneck = bottleneck
-  model_fn = functools.partial(autoencoder.make_model, config.model, (28, 28, 1))
-  optimizer = steps_lib.make_optimizer(config.train)
-  init = lambda rng, model=model_fn({}), optimizer=optimizer: steps_lib.init_state(
-      rng, model, optimizer, jnp.zeros((1, 28, 28, 1)))
-  rngs = jax.random.split(jax.random.key(0), num_runs)
-  scalars = {swept: jnp.linspace(0.0, 0.07, num_runs)} if swept else {}
-  state = jax.jit(steps_lib.over_runs(init, num_runs, [0], runs_together))(rngs)
-  programs = tuple(jax.jit(functools.partial(
-      steps_lib.train_chunk, num_steps=n, num_runs=num_runs, runs_together=runs_together,
-      guard=steps_lib.chunk_guard(num_runs, runs_together), model_fn=model_fn, optimizer=optimizer,
-      batch_size=32, pixel_var=0.1)) for n in step_counts)
-  return state, rngs, scalars, programs
+  return chunks.chunk_programs(config, jnp.zeros((1, 28, 28, 1)), num_runs, step_counts,
+                               pixel_var=0.1, runs_together=runs_together, swept=swept)
 
 
 def runs_together(lines, steps, repeats, run_counts):

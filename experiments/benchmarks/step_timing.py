@@ -14,7 +14,6 @@ vmapped) and ``..._ms_per_step`` (the whole vmapped step; best of
 ``--repeats`` chunks).
 """
 
-import functools
 import importlib
 import time
 
@@ -24,10 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import chunks
 from experiments.common import jsonl
 from experiments.common.timing import best_time
-from softvq_jax.launch import steps as steps_lib
-from softvq_jax.model import autoencoder
 
 flags.DEFINE_string("config", "cifar10", "A config file of configs/: mnist, cifar10, ...")
 flags.DEFINE_integer("steps", 100, "Steps per timed chunk.")
@@ -43,15 +41,8 @@ IMAGE_SHAPES = {"mnist": (28, 28, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3
 
 def time_case(config, images, num_runs: int, steps: int, repeats: int):
   """(compile seconds, seconds per chunk of ``steps``) of ``num_runs`` runs."""
-  model_fn = functools.partial(autoencoder.make_model, config.model, images.shape[1:])
-  optimizer = steps_lib.make_optimizer(config.train)
-  init = lambda rng: steps_lib.init_state(rng, model_fn({}), optimizer, images[:1])
-  rngs = jax.random.split(jax.random.key(0), num_runs)
-  state = jax.jit(steps_lib.over_runs(init, num_runs, [0]))(rngs)
-  chunk = jax.jit(functools.partial(
-      steps_lib.train_chunk, num_steps=steps, num_runs=num_runs, runs_together="vmap",
-      guard=steps_lib.chunk_guard(num_runs, "vmap"), model_fn=model_fn, optimizer=optimizer,
-      batch_size=config.train.batch_size, pixel_var=float(jnp.var(images))))
+  state, rngs, _, (chunk,) = chunks.chunk_programs(config, images[:1], num_runs, (steps,),
+                                                   pixel_var=float(jnp.var(images)))
   t0 = time.perf_counter()
   compiled = chunk.lower(state, images, rngs, {}).compile()
   compile_seconds = time.perf_counter() - t0

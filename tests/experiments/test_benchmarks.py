@@ -5,11 +5,13 @@ import json
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sklearn.manifold
 
 from experiments.benchmarks import guard_cost
+from experiments.common import chunks
 from experiments.common import tsne_scores
 from tests import ROOT
 
@@ -100,3 +102,17 @@ def test_tsne_timing_times_and_scores_an_embedding():
   assert record["knn10_accuracy"] > 0.9 and record["trustworthiness"] > 0.8
   shuffled = tsne_scores.shows(x, labels, rng.normal(size=(60, 2)))
   assert shuffled["knn10_accuracy"] < 0.7 and shuffled["trustworthiness"] < 0.8
+
+
+@pytest.mark.slow
+def test_chunk_programs_build_the_runs_and_a_chunk_per_step_count(tiny_config):
+  """The benchmarks' programs: two soft VQ runs, each with its own noise level."""
+  state, rngs, scalars, programs = chunks.chunk_programs(
+      tiny_config, jnp.zeros((1, 8, 8, 1)), 2, (1, 3), pixel_var=0.1, swept="noise_std")
+  assert len(programs) == 2 and rngs.shape == (2,)
+  np.testing.assert_allclose(scalars["noise_std"], [0.0, 0.07])
+  images = jnp.asarray(np.random.default_rng(0).random((64, 8, 8, 1), np.float32))
+  (trained, metrics), finite = programs[1](state, images, rngs, scalars)
+  assert finite and metrics["loss"].shape == (2, 3)
+  np.testing.assert_array_equal(trained.step, [3, 3])
+  assert not np.array_equal(metrics["loss"][0], metrics["loss"][1])
