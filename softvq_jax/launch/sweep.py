@@ -243,10 +243,9 @@ def run(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir: 
           train.evaluate_pixels(launch.config, launch.workdir, validated=True,
                                 load=datasets.load)
         else:
-          future = train.train_and_evaluate(launch.config, launch.workdir, validated=True,
-                                            runs=launch.runs, program=program,
-                                            load=datasets.load, evaluations=evaluations)
-          pending += [future] if future is not None else []
+          pending.append(train.launch(launch.config, launch.workdir, evaluations,
+                                      validated=True, runs=launch.runs, program=program,
+                                      load=datasets.load))
       except (FloatingPointError, locks.Locked) as e:
         logging.error("sweep launch %s not finished: %s", ", ".join(launch.names), e)
         failed.extend(launch.names)

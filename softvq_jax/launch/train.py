@@ -1,7 +1,8 @@
-"""Training and evaluation of one run: ``train_and_evaluate(config, workdir)``.
+"""Training and evaluation of one run: ``train_and_evaluate(config, workdir)``,
+and of a sweep's launch: ``launch(config, workdir, evaluations)``.
 
 Design (the jittable step itself is ``softvq_jax.launch.steps``):
-* ``train_and_evaluate`` composes named steps: ``prepare_runs`` (validate
+* ``launch`` (under ``train_and_evaluate``) composes named steps: ``prepare_runs`` (validate
   the config and the workdir, check the runs' workdirs), ``load_data`` (load,
   check the config against the data), then under the workdirs' locks
   (``locks.lock``) ``write_configs``, ``program.build`` (model, optimizer,
@@ -123,8 +124,8 @@ def write_configs(runs: List[runs_lib.Run]) -> None:
 def build_ahead(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
                 runs: List[runs_lib.Run]) -> program_lib.Program:
   """``program.build``, with its init and first dispatch compiled now: a sweep
-  builds the next launch's while this one trains (``train_and_evaluate``'s
-  ``program``). The seconds it compiled are the program's ``compile_seconds``."""
+  builds the next launch's while this one trains (``launch``'s ``program``).
+  The seconds it compiled are the program's ``compile_seconds``."""
   program = program_lib.build(config, data, runs)
   with compilation.Seconds() as compile_time:
     program.compile(loop.first_dispatch(config.train))
@@ -132,12 +133,7 @@ def build_ahead(config: ml_collections.ConfigDict, data: input_pipeline.Splits,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       validated: bool = False, *,
-                       runs: Optional[Sequence[runs_lib.Run]] = None,
-                       program: Optional[program_lib.Program] = None,
-                       load: Optional[Callable[[ml_collections.ConfigDict],
-                                               input_pipeline.Splits]] = None,
-                       evaluations: Optional[concurrent.futures.Executor] = None):
+                       validated: bool = False):
   """Trains the model of ``config`` in ``workdir``, then evaluates it.
 
   ``train.num_seeds = S > 1`` seeds and the ``train.vmap_values`` of
@@ -149,21 +145,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config: the run's config.
     workdir: the run's folder (its runs' parent for several runs).
     validated: the caller has validated ``config`` (``prepare_runs``).
+
+  Returns:
+    The metrics of eval.json; for several runs a list, in ``runs.unpack`` order.
+    In a multi-process run only process 0 evaluates; the others get None.
+  """
+  results = launch(config, workdir, background.InLine(), validated=validated).result()
+  return results if len(results) > 1 else results[0]
+
+
+def launch(config: ml_collections.ConfigDict, workdir: str,
+           evaluations: concurrent.futures.Executor, *, validated: bool = False,
+           runs: Optional[Sequence[runs_lib.Run]] = None,
+           program: Optional[program_lib.Program] = None,
+           load: Optional[Callable[[ml_collections.ConfigDict],
+                                   input_pipeline.Splits]] = None) -> concurrent.futures.Future:
+  """``train_and_evaluate`` as a sweep launches it: trains, then evaluates on
+  ``evaluations`` (``softvq_jax.launch.background``), so that the caller can
+  train its next launch meanwhile; the runs' locks are held until the
+  evaluation ends.
+
+  Args:
+    config, workdir, validated: as ``train_and_evaluate``'s.
+    evaluations: ``background.Evaluations``, or ``background.InLine``.
     runs: the runs' configs and directories when they are not
       ``runs.unpack``'s (a sweep's ``runs.Launch``: rows packed together).
     program: ``build_ahead(config, data, runs)`` of these runs and of the
       data ``load`` gives, compiled while the caller trained its last launch.
     load: loads ``config.data``; default ``input_pipeline.load`` (a sweep's
       keeps its last dataset).
-    evaluations: evaluate on this executor (``softvq_jax.launch.background``),
-      so that the caller can train its next launch meanwhile; the runs'
-      locks are held until the evaluation ends.
 
   Returns:
-    The metrics of eval.json; for several runs a list, in ``runs.unpack`` order.
-    In a multi-process run only process 0 evaluates; the others get None.
-    With ``evaluations``: the future of the list of every run's results
-    (None if the runs were finished already).
+    The future of the list of every run's eval.json metrics (None on a
+    process other than 0), in ``runs`` order; done already for finished runs.
   """
   runs, finished = prepare_runs(config, workdir, validated, runs)
   if finished is None or any(outputs.missing(run) for run in runs):
@@ -174,15 +188,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       # Another launcher may have finished them since prepare_runs looked.
       finished = finished_results(runs, workdir)
       if finished is None:
-        evaluate = _train(config, data, runs, program)
-        if evaluations is not None:
-          return background.submit(evaluations, evaluate, held.pop_all())
-        finished = evaluate()
-      else:
-        _remake_outputs(config, data, runs)
-  if evaluations is not None:
-    return None
-  return finished if len(runs) > 1 else finished[0]
+        return background.submit(evaluations, _train(config, data, runs, program),
+                                 held.pop_all())
+      _remake_outputs(config, data, runs)
+  done = concurrent.futures.Future()
+  done.set_result(finished)
+  return done
 
 
 def _managers(config: ml_collections.ConfigDict, data: input_pipeline.Splits,

@@ -200,14 +200,14 @@ def test_invalid_point_fails_before_any_run(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_non_finite_run_does_not_stop_the_sweep(tiny_config, tmp_path, monkeypatch):
   points = small_points(digits, "table1", lambda p: p.row in ("ae", "vae") and p.seed == 0)
-  train_and_evaluate = sweep.train.train_and_evaluate
+  launch = sweep.train.launch
 
-  def fail_ae(config, workdir, **kwargs):
+  def fail_ae(config, workdir, evaluations, **kwargs):
     if config.model.bottleneck == "none":
       raise FloatingPointError("non-finite loss or gradient at step 3")
-    return train_and_evaluate(config, workdir, **kwargs)
+    return launch(config, workdir, evaluations, **kwargs)
 
-  monkeypatch.setattr(sweep.train, "train_and_evaluate", fail_ae)
+  monkeypatch.setattr(sweep.train, "launch", fail_ae)
   failed = sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True))
   assert failed == ["ae/seed_0"]
   table = tables.aggregate(points, str(tmp_path), paper={})
