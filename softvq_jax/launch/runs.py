@@ -23,6 +23,7 @@ from typing import Any, Dict, Hashable, List, Mapping, NamedTuple, Optional, Seq
 import ml_collections
 
 from softvq_jax.errors import InputError
+from softvq_jax.launch import workdir as workdir_lib
 from softvq_jax.model import autoencoder
 
 Pairs = Tuple[Tuple[str, Any], ...]  # Dotted config keys and values, hashable.
@@ -267,25 +268,14 @@ class Launch:
     return self.points[0].raw
 
 
-def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> Dict[str, Any]:
-  """The config's values by dotted key."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def row_key(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> str:
   """The one scalar that ``a``'s bottleneck reads (``autoencoder.BottleneckSpec.scalars``)
   in which the single-run configs ``a`` and ``b`` differ, their seeds aside, so
   that they can train together with ``train.vmap_key`` set to it; ``""`` if
   they differ in anything else too, or in nothing."""
-  flat_a, flat_b = _flat(a), _flat(b)
-  differ = [key for key in flat_a.keys() | flat_b.keys()
-            if key != "seed" and flat_a.get(key) != flat_b.get(key)]
+  differ = [key for key, _, _ in workdir_lib.differing_keys(workdir_lib.config_dict(a),
+                                                            workdir_lib.config_dict(b))
+            if key != "seed"]
   scalars = autoencoder.BOTTLENECKS[a.model.bottleneck].scalars
   if len(differ) == 1 and differ[0].removeprefix("model.") in scalars:
     return differ[0]

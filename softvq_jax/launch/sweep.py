@@ -153,14 +153,18 @@ def plan(base: ml_collections.ConfigDict, points: Sequence[runs.Point], workdir:
   for i, point in enumerate(points):
     config = runs.point_config(base, point, options.quick, command_line)
     run_dir = os.path.join(workdir, runs.point_dir(point))
-    alone = (not options.vmap_seeds or point.raw
-             or os.path.exists(os.path.join(run_dir, workdir_lib.EVAL_FILE)))
+    alone = not options.vmap_seeds or point.raw or workdir_lib.finished(run_dir)
     group = ("alone", i) if alone else (runs.family(point), checkpoints.latest_step(run_dir))
     groups.setdefault(group, []).append((point, config))
   tagged = [(None if group[0] == "alone" or not options.pack_rows else group[1],
              runs.vmapped_key(members[0][0]), members) for group, members in groups.items()]
   return [launch for key, members in runs.merge_rows(tagged)
           for launch in runs.pack(members, workdir, key)]
+
+
+def _data_key(data_config: ml_collections.ConfigDict) -> str:
+  """Which dataset a launch trains on: its ``config.data``, as sorted JSON."""
+  return data_config.to_json(sort_keys=True)
 
 
 class Datasets:
@@ -172,7 +176,7 @@ class Datasets:
     self._key, self._splits, self._lock = None, None, threading.Lock()
 
   def load(self, data_config: ml_collections.ConfigDict) -> input_pipeline.Splits:
-    key = data_config.to_json(sort_keys=True)
+    key = _data_key(data_config)
     with self._lock:
       if key != self._key:
         self._key, self._splits = None, None  # The last one is freed first.
@@ -199,10 +203,8 @@ def _ahead(launches: Sequence[runs.Launch], i: int) -> bool:
   (neither raw nor finished) on launch i-1's data."""
   if not 0 < i < len(launches) or launches[i].raw:
     return False
-  finished = all(os.path.exists(os.path.join(run.workdir, workdir_lib.EVAL_FILE))
-                 for run in launches[i].runs)
-  same_data = (launches[i].config.data.to_json(sort_keys=True)
-               == launches[i - 1].config.data.to_json(sort_keys=True))
+  finished = all(workdir_lib.finished(run.workdir) for run in launches[i].runs)
+  same_data = _data_key(launches[i].config.data) == _data_key(launches[i - 1].config.data)
   return not finished and same_data
 
 

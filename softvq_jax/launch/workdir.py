@@ -21,7 +21,7 @@
 import json
 import os
 import tempfile
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import ml_collections
 
@@ -72,23 +72,35 @@ def read_json(path: str) -> Optional[Any]:
                      "--workdir") from None
 
 
-_MISSING = object()
+MISSING = object()  # A key's value where a config lacks the key (``differing_keys``).
 
 
-def differences(old: Any, new: Any, where: str = "in the workdir", prefix: str = "") -> list:
-  """The keys of a stored config ``old`` that differ from ``new``, one
-  phrase each (``"key: old where, new now"``); a key that ``old`` lacks
-  matches the value of ``config_keys.ADDED_KEYS``."""
+def differing_keys(old: Any, new: Any, prefix: str = "") -> List[Tuple[str, Any, Any]]:
+  """``(dotted key, old value, new value)`` for every key of two configs as
+  plain dicts (``config_dict``) whose values differ, sorted; an absent value
+  is ``MISSING``, and a key that ``old`` lacks matches the value of
+  ``config_keys.ADDED_KEYS``."""
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for key in sorted(set(old) | set(new)):
-      out += differences(old.get(key, _MISSING), new.get(key, _MISSING), where,
-                         f"{prefix}{key}.")
+      out += differing_keys(old.get(key, MISSING), new.get(key, MISSING), f"{prefix}{key}.")
     return out
-  if old is _MISSING and new == config_keys.ADDED_KEYS.get(prefix[:-1], _MISSING):
+  if old is MISSING and new == config_keys.ADDED_KEYS.get(prefix[:-1], MISSING):
     return []
-  show = lambda value: "absent" if value is _MISSING else repr(value)
-  return [] if old == new else [f"{prefix[:-1]}: {show(old)} {where}, {show(new)} now"]
+  return [] if old == new else [(prefix[:-1], old, new)]
+
+
+def differences(old: Any, new: Any, where: str = "in the workdir") -> List[str]:
+  """The keys of a stored config ``old`` that differ from ``new``, one
+  phrase each (``"key: old where, new now"``; see ``differing_keys``)."""
+  show = lambda value: "absent" if value is MISSING else repr(value)
+  return [f"{key}: {show(a)} {where}, {show(b)} now" for key, a, b in differing_keys(old, new)]
+
+
+def finished(workdir: str) -> bool:
+  """Whether ``workdir`` holds a finished run: its eval.json, written last
+  (``write_results``)."""
+  return os.path.exists(os.path.join(workdir, EVAL_FILE))
 
 
 def check(config: ml_collections.ConfigDict, workdir: str) -> Optional[Dict[str, Any]]:
