@@ -26,11 +26,11 @@ import importlib.util
 from absl import app
 from absl import flags
 import numpy as np
-import sklearn.manifold
 
 from experiments.common import jsonl
 from experiments.common import mnist_arrays
 from experiments.common import tsne_scores
+from softvq_jax.launch import figures
 
 flags.DEFINE_string("mnist_dir", "../shared/datasets/mnist",
                     "The official MNIST files; empty: embed only --latents.")
@@ -44,8 +44,8 @@ PERPLEXITY = 30.0
 
 
 def sklearn_bh(x: np.ndarray, seed: int) -> np.ndarray:
-  return sklearn.manifold.TSNE(2, init="pca", random_state=seed,
-                               perplexity=min(PERPLEXITY, (len(x) - 1) / 3)).fit_transform(x)
+  """The launcher's own embedding (``figures.tsne_embedding``) of every point."""
+  return figures.tsne_embedding(x, len(x), seed)
 
 
 def opentsne(method: str):
