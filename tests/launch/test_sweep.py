@@ -359,12 +359,10 @@ def test_packed_rows_train_in_one_launch_into_their_rows(tiny_config, tmp_path):
                         and p.seed == 0)
   sweep.run(tiny_config, points, str(tmp_path), sweep.Options(quick=True, pack_rows=True))
   for point in points:
-    ran = tmp_path / runs.point_dir(point)
-    assert json.loads((ran / "config.json").read_text()) == workdir.config_dict(
-        runs.point_config(tiny_config, point, sweep.Options(quick=True)))
+    ran, alone = tmp_path / runs.point_dir(point), runs.point_config(tiny_config, point, quick=True)
+    assert json.loads((ran / "config.json").read_text()) == workdir.config_dict(alone)
     assert json.loads((ran / "timing.json").read_text())["runs_trained_together"] == 2
-    assert train.train_and_evaluate(runs.point_config(tiny_config, point, sweep.Options(quick=True)),
-                                    str(ran)) == json.loads((ran / "eval.json").read_text())
+    assert train.train_and_evaluate(alone, str(ran)) == json.loads((ran / "eval.json").read_text())
 
 
 def test_variants_sweep_vmaps_the_noise_levels(tiny_config, tmp_path):
